@@ -1,0 +1,184 @@
+"""Configs: the schema with its defaults, loading `file.py[:args]`, dotted overrides.
+
+A config file defines `get_config(arg: str | None) -> ConfigDict` and changes only what
+it needs on top of `defaults()`. Every key a file or an override sets must exist in the
+schema, so a typo is an error naming the key instead of a silently ignored setting.
+"""
+import ast
+import importlib.util
+import json
+import os
+
+import ml_collections
+
+from imgrec.errors import UserError
+
+
+def defaults():
+  """The full schema. Its values are the default run: a small CNN on `digits`."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "digits"    # digits | fashion_mnist | mnist | idx:DIR | folder:DIR | tfds:NAME
+  c.data.dir = ""             # overrides the directory of fashion_mnist / mnist
+  c.data.image_size = 0       # resize to this square size (0: keep the source's size)
+  c.data.test_fraction = 0.2  # for sources without a test split (digits, flat folders)
+  c.data.train_split = "train"
+  c.data.eval_split = "test"
+  c.data.prefetch = 2         # batches prepared ahead on a background thread
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "small_cnn"
+  c.model.kwargs = ml_collections.ConfigDict()  # passed to the model constructor
+  c.model.dtype = "float32"   # compute dtype; params stay float32
+
+  c.batch_size = 64           # global batch, split over all devices of all processes
+  c.epochs = 20.0             # training length; `steps` wins when > 0
+  c.steps = 0
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adamw"      # adam | adamw | sgd (momentum/nesterov below)
+  c.optim.lr = 3e-3
+  c.optim.momentum = 0.9
+  c.optim.nesterov = False
+  c.optim.weight_decay = 1e-4
+  c.optim.schedule = "cosine"  # cosine | constant
+  c.optim.warmup_epochs = 1.0
+  c.optim.grad_clip = 0.0      # global-norm clip (0: off)
+
+  c.eval_every = 0            # steps between evaluations (0: once per epoch)
+  c.log_every = 50            # steps between training-metric records
+  c.checkpoint_every = 0      # steps between checkpoints (0: once per epoch); always at the end
+  c.keep_checkpoints = 3
+
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.coordinator_address = ""  # host:port; set (with the two below) for multi-host
+  c.parallel.num_processes = 0
+  c.parallel.process_id = -1
+  return c
+
+
+def _check_keys(cfg, schema, prefix=""):
+  for key in cfg.keys():
+    path = prefix + key
+    if key not in schema:
+      raise UserError(f"unknown config key {path!r}; known keys here: {', '.join(sorted(schema.keys()))}")
+    if (isinstance(schema[key], ml_collections.ConfigDict) and path != "model.kwargs"
+        and isinstance(cfg[key], ml_collections.ConfigDict)):
+      _check_keys(cfg[key], schema[key], path + ".")
+
+
+def load(spec=None):
+  """Loads `path/to/file.py[:arg]` (or the defaults when `spec` is None) and validates it."""
+  if not spec:
+    cfg = defaults()
+  else:
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+      raise UserError(f"config file {path!r} not found; pass --config configs/NAME.py[:ARGS]")
+    module_spec = importlib.util.spec_from_file_location("imgrec_config_file", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+      module_spec.loader.exec_module(module)
+    except UserError:
+      raise
+    except Exception as e:
+      raise UserError(f"config file {path!r} failed to load: {type(e).__name__}: {e}") from None
+    if not hasattr(module, "get_config"):
+      raise UserError(f"config file {path!r} has no get_config(arg) function")
+    cfg = module.get_config(arg or None)
+  _check_keys(cfg, defaults())
+  return cfg
+
+
+def parse_value(text, old):
+  """Parses an override's text into the type of the value it replaces."""
+  if isinstance(old, bool):
+    if text.lower() in ("1", "true", "yes"):
+      return True
+    if text.lower() in ("0", "false", "no"):
+      return False
+    raise ValueError("expected true or false")
+  if isinstance(old, str):
+    return text
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    raise ValueError(f"expected a {type(old).__name__}") from None
+  if isinstance(old, float) and isinstance(value, int):
+    value = float(value)
+  if old is not None and type(value) is not type(old) and not (
+      isinstance(old, (tuple, list)) and isinstance(value, (tuple, list))):
+    raise ValueError(f"expected a {type(old).__name__}")
+  return value
+
+
+def override(cfg, assignments):
+  """Applies `key.sub=value` strings (from `--config.key.sub=value`) to `cfg` in place."""
+  for item in assignments:
+    key, eq, text = item.partition("=")
+    if not eq:
+      raise UserError(f"override {item!r} needs the form --config.KEY=VALUE")
+    parts = key.split(".")
+    node = cfg
+    for i, part in enumerate(parts[:-1]):
+      if part not in node:
+        raise UserError(f"unknown config key {'.'.join(parts[:i + 1])!r} in override {item!r}")
+      node = node[part]
+    last = parts[-1]
+    free = ".".join(parts[:-1]) == "model.kwargs"  # model options are checked by the model
+    if last not in node and not free:
+      raise UserError(f"unknown config key {key!r}; known keys here: {', '.join(sorted(node.keys()))}")
+    try:
+      if last in node:
+        value = parse_value(text, node[last])
+      else:
+        try:
+          value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+          value = text
+    except (ValueError, SyntaxError) as e:
+      raise UserError(f"bad value {text!r} for config key {key!r}: {e}") from None
+    with node.ignore_type():
+      node[last] = value
+  return cfg
+
+
+def validate(cfg):
+  """Checks values that would otherwise fail deep inside training."""
+  if cfg.batch_size <= 0:
+    raise UserError(f"batch_size must be positive, got {cfg.batch_size}")
+  if cfg.steps <= 0 and cfg.epochs <= 0:
+    raise UserError("set epochs > 0 or steps > 0")
+  if cfg.optim.lr <= 0:
+    raise UserError(f"optim.lr must be positive, got {cfg.optim.lr}")
+  if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
+    raise UserError(f"model.dtype must be float32, bfloat16 or float16, got {cfg.model.dtype!r}")
+  return cfg
+
+
+def save(cfg, path):
+  with open(path, "w") as f:
+    f.write(cfg.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def load_saved(path):
+  """Reads the `config.json` a training run wrote into its workdir."""
+  if not os.path.isfile(path):
+    raise UserError(f"{path} not found: is this a workdir written by `imgrec train`?")
+  with open(path) as f:
+    saved = json.load(f)
+  cfg = defaults()
+
+  def merge(node, values):
+    for k, v in values.items():
+      if isinstance(v, dict) and k in node and isinstance(node[k], ml_collections.ConfigDict) and k != "kwargs":
+        merge(node[k], v)
+      else:
+        with node.ignore_type():
+          node[k] = ml_collections.ConfigDict(v) if isinstance(v, dict) else (
+              tuple(v) if isinstance(v, list) else v)
+
+  merge(cfg, saved)
+  return cfg
