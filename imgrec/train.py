@@ -62,7 +62,7 @@ def make_train_step(model, tx, mean, std):
     new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, param_updates),
                               batch_stats=updates.get("batch_stats", state.batch_stats), opt_state=opt_state)
     metrics = {"loss": loss, "accuracy": losses.accuracy(logits, batch["label"]),
-               "grad_norm": optax.global_norm(grads)}
+               "grad_norm": optax.tree.norm(grads)}
     return new_state, metrics
   return train_step
 

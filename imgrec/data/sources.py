@@ -236,9 +236,9 @@ def _load_tfds(name, cfg):
   try:
     builder = tfds.builder(name, data_dir=cfg.dir or None)
     info = builder.info
-    splits = {}
-    for split in info.splits:
-      splits[split] = TfdsSplit(tfds.data_source(name, split=split, data_dir=cfg.dir or None), cfg.image_size)
+    # Only the splits the run uses: opening one costs a file scan on big data sets.
+    splits = {split: TfdsSplit(tfds.data_source(name, split=split, data_dir=cfg.dir or None), cfg.image_size)
+              for split in dict.fromkeys((cfg.train_split, cfg.eval_split))}
   except Exception as e:  # tfds raises many types for unknown or not-prepared data sets
     raise UserError(f"tensorflow-datasets could not open {name!r}: {type(e).__name__}: {str(e)[:300]} "
                     "(prepare it with `tfds build` or set data.dir to its data_dir)") from None
