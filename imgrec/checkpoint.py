@@ -7,9 +7,9 @@ import orbax.checkpoint as ocp
 log = logging.getLogger("imgrec")
 
 
-def manager(workdir, keep=3):
+def manager(workdir, keep=3, subdir="checkpoints"):
   return ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, "checkpoints")),
+      os.path.abspath(os.path.join(workdir, subdir)),
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
 

@@ -2,6 +2,7 @@
 
   imgrec train [--config configs/FILE.py[:ARGS]] [--workdir W] [--config.KEY=VALUE ...]
   imgrec eval --workdir W [--split test] [--json]
+  imgrec augment-preview [--config ...] [--config.data.augment=...] [--out F.png]
 """
 import argparse
 import json
@@ -32,6 +33,14 @@ def _eval(args, overrides):
           f"{result['examples']} examples (checkpoint step {result['step']})")
 
 
+def _augment_preview(args, overrides):
+  from imgrec import config
+  from imgrec.data import augment
+  cfg = config.load(args.config)
+  config.override(cfg, overrides)
+  print(f"wrote {augment.preview(cfg, args.out)}")
+
+
 def parser():
   p = argparse.ArgumentParser(prog="imgrec", description="Image recognition in JAX.")
   sub = p.add_subparsers(dest="command", required=True)
@@ -45,6 +54,10 @@ def parser():
   e.add_argument("--split", help="split to evaluate (default: the config's eval split)")
   e.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
   e.set_defaults(func=_eval)
+  a = sub.add_parser("augment-preview", help="write a PNG grid of augmented training images")
+  a.add_argument("--config", help="configs/FILE.py[:ARGS]")
+  a.add_argument("--out", default="augment_preview.png")
+  a.set_defaults(func=_augment_preview)
   return p
 
 
@@ -54,7 +67,7 @@ def main(argv=None):
   overrides = [a[len("--config."):] for a in argv if a.startswith("--config.")]
   rest = [a for a in argv if not a.startswith("--config.")]
   args = parser().parse_args(rest)
-  if overrides and args.command != "train":
+  if overrides and args.command not in ("train", "augment-preview"):
     print(f"imgrec: error: --config.KEY=VALUE overrides apply to `imgrec train` only", file=sys.stderr)
     return 2
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")

@@ -27,6 +27,8 @@ def defaults():
   c.data.train_split = "train"
   c.data.eval_split = "test"
   c.data.prefetch = 2         # batches prepared ahead on a background thread
+  c.data.augment = ""         # on-device augmentation, e.g. "crop(pad=4)|flip|mixup(0.2)" (imgrec/data/augment.py)
+  c.data.val_fraction = 0.0   # > 0: hold out this stratified fraction of train as "val" for model selection
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "small_cnn"
@@ -38,14 +40,28 @@ def defaults():
   c.steps = 0
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.name = "adamw"      # adam | adamw | sgd (momentum/nesterov below)
+  c.optim.name = "adamw"      # any optax optimiser by name: sgd, adam, adamw, lamb, lion, ...
+  c.optim.kwargs = ml_collections.ConfigDict()  # extra arguments of that optimiser (b1, eps, ...)
   c.optim.lr = 3e-3
-  c.optim.momentum = 0.9
-  c.optim.nesterov = False
-  c.optim.weight_decay = 1e-4
-  c.optim.schedule = "cosine"  # cosine | constant
+  c.optim.momentum = 0.9      # sgd only
+  c.optim.nesterov = False    # sgd only
+  c.optim.weight_decay = 1e-4  # decoupled where the optimiser takes weight_decay, else added to the gradient
+  c.optim.no_decay = r"(bias|scale)$"  # regex on param paths ("stage1/conv1/kernel") never decayed
+  c.optim.l2 = 0.0             # L2 penalty (l2/2 * sum p^2) in the loss, same mask as weight decay
+  c.optim.l1 = 0.0             # L1 penalty (l1 * sum |p|) in the loss, same mask
+  c.optim.freeze = ""          # regex on param paths that are not trained
+  c.optim.schedule = "cosine"  # cosine | constant | linear | step | onecycle
   c.optim.warmup_epochs = 1.0
+  c.optim.warmup_steps = 0     # wins over warmup_epochs when > 0
+  c.optim.decay_epochs = (30.0, 60.0, 80.0)  # step schedule: epochs where lr is multiplied by decay_factor
+  c.optim.decay_factor = 0.1
   c.optim.grad_clip = 0.0      # global-norm clip (0: off)
+  c.optim.label_smoothing = 0.0
+  c.optim.ema_decay = 0.0      # > 0: keep an EMA of the params; evaluation and export use it
+  c.optim.accum_steps = 1      # gradient accumulation: micro-batches per optimiser step
+
+  c.select_metric = "accuracy"  # val metric that picks the best checkpoint: accuracy (max) | loss (min)
+  c.early_stop_patience = 0     # > 0: stop after this many evaluations without a better val metric
 
   c.eval_every = 0            # steps between evaluations (0: once per epoch)
   c.log_every = 50            # steps between training-metric records
@@ -59,12 +75,16 @@ def defaults():
   return c
 
 
+# Sections whose keys are checked by their consumer (the model constructor, the optimiser).
+FREE_KEYS = ("model.kwargs", "optim.kwargs")
+
+
 def _check_keys(cfg, schema, prefix=""):
   for key in cfg.keys():
     path = prefix + key
     if key not in schema:
       raise UserError(f"unknown config key {path!r}; known keys here: {', '.join(sorted(schema.keys()))}")
-    if (isinstance(schema[key], ml_collections.ConfigDict) and path != "model.kwargs"
+    if (isinstance(schema[key], ml_collections.ConfigDict) and path not in FREE_KEYS
         and isinstance(cfg[key], ml_collections.ConfigDict)):
       _check_keys(cfg[key], schema[key], path + ".")
 
@@ -127,7 +147,7 @@ def override(cfg, assignments):
         raise UserError(f"unknown config key {'.'.join(parts[:i + 1])!r} in override {item!r}")
       node = node[part]
     last = parts[-1]
-    free = ".".join(parts[:-1]) == "model.kwargs"  # model options are checked by the model
+    free = ".".join(parts[:-1]) in FREE_KEYS
     if last not in node and not free:
       raise UserError(f"unknown config key {key!r}; known keys here: {', '.join(sorted(node.keys()))}")
     try:
@@ -153,6 +173,12 @@ def validate(cfg):
     raise UserError("set epochs > 0 or steps > 0")
   if cfg.optim.lr <= 0:
     raise UserError(f"optim.lr must be positive, got {cfg.optim.lr}")
+  if cfg.optim.accum_steps < 1 or cfg.batch_size % cfg.optim.accum_steps:
+    raise UserError(f"batch_size {cfg.batch_size} must be a multiple of optim.accum_steps {cfg.optim.accum_steps}")
+  if cfg.select_metric not in ("accuracy", "loss"):
+    raise UserError(f"select_metric must be accuracy or loss, got {cfg.select_metric!r}")
+  if not 0 <= cfg.data.val_fraction < 1:
+    raise UserError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
   if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
     raise UserError(f"model.dtype must be float32, bfloat16 or float16, got {cfg.model.dtype!r}")
   return cfg

@@ -20,7 +20,7 @@ import optax
 import tqdm
 
 from imgrec import checkpoint, config as config_lib, losses, models, optim, parallel
-from imgrec.data import pipeline, sources
+from imgrec.data import augment, pipeline, sources
 from imgrec.errors import UserError
 
 log = logging.getLogger("imgrec")
@@ -33,36 +33,82 @@ class TrainState:
   batch_stats: Any
   opt_state: Any
   rng: jax.Array  # raw uint32 key: saved by Orbax like any array
+  ema_params: Any = None  # EMA of params when optim.ema_decay > 0, else an empty dict
+
+
+def to_float(images):
+  """uint8 -> float32 in [0, 1]."""
+  return images.astype(jnp.float32) / 255.0
+
+
+def standardize(x, mean, std, dtype=jnp.float32):
+  return ((x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)).astype(dtype)
 
 
 def normalize(images, mean, std, dtype=jnp.float32):
   """uint8 NHWC -> standardised float, on device (host work and transfers stay uint8)."""
-  x = images.astype(jnp.float32) / 255.0
-  return ((x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)).astype(dtype)
+  return standardize(to_float(images), mean, std, dtype)
 
 
 def variables(state_or_params, batch_stats=None):
+  """Model variables for inference: the EMA params when the state keeps them."""
   if isinstance(state_or_params, TrainState):
-    state_or_params, batch_stats = state_or_params.params, state_or_params.batch_stats
+    state = state_or_params
+    state_or_params = state.ema_params if state.ema_params else state.params
+    batch_stats = state.batch_stats
   return {"params": state_or_params, **({"batch_stats": batch_stats} if batch_stats else {})}
 
 
-def make_train_step(model, tx, mean, std):
+def make_train_step(model, tx, mean, std, cfg=None):
+  """The pure training step. `cfg` adds augmentation, label smoothing, penalties,
+  accumulation and EMA; without it the step is plain cross-entropy."""
+  from imgrec.config import defaults
+  cfg = cfg or defaults()
+  ops = augment.parse(cfg.data.augment)
+  smoothing, accum, ema_decay = cfg.optim.label_smoothing, cfg.optim.accum_steps, cfg.optim.ema_decay
+
+  def loss_fn(params, batch_stats, x, targets, rng):
+    logits, updates = model.apply(variables(params, batch_stats), x, train=True,
+                                  rngs={"dropout": rng}, mutable=["batch_stats"])
+    loss = jnp.mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), targets))
+    return loss + optim.penalty(cfg, params), (loss, logits, updates.get("batch_stats", batch_stats))
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
   def train_step(state, batch):
-    x = normalize(batch["image"], mean, std)
     rng = jax.random.fold_in(state.rng, state.step)
+    aug_rng, drop_rng = jax.random.split(rng)
+    num_classes = model.num_classes
+    x, targets = augment.apply(ops, aug_rng, to_float(batch["image"]),
+                               jax.nn.one_hot(batch["label"], num_classes))
+    targets = targets * (1.0 - smoothing) + smoothing / num_classes
+    x = standardize(x, mean, std)
+    if accum == 1:
+      (_, (loss, logits, batch_stats)), grads = grad_fn(state.params, state.batch_stats, x, targets, drop_rng)
+      correct = jnp.sum(jnp.argmax(logits, -1) == batch["label"])
+    else:
+      # Micro-batch i takes every accum-th example, so each stays spread over all devices.
+      split = lambda a: jnp.swapaxes(a.reshape((a.shape[0] // accum, accum) + a.shape[1:]), 0, 1)
+      micro = (split(x), split(targets), split(batch["label"]))
 
-    def loss_fn(params):
-      logits, updates = model.apply(variables(params, state.batch_stats), x, train=True,
-                                    rngs={"dropout": rng}, mutable=["batch_stats"])
-      return losses.cross_entropy(logits, batch["label"]), (logits, updates)
+      def body(carry, inputs):
+        grads, batch_stats, loss, correct, i = carry
+        mx, mt, ml = inputs
+        (_, (l, logits, batch_stats)), g = grad_fn(state.params, batch_stats, mx, mt, jax.random.fold_in(drop_rng, i))
+        grads = jax.tree.map(jnp.add, grads, g)
+        return (grads, batch_stats, loss + l, correct + jnp.sum(jnp.argmax(logits, -1) == ml), i + 1), None
 
-    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      (grads, batch_stats, loss, correct, _), _ = jax.lax.scan(
+          body, (zeros, state.batch_stats, 0.0, 0, 0), micro)
+      grads = jax.tree.map(lambda g: g / accum, grads)
+      loss = loss / accum
     param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, param_updates),
-                              batch_stats=updates.get("batch_stats", state.batch_stats), opt_state=opt_state)
-    metrics = {"loss": loss, "accuracy": losses.accuracy(logits, batch["label"]),
-               "grad_norm": optax.tree.norm(grads)}
+    params = optax.apply_updates(state.params, param_updates)
+    ema = optim.ema_update(state.ema_params, params, ema_decay) if ema_decay else state.ema_params
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
+                              ema_params=ema)
+    metrics = {"loss": loss, "accuracy": correct / batch["label"].shape[0], "grad_norm": optax.tree.norm(grads)}
     return new_state, metrics
   return train_step
 
@@ -82,14 +128,15 @@ def create_model(cfg, num_classes):
   return models.create(cfg.model.name, num_classes, dtype=jnp.dtype(cfg.model.dtype), **cfg.model.kwargs.to_dict())
 
 
-def init_state(model, tx, seed, image_shape):
+def init_state(model, tx, seed, image_shape, ema=False):
   """The initial TrainState; pure in `seed`, so it can run under jit with output shardings."""
   rng = jax.random.PRNGKey(seed)
   init_rng, state_rng = jax.random.split(rng)
   variables_ = model.init({"params": init_rng, "dropout": init_rng}, jnp.zeros((1, *image_shape)), train=False)
   params = variables_["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables_.get("batch_stats", {}),
-                    opt_state=tx.init(params), rng=state_rng)
+                    opt_state=tx.init(params), rng=state_rng,
+                    ema_params=jax.tree.map(jnp.copy, params) if ema else {})
 
 
 def schedule_lengths(cfg, num_train):
@@ -107,7 +154,7 @@ def build(cfg, info, mesh):
   model = create_model(cfg, len(info["class_names"]))
   per_epoch, total = schedule_lengths(cfg, info["num_train"])
   tx, lr = optim.make(cfg, total, per_epoch)
-  init = functools.partial(init_state, model, tx, cfg.seed, tuple(info["image_shape"]))
+  init = functools.partial(init_state, model, tx, cfg.seed, tuple(info["image_shape"]), cfg.optim.ema_decay > 0)
   abstract = jax.eval_shape(init)
   shardings = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
@@ -136,22 +183,25 @@ def _append_jsonl(path, record):
     f.write(json.dumps(record) + "\n")
 
 
+def _read_jsonl(path):
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
 def _trim_metrics(path, last_step):
   """On resume, drops records written after the checkpoint we resume from."""
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    kept = [line for line in f if json.loads(line)["step"] <= last_step]
+  kept = [r for r in _read_jsonl(path) if r["step"] <= last_step]
   with open(path, "w") as f:
-    f.writelines(kept)
+    f.writelines(json.dumps(r) + "\n" for r in kept)
 
 
 def plot_curves(metrics_path, out_path):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  with open(metrics_path) as f:
-    records = [json.loads(line) for line in f]
+  records = _read_jsonl(metrics_path)
   train = [r for r in records if r["split"] == "train"]
   evals = [r for r in records if r["split"] != "train"]
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -183,8 +233,12 @@ def train(cfg, workdir):
 
   # ---------------------------------------------------------------- data
   ds = sources.load(cfg.data)
+  if cfg.data.val_fraction > 0:
+    ds = sources.with_validation(ds, cfg.data.train_split, cfg.data.val_fraction)
   info = data_info(cfg, ds)
-  train_split, eval_split = ds.split(cfg.data.train_split), ds.split(cfg.data.eval_split)
+  train_split, test_split = ds.split(cfg.data.train_split), ds.split(cfg.data.eval_split)
+  # Evaluations during training, and model selection, use val when there is one: never test.
+  monitor = "val" if cfg.data.val_fraction > 0 else cfg.data.eval_split
   per_epoch, total_steps = schedule_lengths(cfg, len(train_split))
   if is_main:
     config_lib.save(cfg, os.path.join(workdir, "config.json"))
@@ -194,6 +248,7 @@ def train(cfg, workdir):
   # ---------------------------------------------------------------- model and state
   model, tx, lr_fn, init, abstract, state_shardings = build(cfg, info, mesh)
   mngr = checkpoint.manager(workdir, cfg.keep_checkpoints)
+  best_mngr = checkpoint.manager(workdir, 1, "best") if monitor == "val" else None
   state = checkpoint.restore_latest(mngr, abstract)
   if state is None:
     state = jax.jit(init, out_shardings=state_shardings)()  # initialised already in place
@@ -203,19 +258,34 @@ def train(cfg, workdir):
     _trim_metrics(metrics_path, start_step)
   n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
   print(f"imgrec: {cfg.model.name} ({n_params / 1e6:.3f}M params) on {ds.name} "
-        f"{tuple(ds.image_shape)}, {len(train_split)} train / {len(eval_split)} {cfg.data.eval_split}, "
+        f"{tuple(ds.image_shape)}, {len(train_split)} train / {len(ds.split(monitor))} {monitor}, "
         f"{jax.device_count()} device(s) x {jax.process_count()} process(es), "
         f"{total_steps} steps ({per_epoch}/epoch), " + (f"resuming at step {start_step}" if start_step else "from scratch"),
         flush=True)
 
   # ---------------------------------------------------------------- compiled steps
-  train_step = jax.jit(make_train_step(model, tx, info["mean"], info["std"]),
+  train_step = jax.jit(make_train_step(model, tx, info["mean"], info["std"], cfg),
                        in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
                        donate_argnums=(0,))
   eval_step = jax.jit(make_eval_step(model, info["mean"], info["std"]),
                       in_shardings=(state_shardings, batch_sharding))
   eval_every = cfg.eval_every or per_epoch
   ckpt_every = cfg.checkpoint_every or per_epoch
+  run_eval = lambda split: {**evaluate(eval_step, state, ds.split(split), cfg.batch_size, batch_sharding,
+                                       cfg.data.prefetch), "split": split}
+
+  # ---------------------------------------------------------------- model selection
+  better = (lambda a, b: a > b) if cfg.select_metric == "accuracy" else (lambda a, b: a < b)
+  best = {"value": None, "step": None, "since": 0}  # rebuilt from metrics.jsonl on resume
+  for rec in _read_jsonl(metrics_path) if monitor == "val" else []:
+    if rec["split"] == "val":
+      if best["value"] is None or better(rec[cfg.select_metric], best["value"]):
+        best.update(value=rec[cfg.select_metric], step=rec["step"], since=0)
+      else:
+        best["since"] += 1
+
+  def stop_early():
+    return cfg.early_stop_patience > 0 and best["since"] >= cfg.early_stop_patience
 
   # ---------------------------------------------------------------- loop
   pending = []  # per-step metrics still on device; fetched at log time, so the loop never waits on them
@@ -241,7 +311,8 @@ def train(cfg, workdir):
   bar = tqdm.tqdm(total=total_steps, initial=start_step, desc="train", unit="step", disable=not is_main,
                   dynamic_ncols=True)
   flush.t0 = time.perf_counter()
-  batches = pipeline.train_batches(train_split, cfg.batch_size, cfg.seed, start_step, total_steps,
+  end_step = start_step if stop_early() else total_steps
+  batches = pipeline.train_batches(train_split, cfg.batch_size, cfg.seed, start_step, end_step,
                                    batch_sharding, cfg.data.prefetch)
   for step, batch in batches:
     state, metrics = train_step(state, batch)
@@ -252,24 +323,41 @@ def train(cfg, workdir):
       flush(done)
     if done % eval_every == 0 or done == total_steps:
       flush(done)
-      result = evaluate(eval_step, state, eval_split, cfg.batch_size, batch_sharding, cfg.data.prefetch)
-      result["split"] = cfg.data.eval_split
+      result = run_eval(monitor)
       if is_main:
         _append_jsonl(metrics_path, {"step": done, **result})
         plot_curves(metrics_path, os.path.join(workdir, "curves.png"))
-      bar.write(f"step {done}: {cfg.data.eval_split} accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}")
+      note = ""
+      if best_mngr is not None:
+        if best["value"] is None or better(result[cfg.select_metric], best["value"]):
+          best.update(value=result[cfg.select_metric], step=done, since=0)
+          checkpoint.save(best_mngr, done, state)
+          note = " (best so far)"
+        else:
+          best["since"] += 1
+      bar.write(f"step {done}: {monitor} accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}{note}")
       flush.t0 = time.perf_counter()
-    if done % ckpt_every == 0 or done == total_steps:
+    stopping = stop_early()
+    if done % ckpt_every == 0 or done == total_steps or stopping:
       flush(done)
       checkpoint.save(mngr, done, state)
+    if stopping:
+      bar.write(f"early stop at step {done}: no better val {cfg.select_metric} for {best['since']} evaluations")
+      batches.close()
+      break
   bar.close()
   mngr.wait_until_finished()
   mngr.close()
 
   # ---------------------------------------------------------------- final evaluation
-  if result is None:  # resumed an already finished run
-    result = evaluate(eval_step, state, eval_split, cfg.batch_size, batch_sharding, cfg.data.prefetch)
-    result["split"] = cfg.data.eval_split
+  if best_mngr is not None:  # the selected model, on the test split
+    best_mngr.wait_until_finished()
+    state = checkpoint.restore_latest(best_mngr, abstract) or state
+    best_mngr.close()
+    print(f"best val {cfg.select_metric}: {best['value']:.4f} at step {best['step']}", flush=True)
+    result = run_eval(cfg.data.eval_split)
+  elif result is None:  # resumed an already finished run
+    result = run_eval(cfg.data.eval_split)
   print(f"{cfg.data.eval_split} accuracy: {result['accuracy']:.4f} (loss {result['loss']:.4f}, "
         f"{result['examples']} examples)", flush=True)
   return state, result
@@ -289,9 +377,15 @@ def restore(workdir, mesh=None):
     info = json.load(f)
   mesh = mesh or parallel.make_mesh()
   model, _, _, _, abstract, _ = build(cfg, info, mesh)
-  mngr = checkpoint.manager(workdir, cfg.keep_checkpoints)
-  state = checkpoint.restore_latest(mngr, abstract)
-  mngr.close()
+  # The selected model when the run kept one, else the latest.
+  state = None
+  for sub in ("best", "checkpoints"):
+    if os.path.isdir(os.path.join(workdir, sub)):
+      mngr = checkpoint.manager(workdir, cfg.keep_checkpoints, sub)
+      state = checkpoint.restore_latest(mngr, abstract)
+      mngr.close()
+      if state is not None:
+        break
   if state is None:
     raise UserError(f"no readable checkpoint in {os.path.join(workdir, 'checkpoints')}; train first with "
                     f"`imgrec train --workdir {workdir}`")

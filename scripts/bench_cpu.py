@@ -41,7 +41,7 @@ def imgrec_step_time(cfg, info, images, labels, steps):
   model, tx, _, init, _, shardings = train.build(cfg, info, mesh)
   state = jax.jit(init, out_shardings=shardings)()
   sharding = parallel.batch_sharding(mesh)
-  step = jax.jit(train.make_train_step(model, tx, info["mean"], info["std"]),
+  step = jax.jit(train.make_train_step(model, tx, info["mean"], info["std"], cfg),
                  in_shardings=(shardings, sharding), out_shardings=(shardings, None), donate_argnums=(0,))
   batch = jax.device_put({"image": images, "label": labels}, sharding)
   box = [state]

@@ -27,7 +27,7 @@ for devices in (jax.devices()[:1], jax.devices()):
   model, tx, _, init, _, shardings = train.build(cfg, info, mesh)
   state = jax.jit(init, out_shardings=shardings)()
   batch_sharding = NamedSharding(mesh, P("data"))
-  step = jax.jit(train.make_train_step(model, tx, info["mean"], info["std"]),
+  step = jax.jit(train.make_train_step(model, tx, info["mean"], info["std"], cfg),
                  in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None))
   batch = jax.device_put({"image": images, "label": labels}, batch_sharding)
   assert len(batch["image"].sharding.device_set) == len(devices)

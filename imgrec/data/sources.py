@@ -59,20 +59,47 @@ class Dataset:
     return self.splits[name]
 
 
-def _holdout(images, labels, test_fraction):
-  """Deterministic stratified train/test split for sources that ship none."""
-  if not 0 < test_fraction < 1:
-    raise UserError(f"data.test_fraction must be between 0 and 1, got {test_fraction}")
+@dataclasses.dataclass
+class Subset:
+  """Some examples of another split, by index."""
+  split: object
+  indices: np.ndarray
+
+  def __len__(self):
+    return len(self.indices)
+
+  def get(self, indices):
+    return self.split.get(self.indices[np.asarray(indices)])
+
+
+def _held_out(labels, fraction, what="data.test_fraction"):
+  """Bool mask of a deterministic stratified hold-out of `fraction` of each class."""
+  if not 0 < fraction < 1:
+    raise UserError(f"{what} must be between 0 and 1, got {fraction}")
   rng = np.random.default_rng(SPLIT_SEED)
-  test = []
+  held = np.zeros(len(labels), bool)
   for c in np.unique(labels):
     idx = np.flatnonzero(labels == c)
     rng.shuffle(idx)
-    test.extend(idx[:max(1, int(round(len(idx) * test_fraction)))])
-  is_test = np.zeros(len(labels), bool)
-  is_test[test] = True
+    held[idx[:max(1, int(round(len(idx) * fraction)))]] = True
+  return held
+
+
+def _holdout(images, labels, test_fraction):
+  """Deterministic stratified train/test split for sources that ship none."""
+  is_test = _held_out(labels, test_fraction)
   return {"train": ArraySplit(images[~is_test], labels[~is_test]),
           "test": ArraySplit(images[is_test], labels[is_test])}
+
+
+def with_validation(ds, train_split, fraction):
+  """Carves a stratified "val" split out of `train_split` (fixed seed, independent of the run's)."""
+  split = ds.split(train_split)
+  labels = split.labels if isinstance(split, ArraySplit) else split.get(np.arange(len(split)))[1]
+  is_val = _held_out(labels, fraction, "data.val_fraction")
+  splits = dict(ds.splits, **{train_split: Subset(split, np.flatnonzero(~is_val)),
+                               "val": Subset(split, np.flatnonzero(is_val))})
+  return dataclasses.replace(ds, splits=splits)
 
 
 def _resize(images, size):

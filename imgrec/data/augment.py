@@ -1,0 +1,294 @@
+"""On-device augmentation, described by a string and applied inside the jitted train step.
+
+  "crop(pad=4)|flip|rotate(15)|salt_pepper(0.02)|mixup(0.2)"
+
+Ops run left to right on float images in [0, 1] (before normalisation). Per-example ops
+draw their own key from the step's key, so every example gets different randomness and
+the same key gives the same result. `mixup` and `cutmix` act on the whole batch and mix
+the (soft) labels too.
+
+Per-example ops: crop(pad), resized_crop(scale, ratio), flip(p), rotate(deg),
+translate(frac), salt_pepper(p), gaussian_noise(std), cutout(size), erase(p, scale),
+brightness(delta), contrast(delta), randaugment(n, m).
+Batch ops: mixup(alpha), cutmix(alpha).
+"""
+import ast
+import inspect
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+
+from imgrec.errors import UserError
+
+
+# ----------------------------------------------------------------------------- geometry
+
+def _warp(x, inverse):
+  """Samples image x [H, W, C] at inverse(output coords) with bilinear interpolation, zero outside.
+
+  `inverse` is a 2x3 matrix mapping output (row, col, 1) centred coordinates to input ones.
+  """
+  h, w, _ = x.shape
+  rows, cols = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) - (h - 1) / 2,
+                            jnp.arange(w, dtype=jnp.float32) - (w - 1) / 2, indexing="ij")
+  coords = jnp.stack([rows, cols, jnp.ones_like(rows)], 0).reshape(3, -1)
+  src = inverse @ coords
+  src_r, src_c = src[0] + (h - 1) / 2, src[1] + (w - 1) / 2
+  sample = lambda ch: jax.scipy.ndimage.map_coordinates(ch, [src_r, src_c], order=1, mode="constant")
+  return jax.vmap(sample, in_axes=2, out_axes=1)(x).reshape(x.shape)
+
+
+def _rotation(angle):
+  c, s = jnp.cos(angle), jnp.sin(angle)
+  return jnp.array([[c, -s, 0.0], [s, c, 0.0]])
+
+
+# ----------------------------------------------------------------------------- per-example ops
+# Each takes (key, x [H, W, C] float in [0, 1], **args) and returns the same shape.
+
+def crop(key, x, pad=4):
+  """Zero-pads by `pad` pixels and crops back to the original size at a random offset."""
+  h, w, c = x.shape
+  padded = jnp.pad(x, ((pad, pad), (pad, pad), (0, 0)))
+  dr, dc = jax.random.randint(key, (2,), 0, 2 * pad + 1)
+  return jax.lax.dynamic_slice(padded, (dr, dc, 0), (h, w, c))
+
+
+def resized_crop(key, x, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3)):
+  """Inception-style crop: a random area fraction and aspect ratio, resized to the full image."""
+  k1, k2, k3 = jax.random.split(key, 3)
+  area = jax.random.uniform(k1, (), minval=scale[0], maxval=scale[1])
+  log_r = jax.random.uniform(k2, (), minval=math.log(ratio[0]), maxval=math.log(ratio[1]))
+  sh = jnp.clip(jnp.sqrt(area / jnp.exp(log_r)), 0.05, 1.0)  # crop height / image height
+  sw = jnp.clip(jnp.sqrt(area * jnp.exp(log_r)), 0.05, 1.0)
+  h, w, _ = x.shape
+  centre = (jax.random.uniform(k3, (2,)) - 0.5) * jnp.array([(1 - sh) * (h - 1), (1 - sw) * (w - 1)])
+  inverse = jnp.array([[sh, 0.0, centre[0]], [0.0, sw, centre[1]]])
+  return _warp(x, inverse)
+
+
+def flip(key, x, p=0.5):
+  return jnp.where(jax.random.uniform(key) < p, x[:, ::-1], x)
+
+
+def rotate(key, x, deg=15.0):
+  angle = jax.random.uniform(key, (), minval=-deg, maxval=deg) * (math.pi / 180)
+  return _warp(x, _rotation(angle))
+
+
+def translate(key, x, frac=0.1):
+  h, w, _ = x.shape
+  shift = jax.random.uniform(key, (2,), minval=-frac, maxval=frac) * jnp.array([h, w])
+  return _warp(x, jnp.array([[1.0, 0.0, shift[0]], [0.0, 1.0, shift[1]]]))
+
+
+def salt_pepper(key, x, p=0.02):
+  """Sets a fraction p of pixels to black or white (all channels of a pixel together)."""
+  k1, k2 = jax.random.split(key)
+  hit = jax.random.uniform(k1, x.shape[:2] + (1,)) < p
+  salt = (jax.random.uniform(k2, x.shape[:2] + (1,)) < 0.5).astype(x.dtype)
+  return jnp.where(hit, salt, x)
+
+
+def gaussian_noise(key, x, std=0.05):
+  return jnp.clip(x + std * jax.random.normal(key, x.shape), 0.0, 1.0)
+
+
+def cutout(key, x, size=8):
+  """Zeroes a size x size square at a random centre (it may hang over the border)."""
+  h, w, _ = x.shape
+  cr, cc = jax.random.randint(key, (2,), 0, jnp.array([h, w]))
+  r, c = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
+  inside = (jnp.abs(r - cr) <= size // 2) & (jnp.abs(c - cc) <= size // 2)
+  return jnp.where(inside[..., None], 0.0, x)
+
+
+def erase(key, x, p=0.5, scale=(0.02, 0.25)):
+  """Random erasing: with probability p, fills a random rectangle with uniform noise."""
+  k1, k2, k3, k4 = jax.random.split(key, 4)
+  h, w, _ = x.shape
+  area = jax.random.uniform(k1, (), minval=scale[0], maxval=scale[1])
+  aspect = jnp.exp(jax.random.uniform(k2, (), minval=-1.0, maxval=1.0))
+  eh = jnp.clip(jnp.sqrt(area * aspect) * h, 1, h)
+  ew = jnp.clip(jnp.sqrt(area / aspect) * w, 1, w)
+  top, left = jax.random.uniform(k3, (2,)) * jnp.array([h - eh, w - ew])
+  r, c = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
+  inside = (r >= top) & (r < top + eh) & (c >= left) & (c < left + ew)
+  apply = jax.random.uniform(k4) < p
+  return jnp.where(apply & inside[..., None], jax.random.uniform(k4, x.shape), x)
+
+
+def brightness(key, x, delta=0.2):
+  return jnp.clip(x + jax.random.uniform(key, (), minval=-delta, maxval=delta), 0.0, 1.0)
+
+
+def contrast(key, x, delta=0.2):
+  factor = 1.0 + jax.random.uniform(key, (), minval=-delta, maxval=delta)
+  mean = x.mean()
+  return jnp.clip((x - mean) * factor + mean, 0.0, 1.0)
+
+
+def _invert(key, x, m):
+  del key, m
+  return 1.0 - x
+
+
+def _posterize(key, x, m):
+  del key
+  levels = 2.0 ** jnp.round(8 - 4 * m)  # 256 levels at m=0, 16 at m=1
+  return jnp.floor(x * (levels - 1) + 0.5) / (levels - 1)
+
+
+def _solarize(key, x, m):
+  del key
+  return jnp.where(x >= 1.0 - m, 1.0 - x, x)
+
+
+def _equalize_contrast(key, x, m):
+  """Autocontrast blended by m: stretch the image to the full range."""
+  del key
+  lo, hi = x.min(), x.max()
+  stretched = (x - lo) / jnp.maximum(hi - lo, 1e-3)
+  return (1 - m) * x + m * stretched
+
+
+def _signed(key, m):
+  return jnp.where(jax.random.uniform(key) < 0.5, -m, m)
+
+
+# RandAugment's op list; each takes a magnitude m in [0, 1] (config m / 10) and a random sign.
+_RANDAUGMENT_OPS = (
+    lambda k, x, m: x,  # identity
+    lambda k, x, m: _warp(x, _rotation(_signed(k, m) * math.pi / 6)),  # rotate up to 30 degrees
+    lambda k, x, m: _warp(x, jnp.array([[1.0, 0.0, 0.0], [_signed(k, m) * 0.3, 1.0, 0.0]])),  # shear
+    lambda k, x, m: _warp(x, jnp.array([[1.0, 0.0, _signed(k, m) * 0.3 * x.shape[0]], [0.0, 1.0, 0.0]])),
+    lambda k, x, m: _warp(x, jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, _signed(k, m) * 0.3 * x.shape[1]]])),
+    lambda k, x, m: jnp.clip(x + _signed(k, m) * 0.4, 0.0, 1.0),  # brightness
+    lambda k, x, m: jnp.clip((x - x.mean()) * (1 + _signed(k, m) * 0.8) + x.mean(), 0.0, 1.0),  # contrast
+    _invert, _posterize, _solarize, _equalize_contrast,
+)
+
+
+def randaugment(key, x, n=2, m=9):
+  """RandAugment: n ops drawn uniformly from a fixed list, each at magnitude m (0..10)."""
+  for k in jax.random.split(key, n):
+    k_op, k_arg = jax.random.split(k)
+    index = jax.random.randint(k_op, (), 0, len(_RANDAUGMENT_OPS))
+    x = jax.lax.switch(index, _RANDAUGMENT_OPS, k_arg, x, m / 10.0)
+  return x
+
+
+# ----------------------------------------------------------------------------- batch ops
+# Each takes (key, images [N, H, W, C], soft labels [N, K], **args).
+
+def mixup(key, images, labels, alpha=0.2):
+  """Convex combination of the batch with a shuffled copy of itself, one ratio per batch."""
+  k1, k2 = jax.random.split(key)
+  lam = jax.random.beta(k1, alpha, alpha)
+  perm = jax.random.permutation(k2, images.shape[0])
+  return lam * images + (1 - lam) * images[perm], lam * labels + (1 - lam) * labels[perm]
+
+
+def cutmix(key, images, labels, alpha=1.0):
+  """Pastes a random box from a shuffled copy; labels mix by the pasted area."""
+  k1, k2, k3 = jax.random.split(key, 3)
+  n, h, w, _ = images.shape
+  lam = jax.random.beta(k1, alpha, alpha)
+  ch, cw = jnp.sqrt(1 - lam) * h, jnp.sqrt(1 - lam) * w
+  cr, cc = jax.random.uniform(k2, (2,)) * jnp.array([h, w])
+  r, c = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
+  box = (jnp.abs(r - cr) < ch / 2) & (jnp.abs(c - cc) < cw / 2)
+  perm = jax.random.permutation(k3, n)
+  area = box.mean()  # the exact pasted fraction after clipping at the borders
+  mixed = jnp.where(box[None, :, :, None], images[perm], images)
+  return mixed, (1 - area) * labels + area * labels[perm]
+
+
+EXAMPLE_OPS = {f.__name__: f for f in (crop, resized_crop, flip, rotate, translate, salt_pepper, gaussian_noise,
+                                        cutout, erase, brightness, contrast, randaugment)}
+BATCH_OPS = {f.__name__: f for f in (mixup, cutmix)}
+
+
+# ----------------------------------------------------------------------------- parsing and applying
+
+_OP = re.compile(r"^\s*([a-z_]+)\s*(?:\((.*)\))?\s*$")
+
+
+def parse(spec):
+  """'crop(pad=4)|flip' -> [("crop", {"pad": 4}), ("flip", {})]; errors name the bad op or argument."""
+  ops = []
+  for part in filter(str.strip, (spec or "").split("|")):
+    m = _OP.match(part)
+    if not m:
+      raise UserError(f"bad augmentation {part!r}; write NAME or NAME(arg=value, ...)")
+    name, args_text = m.group(1), m.group(2) or ""
+    fn = EXAMPLE_OPS.get(name) or BATCH_OPS.get(name)
+    if fn is None:
+      raise UserError(f"unknown augmentation {name!r}; known: {', '.join(sorted({**EXAMPLE_OPS, **BATCH_OPS}))}")
+    params = list(inspect.signature(fn).parameters)[3 if name in BATCH_OPS else 2:]
+    try:
+      call = ast.parse(f"f({args_text})", mode="eval").body
+      args = [ast.literal_eval(a) for a in call.args]
+      kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+    except (SyntaxError, ValueError):
+      raise UserError(f"bad arguments in augmentation {part!r}; use numbers, e.g. crop(pad=4)") from None
+    if len(args) > len(params):
+      raise UserError(f"augmentation {name!r} takes at most {len(params)} argument(s): {', '.join(params)}")
+    kwargs.update(zip(params, args))
+    unknown = set(kwargs) - set(params)
+    if unknown:
+      raise UserError(f"augmentation {name!r} has no argument {sorted(unknown)[0]!r}; it takes: {', '.join(params)}")
+    for k, v in kwargs.items():
+      if not isinstance(v, (int, float, tuple)) or isinstance(v, bool):
+        raise UserError(f"augmentation {name}({k}=...) needs a number, got {v!r}")
+    ops.append((name, kwargs))
+  return ops
+
+
+def apply(ops, key, images, labels):
+  """Applies parsed ops to float images [N, H, W, C] in [0, 1] and soft labels [N, K]."""
+  for i, (name, kwargs) in enumerate(ops):
+    k = jax.random.fold_in(key, i)
+    if name in BATCH_OPS:
+      images, labels = BATCH_OPS[name](k, images, labels, **kwargs)
+    else:
+      fn = EXAMPLE_OPS[name]
+      keys = jax.random.split(k, images.shape[0])
+      images = jax.vmap(lambda kk, x: fn(kk, x, **kwargs))(keys, images)
+  return images, labels
+
+
+def preview(cfg, out_path, n=8, copies=6):
+  """Writes a PNG grid: n training images (rows), the original then `copies` augmented draws."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+
+  from imgrec.data import sources
+  ds = sources.load(cfg.data)
+  split = ds.split(cfg.data.train_split)
+  idx = np.random.default_rng(cfg.seed).choice(len(split), n, replace=False)
+  images, labels = split.get(idx)
+  ops = parse(cfg.data.augment)
+  x = jnp.asarray(images, jnp.float32) / 255.0
+  y = jax.nn.one_hot(jnp.asarray(labels), ds.num_classes)
+  draws = [apply(ops, jax.random.key(cfg.seed + i), x, y)[0] for i in range(copies)]
+  fig, axes = plt.subplots(n, copies + 1, figsize=(1.3 * (copies + 1), 1.3 * n), squeeze=False)
+  for r in range(n):
+    for c in range(copies + 1):
+      im = np.asarray(x[r] if c == 0 else draws[c - 1][r])
+      ax = axes[r, c]
+      ax.imshow(im[..., 0] if im.shape[-1] == 1 else im, cmap="gray", vmin=0, vmax=1)
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if r == 0:
+        ax.set_title("original" if c == 0 else f"draw {c}", fontsize=8)
+    axes[r, 0].set_ylabel(ds.class_names[labels[r]], fontsize=8)
+  fig.suptitle(f"augment: {cfg.data.augment or '(none)'}", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=100)
+  plt.close(fig)
+  return out_path
