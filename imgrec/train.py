@@ -314,38 +314,40 @@ def train(cfg, workdir):
   end_step = start_step if stop_early() else total_steps
   batches = pipeline.train_batches(train_split, cfg.batch_size, cfg.seed, start_step, end_step,
                                    batch_sharding, cfg.data.prefetch)
-  for step, batch in batches:
-    state, metrics = train_step(state, batch)
-    pending.append((step, metrics))
-    bar.update(1)
-    done = step + 1
-    if done % cfg.log_every == 0 or done == total_steps:
-      flush(done)
-    if done % eval_every == 0 or done == total_steps:
-      flush(done)
-      result = run_eval(monitor)
-      if is_main:
-        _append_jsonl(metrics_path, {"step": done, **result})
-        plot_curves(metrics_path, os.path.join(workdir, "curves.png"))
-      note = ""
-      if best_mngr is not None:
-        if best["value"] is None or better(result[cfg.select_metric], best["value"]):
-          best.update(value=result[cfg.select_metric], step=done, since=0)
-          checkpoint.save(best_mngr, done, state)
-          note = " (best so far)"
-        else:
-          best["since"] += 1
-      bar.write(f"step {done}: {monitor} accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}{note}")
-      flush.t0 = time.perf_counter()
-    stopping = stop_early()
-    if done % ckpt_every == 0 or done == total_steps or stopping:
-      flush(done)
-      checkpoint.save(mngr, done, state)
-    if stopping:
-      bar.write(f"early stop at step {done}: no better val {cfg.select_metric} for {best['since']} evaluations")
-      batches.close()
-      break
-  bar.close()
+  try:
+    for step, batch in batches:
+      state, metrics = train_step(state, batch)
+      pending.append((step, metrics))
+      bar.update(1)
+      done = step + 1
+      if done % cfg.log_every == 0 or done == total_steps:
+        flush(done)
+      if done % eval_every == 0 or done == total_steps:
+        flush(done)
+        result = run_eval(monitor)
+        if is_main:
+          _append_jsonl(metrics_path, {"step": done, **result})
+          plot_curves(metrics_path, os.path.join(workdir, "curves.png"))
+        note = ""
+        if best_mngr is not None:
+          if best["value"] is None or better(result[cfg.select_metric], best["value"]):
+            best.update(value=result[cfg.select_metric], step=done, since=0)
+            checkpoint.save(best_mngr, done, state)
+            note = " (best so far)"
+          else:
+            best["since"] += 1
+        bar.write(f"step {done}: {monitor} accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}{note}")
+        flush.t0 = time.perf_counter()
+      stopping = stop_early()
+      if done % ckpt_every == 0 or done == total_steps or stopping:
+        flush(done)
+        checkpoint.save(mngr, done, state)
+      if stopping:
+        bar.write(f"early stop at step {done}: no better val {cfg.select_metric} for {best['since']} evaluations")
+        batches.close()
+        break
+  finally:
+    bar.close()
   mngr.wait_until_finished()
   mngr.close()
 
