@@ -1,7 +1,7 @@
 """The `imgrec` command. Thin: parses arguments and calls library functions.
 
   imgrec train [--config configs/FILE.py[:ARGS]] [--workdir W] [--config.KEY=VALUE ...]
-  imgrec eval --workdir W [--split test] [--json]
+  imgrec eval --workdir W [--split test] [--tta] [--json]
 """
 import argparse
 import json
@@ -24,12 +24,13 @@ def _train(args, overrides):
 
 def _eval(args, overrides):
   from imgrec import evaluate
-  result = evaluate.evaluate_workdir(args.workdir, args.split)
+  result = evaluate.evaluate_workdir(args.workdir, args.split, args.batch_size, tta=args.tta)
   if args.json:
-    print(json.dumps({k: result[k] for k in ("split", "accuracy", "loss", "examples")}))
+    print(json.dumps(evaluate.headline(result)))
   else:
-    print(f"{result['split']} accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}, "
-          f"{result['examples']} examples (checkpoint step {result['step']})")
+    print(f"{result['split']} accuracy {result['accuracy']:.4f} (top-5 {result['top5_accuracy']:.4f}), "
+          f"loss {result['loss']:.4f}, ECE {result['ece']:.4f}, macro F1 {result['macro']['f1']:.4f}, "
+          f"{result['examples']} examples (checkpoint step {result['step']}); report: {result['report']}/report.md")
 
 
 def parser():
@@ -43,6 +44,8 @@ def parser():
   e = sub.add_parser("eval", help="evaluate a trained workdir")
   e.add_argument("--workdir", required=True)
   e.add_argument("--split", help="split to evaluate (default: the config's eval split)")
+  e.add_argument("--batch-size", type=int, help="global batch size (default: the config's)")
+  e.add_argument("--tta", action="store_true", help="test-time augmentation: average over horizontal flips")
   e.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
   e.set_defaults(func=_eval)
   return p
