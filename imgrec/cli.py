@@ -2,6 +2,7 @@
 
   imgrec train [--config configs/FILE.py[:ARGS]] [--workdir W] [--config.KEY=VALUE ...]
   imgrec eval --workdir W [--split test] [--tta] [--json]
+  imgrec robustness --workdir W [--split test] [--limit N] [--corruptions a,b] [--epsilons 1,2,4,8]
 """
 import argparse
 import json
@@ -33,6 +34,22 @@ def _eval(args, overrides):
           f"{result['examples']} examples (checkpoint step {result['step']}); report: {result['report']}/report.md")
 
 
+def _robustness(args, overrides):
+  from imgrec import robustness
+  names = tuple(filter(None, args.corruptions.split(","))) if args.corruptions is not None else robustness.CORRUPTIONS
+  try:
+    eps = tuple(float(e) for e in args.epsilons.split(",") if e) if args.epsilons is not None else robustness.EPSILONS
+  except ValueError:
+    raise UserError(f"--epsilons takes comma-separated numbers in 1/255 units, e.g. 1,2,4,8; got {args.epsilons!r}")
+  result = robustness.robustness_workdir(args.workdir, args.split, args.batch_size, args.limit, names, eps,
+                                         args.pgd_steps)
+  print(robustness.table_markdown(result))
+  print(f"written: {result['out']}/robustness.md, robustness.json, robustness.png")
+  if args.json:
+    print(json.dumps({k: result[k] for k in ("split", "examples", "clean_accuracy", "mean_corruption_accuracy",
+                                              "relative_drop", "adversarial")}))
+
+
 def parser():
   p = argparse.ArgumentParser(prog="imgrec", description="Image recognition in JAX.")
   sub = p.add_subparsers(dest="command", required=True)
@@ -48,6 +65,16 @@ def parser():
   e.add_argument("--tta", action="store_true", help="test-time augmentation: average over horizontal flips")
   e.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
   e.set_defaults(func=_eval)
+  r = sub.add_parser("robustness", help="accuracy under corruptions (5 severities) and FGSM/PGD attacks")
+  r.add_argument("--workdir", required=True)
+  r.add_argument("--split", help="split to evaluate (default: the config's eval split)")
+  r.add_argument("--batch-size", type=int, help="global batch size (default: the config's)")
+  r.add_argument("--limit", type=int, default=0, help="use a fixed random subset of N examples (0: all)")
+  r.add_argument("--corruptions", help="comma-separated subset (default: all; empty string: none)")
+  r.add_argument("--epsilons", help="comma-separated attack budgets in 1/255 units (default 1,2,4,8; empty: none)")
+  r.add_argument("--pgd-steps", type=int, default=10)
+  r.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
+  r.set_defaults(func=_robustness)
   return p
 
 

@@ -7,6 +7,7 @@ Batches stream through a jitted predict with the batch sharded over every device
 training); the logits come back replicated, so every process holds the whole split's
 logits and the metrics (imgrec/metrics.py) are exact over the split.
 """
+import functools
 import json
 import os
 
@@ -32,14 +33,23 @@ def make_predict(model, mean, std, tta=False):
   return predict
 
 
-def predict_split(predict, state, split, batch_size, mesh, prefetch=2, transform=None, desc="eval"):
+@functools.lru_cache(maxsize=16)
+def _jitted(predict, replicated, with_labels):
+  """One compiled step per predict function (robustness runs the same one over many corruptions)."""
+  args = (lambda b: (b["image"], b["label"])) if with_labels else (lambda b: (b["image"],))
+  return jax.jit(lambda s, b: (predict(s, *args(b)), b["label"], b["mask"]), out_shardings=replicated)
+
+
+def predict_split(predict, state, split, batch_size, mesh, prefetch=2, transform=None, desc="eval",
+                  with_labels=False):
   """Logits and labels (host numpy) of every example of `split`, in order.
 
+  `predict(state, images)` -> logits, or `predict(state, images, labels)` with `with_labels` (attacks).
   `transform(images, batch_index) -> images` alters each process-local uint8 batch on the host
   first (corruptions); it runs on the prefetch thread, overlapping the device work.
   """
-  sharding, rep = parallel.batch_sharding(mesh), parallel.replicated(mesh)
-  step = jax.jit(lambda s, b: (predict(s, b["image"]), b["label"], b["mask"]), out_shardings=rep)
+  sharding = parallel.batch_sharding(mesh)
+  step = _jitted(predict, parallel.replicated(mesh), with_labels)
 
   def produce():
     for i, (idx, mask) in enumerate(pipeline.eval_indices(len(split), batch_size)):
