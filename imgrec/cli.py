@@ -2,6 +2,7 @@
 
   imgrec train [--config configs/FILE.py[:ARGS]] [--workdir W] [--config.KEY=VALUE ...]
   imgrec eval --workdir W [--split test] [--tta] [--json]
+  imgrec explain --workdir W [--images A.png B.png | --split test --n 16] [--layer NAME]
   imgrec robustness --workdir W [--split test] [--limit N] [--corruptions a,b] [--epsilons 1,2,4,8]
 """
 import argparse
@@ -50,6 +51,14 @@ def _robustness(args, overrides):
                                               "relative_drop", "adversarial")}))
 
 
+def _explain(args, overrides):
+  from imgrec import explain
+  result = explain.explain_workdir(args.workdir, args.images, args.split, args.n, args.layer, args.ig_steps)
+  print(f"{result['method']}" + (f" on layer {result['layer']}" if result["layer"] else "") +
+        f": {len(result['files'])} explanation PNGs in {os.path.dirname(result['files'][0])}"
+        + (f", filters: {result['filters']}" if result["filters"] else ""))
+
+
 def parser():
   p = argparse.ArgumentParser(prog="imgrec", description="Image recognition in JAX.")
   sub = p.add_subparsers(dest="command", required=True)
@@ -65,6 +74,14 @@ def parser():
   e.add_argument("--tta", action="store_true", help="test-time augmentation: average over horizontal flips")
   e.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
   e.set_defaults(func=_eval)
+  x = sub.add_parser("explain", help="saliency, SmoothGrad, integrated gradients, Grad-CAM / attention rollout")
+  x.add_argument("--workdir", required=True)
+  x.add_argument("--images", nargs="+", help="image files to explain (default: --n examples of --split)")
+  x.add_argument("--split", default="test")
+  x.add_argument("--n", type=int, default=16, help="number of split examples (a fixed random sample)")
+  x.add_argument("--layer", help="Grad-CAM layer, e.g. stage4_block2 (default: the last spatial layer)")
+  x.add_argument("--ig-steps", type=int, default=128, help="integration steps of integrated gradients")
+  x.set_defaults(func=_explain)
   r = sub.add_parser("robustness", help="accuracy under corruptions (5 severities) and FGSM/PGD attacks")
   r.add_argument("--workdir", required=True)
   r.add_argument("--split", help="split to evaluate (default: the config's eval split)")
