@@ -165,6 +165,12 @@ def rollout_map(rollout):
   return patch.reshape(-1, g, g)
 
 
+def rollout_image(model, variables, x_norm):
+  """Attention rollout of one normalised image [H, W, C], resized to [H, W]."""
+  patch = rollout_map(attention_rollout(attention_weights(model, variables, x_norm[None])))[0]
+  return _resize(patch, x_norm.shape[:2])
+
+
 def _resize(m, hw):
   return jax.image.resize(m, hw, method="bilinear")
 
@@ -184,8 +190,7 @@ def make_explainer(model, variables, mean, std, method="gradcam", layer=None, la
     if method == "gradcam":
       out["gradcam"] = _resize(grad_cam(model, variables, (x01 - mean) / std, target, layer, layer_shape), hw)
     else:
-      out["rollout"] = _resize(rollout_map(attention_rollout(attention_weights(model, variables,
-                                                                             ((x01 - mean) / std)[None])))[0], hw)
+      out["rollout"] = rollout_image(model, variables, (x01 - mean) / std)
     return out
 
   @jax.jit

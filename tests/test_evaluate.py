@@ -1,15 +1,12 @@
 """Metrics against scikit-learn, ECE by hand, and the `imgrec eval` report on a trained workdir."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
 from imgrec import metrics
-from tests.helpers import ROOT
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -50,11 +47,10 @@ def test_ece_hand_computed():
   assert metrics.expected_calibration_error(np.eye(3), np.arange(3)) == 0.0  # confident and right
 
 
-def test_eval_cli_writes_report(trained_workdir):
-  proc = subprocess.run([sys.executable, "-m", "imgrec", "eval", "--workdir", trained_workdir, "--json", "--tta"],
-                        cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  summary = json.loads(proc.stdout.strip().splitlines()[-1])
+def test_eval_cli_writes_report(trained_workdir, capsys):
+  from imgrec import cli
+  assert cli.main(["eval", "--workdir", trained_workdir, "--json", "--tta"]) == 0
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert {"split", "accuracy", "loss", "examples", "top5_accuracy", "ece", "macro_f1"} <= set(summary)
   assert summary["split"] == "test" and summary["examples"] == 359 and summary["tta"]
   assert summary["accuracy"] > 0.5 and summary["top5_accuracy"] >= summary["accuracy"]

@@ -14,8 +14,8 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
   # The kernel is a subprocess: it inherits these.
   monkeypatch.setenv("IMGREC_NB_STEPS", "20")
   monkeypatch.setenv("IMGREC_NB_WORKDIR", str(workdir))
-  monkeypatch.setenv("IMGREC_NB_EXPLAIN", "2")
-  monkeypatch.setenv("IMGREC_NB_IG_STEPS", "16")
+  monkeypatch.setenv("IMGREC_NB_EXPLAIN", "1")
+  monkeypatch.setenv("IMGREC_NB_IG_STEPS", "8")
   monkeypatch.setenv("PYTHONPATH", ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
@@ -25,7 +25,7 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
   outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
   assert not [o for o in outputs if o.output_type == "error"]
   pngs = [o for o in outputs if "image/png" in o.get("data", {})]
-  assert len(pngs) == 1 + 4 + 3  # curves, 4 report plots, 2 explanations + filters
+  assert len(pngs) == 1 + 4 + 2  # curves, 4 report plots, 1 explanation + filters
   for name in ("metrics.json", "report.md", "confusion.png"):
     assert (workdir / "report" / name).exists()
-  assert len(list((workdir / "explain").glob("*.png"))) == 3
+  assert len(list((workdir / "explain").glob("*.png"))) == 2

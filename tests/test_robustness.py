@@ -1,15 +1,12 @@
 """Corruptions (identity at severity 0, monotone in severity) and adversarial accuracy."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
 from imgrec import robustness
-from tests.helpers import ROOT
 
 
 def _images():
@@ -41,20 +38,20 @@ def test_corruption_rejects_bad_input():
 
 def test_robustness_report_and_fgsm_lowers_accuracy(trained_workdir):
   # In-process (the CLI path is `imgrec.cli._robustness`, exercised in test_cli_robustness_bad_epsilons).
-  r = robustness.robustness_workdir(trained_workdir, limit=192, corruptions=("gaussian_noise", "occlusion"),
-                                    epsilons=(4, 16), pgd_steps=3)
+  r = robustness.robustness_workdir(trained_workdir, limit=128, corruptions=("gaussian_noise", "occlusion"),
+                                    epsilons=(8,), pgd_steps=3)
   out = os.path.join(trained_workdir, "robustness")
   assert os.path.getsize(os.path.join(out, "robustness.png")) > 10000
   with open(os.path.join(out, "robustness.json")) as f:
     assert json.load(f)["corruptions"] == r["corruptions"]
   table = open(os.path.join(out, "robustness.md")).read()
   assert "| gaussian_noise |" in table and "| FGSM |" in table and "| PGD-3 |" in table
-  assert r["examples"] == 192 and set(r["corruptions"]) == {"gaussian_noise", "occlusion"}
+  assert r["examples"] == 128 and set(r["corruptions"]) == {"gaussian_noise", "occlusion"}
   clean = r["clean_accuracy"]
   assert clean > 0.5
   fgsm, pgd = r["adversarial"]["fgsm"], r["adversarial"]["pgd"]
-  assert fgsm[0] < clean and fgsm[1] < clean - 0.2  # FGSM hurts, a lot at a big budget
-  assert pgd[1] <= fgsm[1] + 0.02  # the iterated attack is at least about as strong
+  assert fgsm[0] < clean - 0.1  # FGSM hurts
+  assert pgd[0] <= fgsm[0] + 0.02  # the iterated attack is at least about as strong
   assert r["corruptions"]["occlusion"][-1] < clean
   assert r["mean_corruption_accuracy"] == pytest.approx(np.mean([np.mean(v) for v in r["corruptions"].values()]))
 
