@@ -310,6 +310,8 @@ def plot_explanation(image, maps, class_names, label, method, layer, path, top=5
                     f"pred: {class_names[order[0]]}", fontsize=9)
   ax = axes[1]
   ax.barh(range(len(order)), probs[order], color=["tab:green" if c == label else "tab:blue" for c in order])
+  for j, c in enumerate(order):
+    ax.text(min(probs[c] + 0.02, 0.75), j, f"{probs[c]:.3f}", va="center", fontsize=7)
   ax.set_yticks(range(len(order)), [class_names[c] for c in order], fontsize=8)
   ax.invert_yaxis()
   ax.set(xlim=(0, 1), xlabel="probability", title=f"top {len(order)} classes")
