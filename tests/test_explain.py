@@ -91,7 +91,9 @@ def test_attention_rollout_on_a_tiny_vit():
   model = TinyViT()
   x = jax.random.uniform(jax.random.PRNGKey(2), (1, 16, 16, 1))
   variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)  # eager init compiles op by op: slow
-  weights = jax.jit(lambda v, x: explain.attention_weights(model, v, x))(variables, x)
+  # one compiled call: the captured weights and the heat map the explainer draws
+  weights, heat = jax.jit(lambda v, x: (explain.attention_weights(model, v, x),
+                                        explain.rollout_image(model, v, x[0])))(variables, x)
   assert len(weights) == 2 and weights[0].shape == (1, 2, 17, 17)
   np.testing.assert_allclose(np.asarray(weights[1]).sum(-1), 1, atol=1e-5)
   r = np.asarray(explain.attention_rollout(weights))
@@ -99,7 +101,6 @@ def test_attention_rollout_on_a_tiny_vit():
   # by hand: heads averaged, half identity, multiplied layer 2 @ layer 1
   mix = [0.5 * np.eye(17) + 0.5 * np.asarray(w[0]).mean(0) for w in weights]
   np.testing.assert_allclose(np.asarray(r[0]), mix[1] @ mix[0], atol=1e-5)
-  heat = jax.jit(lambda v, x: explain.rollout_image(model, v, x))(variables, x[0])  # what the explainer draws
   assert heat.shape == (16, 16) and float(heat.min()) >= 0
   # the class token's row over the 4x4 patch grid, upsampled to the image
   np.testing.assert_allclose(heat, jax.image.resize(np.asarray(r[0, 0, 1:]).reshape(4, 4), (16, 16), "bilinear"),
