@@ -1,8 +1,10 @@
 """The `imgrec` command. Thin: parses arguments and calls library functions.
 
   imgrec train [--config configs/FILE.py[:ARGS]] [--workdir W] [--config.KEY=VALUE ...]
-  imgrec eval --workdir W [--split test] [--json]
   imgrec augment-preview [--config ...] [--config.data.augment=...] [--out F.png]
+  imgrec eval --workdir W [--split test] [--tta] [--json]
+  imgrec explain --workdir W [--images A.png B.png | --split test --n 16] [--layer NAME]
+  imgrec robustness --workdir W [--split test] [--limit N] [--corruptions a,b] [--epsilons 1,2,4,8]
 """
 import argparse
 import json
@@ -25,12 +27,37 @@ def _train(args, overrides):
 
 def _eval(args, overrides):
   from imgrec import evaluate
-  result = evaluate.evaluate_workdir(args.workdir, args.split)
+  result = evaluate.evaluate_workdir(args.workdir, args.split, args.batch_size, tta=args.tta)
   if args.json:
-    print(json.dumps({k: result[k] for k in ("split", "accuracy", "loss", "examples")}))
+    print(json.dumps(evaluate.headline(result)))
   else:
-    print(f"{result['split']} accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}, "
-          f"{result['examples']} examples (checkpoint step {result['step']})")
+    print(f"{result['split']} accuracy {result['accuracy']:.4f} (top-5 {result['top5_accuracy']:.4f}), "
+          f"loss {result['loss']:.4f}, ECE {result['ece']:.4f}, macro F1 {result['macro']['f1']:.4f}, "
+          f"{result['examples']} examples (checkpoint step {result['step']}); report: {result['report']}/report.md")
+
+
+def _robustness(args, overrides):
+  from imgrec import robustness
+  names = tuple(filter(None, args.corruptions.split(","))) if args.corruptions is not None else robustness.CORRUPTIONS
+  try:
+    eps = tuple(float(e) for e in args.epsilons.split(",") if e) if args.epsilons is not None else robustness.EPSILONS
+  except ValueError:
+    raise UserError(f"--epsilons takes comma-separated numbers in 1/255 units, e.g. 1,2,4,8; got {args.epsilons!r}")
+  result = robustness.robustness_workdir(args.workdir, args.split, args.batch_size, args.limit, names, eps,
+                                         args.pgd_steps)
+  print(robustness.table_markdown(result))
+  print(f"written: {result['out']}/robustness.md, robustness.json, robustness.png")
+  if args.json:
+    print(json.dumps({k: result[k] for k in ("split", "examples", "clean_accuracy", "mean_corruption_accuracy",
+                                              "relative_drop", "adversarial")}))
+
+
+def _explain(args, overrides):
+  from imgrec import explain
+  result = explain.explain_workdir(args.workdir, args.images, args.split, args.n, args.layer, args.ig_steps)
+  print(f"{result['method']}" + (f" on layer {result['layer']}" if result["layer"] else "") +
+        f": {len(result['files'])} explanation PNGs in {os.path.dirname(result['files'][0])}"
+        + (f", filters: {result['filters']}" if result["filters"] else ""))
 
 
 def _augment_preview(args, overrides):
@@ -52,12 +79,32 @@ def parser():
   e = sub.add_parser("eval", help="evaluate a trained workdir")
   e.add_argument("--workdir", required=True)
   e.add_argument("--split", help="split to evaluate (default: the config's eval split)")
+  e.add_argument("--batch-size", type=int, help="global batch size (default: the config's)")
+  e.add_argument("--tta", action="store_true", help="test-time augmentation: average over horizontal flips")
   e.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
   e.set_defaults(func=_eval)
   a = sub.add_parser("augment-preview", help="write a PNG grid of augmented training images")
   a.add_argument("--config", help="configs/FILE.py[:ARGS]")
   a.add_argument("--out", default="augment_preview.png")
   a.set_defaults(func=_augment_preview)
+  x = sub.add_parser("explain", help="saliency, SmoothGrad, integrated gradients, Grad-CAM / attention rollout")
+  x.add_argument("--workdir", required=True)
+  x.add_argument("--images", nargs="+", help="image files to explain (default: --n examples of --split)")
+  x.add_argument("--split", default="test")
+  x.add_argument("--n", type=int, default=16, help="number of split examples (a fixed random sample)")
+  x.add_argument("--layer", help="Grad-CAM layer, e.g. stage4_block2 (default: the last spatial layer)")
+  x.add_argument("--ig-steps", type=int, default=128, help="integration steps of integrated gradients")
+  x.set_defaults(func=_explain)
+  r = sub.add_parser("robustness", help="accuracy under corruptions (5 severities) and FGSM/PGD attacks")
+  r.add_argument("--workdir", required=True)
+  r.add_argument("--split", help="split to evaluate (default: the config's eval split)")
+  r.add_argument("--batch-size", type=int, help="global batch size (default: the config's)")
+  r.add_argument("--limit", type=int, default=0, help="use a fixed random subset of N examples (0: all)")
+  r.add_argument("--corruptions", help="comma-separated subset (default: all; empty string: none)")
+  r.add_argument("--epsilons", help="comma-separated attack budgets in 1/255 units (default 1,2,4,8; empty: none)")
+  r.add_argument("--pgd-steps", type=int, default=10)
+  r.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
+  r.set_defaults(func=_robustness)
   return p
 
 
