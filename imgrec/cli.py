@@ -2,6 +2,7 @@
 
   imgrec train [--config configs/FILE.py[:ARGS]] [--workdir W] [--config.KEY=VALUE ...]
   imgrec eval --workdir W [--split test] [--json]
+  imgrec export --workdir W --out F.zip
 """
 import argparse
 import json
@@ -32,6 +33,14 @@ def _eval(args, overrides):
           f"{result['examples']} examples (checkpoint step {result['step']})")
 
 
+def _export(args, overrides):
+  from imgrec import export
+  meta = export.export_workdir(args.workdir, args.out, platforms=args.platforms.split(","))
+  print(f"exported {meta['workdir']} (step {meta['step']}) to {args.out}: uint8[b, "
+        f"{', '.join(map(str, meta['image_shape']))}] -> logits[b, {len(meta['class_names'])}], "
+        f"platforms {','.join(meta['platforms'])}, {os.path.getsize(args.out)} bytes")
+
+
 def parser():
   p = argparse.ArgumentParser(prog="imgrec", description="Image recognition in JAX.")
   sub = p.add_subparsers(dest="command", required=True)
@@ -45,6 +54,11 @@ def parser():
   e.add_argument("--split", help="split to evaluate (default: the config's eval split)")
   e.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
   e.set_defaults(func=_eval)
+  x = sub.add_parser("export", help="serialise the predict function (jax.export, StableHLO) to a file")
+  x.add_argument("--workdir", required=True)
+  x.add_argument("--out", required=True, help="artifact path (a zip: predict.jaxexport + meta.json)")
+  x.add_argument("--platforms", default="cpu,cuda,tpu", help="comma-separated platforms to lower for")
+  x.set_defaults(func=_export)
   return p
 
 
