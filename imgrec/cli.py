@@ -3,6 +3,7 @@
   imgrec train [--config configs/FILE.py[:ARGS]] [--workdir W] [--config.KEY=VALUE ...]
   imgrec eval --workdir W [--split test] [--json]
   imgrec export --workdir W --out F.zip
+  imgrec compress --workdir W --method int8|bf16|prune --out PATH [--sparsity 0.9 --steps 200]
 """
 import argparse
 import json
@@ -41,6 +42,14 @@ def _export(args, overrides):
         f"platforms {','.join(meta['platforms'])}, {os.path.getsize(args.out)} bytes")
 
 
+def _compress(args, overrides):
+  from imgrec import compress
+  r = compress.compress_workdir(args.workdir, args.method, args.out, sparsity=args.sparsity, steps=args.steps)
+  extra = f", sparsity {r['sparsity']:.3f}" if "sparsity" in r else ""
+  print(f"{r['method']}: accuracy {r['accuracy']:.4f} (fp32 {r['accuracy_fp32']:.4f}), "
+        f"{r['bytes']} bytes (fp32 {r['bytes_fp32']}){extra} -> {args.out}")
+
+
 def parser():
   p = argparse.ArgumentParser(prog="imgrec", description="Image recognition in JAX.")
   sub = p.add_subparsers(dest="command", required=True)
@@ -59,6 +68,13 @@ def parser():
   x.add_argument("--out", required=True, help="artifact path (a zip: predict.jaxexport + meta.json)")
   x.add_argument("--platforms", default="cpu,cuda,tpu", help="comma-separated platforms to lower for")
   x.set_defaults(func=_export)
+  c = sub.add_parser("compress", help="int8 quantisation, bf16 weights or magnitude pruning of a workdir")
+  c.add_argument("--workdir", required=True)
+  c.add_argument("--method", required=True, choices=("int8", "bf16", "prune"))
+  c.add_argument("--out", required=True, help="int8/bf16: variables .npz; prune: a new workdir")
+  c.add_argument("--sparsity", type=float, default=0.9, help="prune: fraction of kernel weights set to zero")
+  c.add_argument("--steps", type=int, default=200, help="prune: fine-tuning steps")
+  c.set_defaults(func=_compress)
   return p
 
 

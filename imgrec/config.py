@@ -27,6 +27,8 @@ def defaults():
   c.data.train_split = "train"
   c.data.eval_split = "test"
   c.data.prefetch = 2         # batches prepared ahead on a background thread
+  c.data.classes = ()         # keep only these class indices, relabelled 0..k-1 in this order (): all
+  c.data.train_per_class = 0  # k-shot: keep N training examples per class (fixed draw); 0: all
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "small_cnn"
@@ -46,6 +48,12 @@ def defaults():
   c.optim.schedule = "cosine"  # cosine | constant
   c.optim.warmup_epochs = 1.0
   c.optim.grad_clip = 0.0      # global-norm clip (0: off)
+
+  c.transfer = ml_collections.ConfigDict()  # fine-tuning (imgrec/transfer.py)
+  c.transfer.init_from = ""   # workdir, or params .npz (imgrec import-torchvision), to load params from by name
+  c.transfer.reinit = "(^|/)head/"  # regex over "params/..." names kept freshly initialised (the new head)
+  c.transfer.freeze = ""      # regex over "params/..." names whose updates are zeroed ("" : none)
+  c.transfer.lr_mults = ()    # ((regex, multiplier), ...): first match scales that parameter's updates
 
   c.eval_every = 0            # steps between evaluations (0: once per epoch)
   c.log_every = 50            # steps between training-metric records

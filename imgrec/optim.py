@@ -36,4 +36,7 @@ def make(cfg, total_steps, steps_per_epoch):
     raise UserError(f"unknown optim.name {o.name!r}; use adam, adamw or sgd")
   if o.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
+  if "transfer" in cfg:
+    from imgrec import transfer
+    tx = transfer.wrap_optimizer(cfg.transfer, tx)  # regex freeze and layer-wise LR multipliers
   return tx, lr

@@ -197,6 +197,9 @@ def train(cfg, workdir):
   state = checkpoint.restore_latest(mngr, abstract)
   if state is None:
     state = jax.jit(init, out_shardings=state_shardings)()  # initialised already in place
+    if cfg.transfer.init_from:  # fine-tuning: matching parameters come from another run
+      from imgrec import transfer
+      state = transfer.init_from(state, cfg.transfer, state_shardings)
   start_step = int(state.step)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   if is_main:
@@ -205,7 +208,8 @@ def train(cfg, workdir):
   print(f"imgrec: {cfg.model.name} ({n_params / 1e6:.3f}M params) on {ds.name} "
         f"{tuple(ds.image_shape)}, {len(train_split)} train / {len(eval_split)} {cfg.data.eval_split}, "
         f"{jax.device_count()} device(s) x {jax.process_count()} process(es), "
-        f"{total_steps} steps ({per_epoch}/epoch), " + (f"resuming at step {start_step}" if start_step else "from scratch"),
+        f"{total_steps} steps ({per_epoch}/epoch), " + (f"resuming at step {start_step}" if start_step else
+                                                 f"from {cfg.transfer.init_from}" if cfg.transfer.init_from else "from scratch"),
         flush=True)
 
   # ---------------------------------------------------------------- compiled steps
