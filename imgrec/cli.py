@@ -3,6 +3,7 @@
   imgrec train [--config configs/FILE.py[:ARGS]] [--workdir W] [--config.KEY=VALUE ...]
   imgrec eval --workdir W [--split test] [--json]
   imgrec export --workdir W --out F.zip
+  imgrec import-torchvision ARCH WEIGHTS.pth --workdir W   (then --config.transfer.init_from=W)
   imgrec compress --workdir W --method int8|bf16|prune --out PATH [--sparsity 0.9 --steps 200]
 """
 import argparse
@@ -50,6 +51,13 @@ def _compress(args, overrides):
         f"{r['bytes']} bytes (fp32 {r['bytes_fp32']}){extra} -> {args.out}")
 
 
+def _import_torchvision(args, overrides):
+  from imgrec import torchvision_import
+  flat = torchvision_import.import_torchvision(args.arch, args.weights, args.workdir)
+  print(f"converted {len(flat)} tensors of {args.arch} into {os.path.join(args.workdir, 'params.npz')}; fine-tune with "
+        f"--config.model.name={args.arch} --config.model.kwargs.stem=imagenet --config.transfer.init_from={args.workdir}")
+
+
 def parser():
   p = argparse.ArgumentParser(prog="imgrec", description="Image recognition in JAX.")
   sub = p.add_subparsers(dest="command", required=True)
@@ -75,6 +83,11 @@ def parser():
   c.add_argument("--sparsity", type=float, default=0.9, help="prune: fraction of kernel weights set to zero")
   c.add_argument("--steps", type=int, default=200, help="prune: fine-tuning steps")
   c.set_defaults(func=_compress)
+  i = sub.add_parser("import-torchvision", help="convert a torchvision state_dict (.pth) to imgrec params")
+  i.add_argument("arch", help="resnet18 | resnet34 | resnet50")
+  i.add_argument("weights", help="the .pth state_dict file")
+  i.add_argument("--workdir", required=True, help="where params.npz goes")
+  i.set_defaults(func=_import_torchvision)
   return p
 
 
