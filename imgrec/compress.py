@@ -273,3 +273,37 @@ def compress_workdir(workdir, method, out, sparsity=0.9, steps=200):
     raise UserError(f"unknown compression method {method!r}; use int8, bf16 or prune")
   result["bytes"] = os.path.getsize(out)
   return result
+
+
+# ------------------------------------------------------------------------- distillation
+
+def kd_loss(student_logits, teacher_logits, labels, alpha, temperature):
+  """alpha * CE(labels) + (1 - alpha) * T^2 * KL(softmax(teacher/T) || softmax(student/T)), batch mean."""
+  from imgrec import losses
+  t = temperature
+  log_p_s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / t)
+  log_p_t = jax.nn.log_softmax(jax.lax.stop_gradient(teacher_logits).astype(jnp.float32) / t)
+  kl = jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), axis=-1).mean()
+  return alpha * losses.cross_entropy(student_logits, labels) + (1 - alpha) * t**2 * kl
+
+
+def distillation_loss(dcfg, info):
+  """The train step's loss(logits, labels, x) with the teacher (restored from dcfg.teacher) run on x."""
+  from imgrec import train
+  _, t_info, t_model, t_state = train.restore(dcfg.teacher)
+  if t_info["class_names"] != info["class_names"]:
+    raise UserError(f"distill.teacher {dcfg.teacher} predicts {len(t_info['class_names'])} classes "
+                    f"{t_info['class_names'][:5]}..., this run has {info['class_names'][:5]}...: they must match")
+  if not 0 <= dcfg.alpha <= 1 or dcfg.temperature <= 0:
+    raise UserError(f"distill.alpha must be in [0, 1] and distill.temperature > 0, got {dcfg.alpha}, "
+                    f"{dcfg.temperature}")
+  t_vars = train.variables(t_state)
+  # The teacher sees the student's normalised input re-expressed in its own normalisation.
+  scale = jnp.asarray(info["std"], jnp.float32) / jnp.asarray(t_info["std"], jnp.float32)
+  shift = (jnp.asarray(info["mean"], jnp.float32) - jnp.asarray(t_info["mean"], jnp.float32)) / jnp.asarray(
+      t_info["std"], jnp.float32)
+
+  def loss(logits, labels, x):
+    teacher_logits = t_model.apply(t_vars, x * scale + shift, train=False)
+    return kd_loss(logits, teacher_logits, labels, dcfg.alpha, dcfg.temperature)
+  return loss

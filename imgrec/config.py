@@ -55,6 +55,11 @@ def defaults():
   c.transfer.freeze = ""      # regex over "params/..." names whose updates are zeroed ("" : none)
   c.transfer.lr_mults = ()    # ((regex, multiplier), ...): first match scales that parameter's updates
 
+  c.distill = ml_collections.ConfigDict()  # knowledge distillation (imgrec/compress.py)
+  c.distill.teacher = ""      # teacher workdir ("" : off); same data and classes as this run
+  c.distill.alpha = 0.5       # loss = alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T)
+  c.distill.temperature = 4.0
+
   c.eval_every = 0            # steps between evaluations (0: once per epoch)
   c.log_every = 50            # steps between training-metric records
   c.checkpoint_every = 0      # steps between checkpoints (0: once per epoch); always at the end

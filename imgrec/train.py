@@ -47,7 +47,10 @@ def variables(state_or_params, batch_stats=None):
   return {"params": state_or_params, **({"batch_stats": batch_stats} if batch_stats else {})}
 
 
-def make_train_step(model, tx, mean, std):
+def make_train_step(model, tx, mean, std, objective=None):
+  """`objective(logits, labels, x) -> scalar` replaces cross-entropy (distillation passes one)."""
+  objective = objective or (lambda logits, labels, x: losses.cross_entropy(logits, labels))
+
   def train_step(state, batch):
     x = normalize(batch["image"], mean, std)
     rng = jax.random.fold_in(state.rng, state.step)
@@ -55,7 +58,7 @@ def make_train_step(model, tx, mean, std):
     def loss_fn(params):
       logits, updates = model.apply(variables(params, state.batch_stats), x, train=True,
                                     rngs={"dropout": rng}, mutable=["batch_stats"])
-      return losses.cross_entropy(logits, batch["label"]), (logits, updates)
+      return objective(logits, batch["label"], x), (logits, updates)
 
     (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -213,7 +216,11 @@ def train(cfg, workdir):
         flush=True)
 
   # ---------------------------------------------------------------- compiled steps
-  train_step = jax.jit(make_train_step(model, tx, info["mean"], info["std"]),
+  objective = None
+  if cfg.distill.teacher:  # knowledge distillation: teacher logits inside the same jitted step
+    from imgrec import compress
+    objective = compress.distillation_loss(cfg.distill, info)
+  train_step = jax.jit(make_train_step(model, tx, info["mean"], info["std"], objective),
                        in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
                        donate_argnums=(0,))
   eval_step = jax.jit(make_eval_step(model, info["mean"], info["std"]),

@@ -51,3 +51,32 @@ def test_prune_finetune_makes_sparse_workdir(trained_workdir, tmp_path):
   result = evaluate.evaluate_workdir(out)  # a normal workdir
   assert abs(result["accuracy"] - r["accuracy"]) < 1e-6
   assert os.path.isfile(os.path.join(out, "params.npz"))
+
+
+def test_kd_loss_formula():
+  rng = np.random.default_rng(0)
+  s, t = rng.normal(size=(4, 5)).astype(np.float32), rng.normal(size=(4, 5)).astype(np.float32)
+  labels = np.array([0, 1, 2, 3])
+  T = 3.0
+  ps = np.exp(s / T) / np.exp(s / T).sum(-1, keepdims=True)
+  pt = np.exp(t / T) / np.exp(t / T).sum(-1, keepdims=True)
+  ce = -np.mean(np.log(np.exp(s) / np.exp(s).sum(-1, keepdims=True))[np.arange(4), labels])
+  kl = np.mean(np.sum(pt * (np.log(pt) - np.log(ps)), -1))
+  got = float(compress.kd_loss(jnp.asarray(s), jnp.asarray(t), labels, 0.3, T))
+  np.testing.assert_allclose(got, 0.3 * ce + 0.7 * T**2 * kl, rtol=1e-5)
+  assert float(compress.kd_loss(jnp.asarray(t), jnp.asarray(t), labels, 0.0, T)) < 1e-6  # student = teacher
+
+
+def test_distilled_training_runs(trained_workdir, tmp_path):
+  from tests.conftest import tiny_config
+  cfg = tiny_config(steps=8, eval_every=8, checkpoint_every=8)
+  cfg.model.kwargs.widths = (4, 8)
+  cfg.distill.teacher = trained_workdir
+  cfg.distill.alpha = 0.2
+  _, result = train.train(cfg, str(tmp_path / "student"))
+  assert np.isfinite(result["loss"]) and result["examples"] == 359
+  cfg = tiny_config(steps=2)
+  cfg.data.classes = (0, 1)
+  cfg.distill.teacher = trained_workdir
+  with __import__("pytest").raises(Exception, match="classes"):
+    train.train(cfg, str(tmp_path / "bad"))
