@@ -156,3 +156,52 @@ def wrap_optimizer(tcfg, tx):
   groups = {"frozen": optax.set_to_zero(), "default": optax.identity()}
   groups.update({f"mult{i}": optax.scale(float(m)) for i, (_, m) in enumerate(tcfg.lr_mults)})
   return optax.chain(tx, optax.multi_transform(groups, lambda p: labels(tcfg, p)))
+
+
+def features(model, variables, images, mean, std, layer="head", batch_size=256):
+  """The inputs of layer `layer` (default: the classifier head) for uint8 `images`: frozen features."""
+  import flax.linen as nn
+  import jax.numpy as jnp
+  from imgrec import train
+
+  @jax.jit
+  def run(images):
+    found = {}
+
+    def grab(next_fun, args, kwargs, ctx):
+      if ctx.method_name == "__call__" and ctx.module.name == layer:
+        found["x"] = args[0]
+      return next_fun(*args, **kwargs)
+    with nn.intercept_methods(grab):
+      model.apply(variables, train.normalize(images, mean, std), train=False)
+    return found["x"].reshape(images.shape[0], -1).astype(jnp.float32)
+
+  return np.concatenate([np.asarray(run(images[i:i + batch_size])) for i in range(0, len(images), batch_size)])
+
+
+def linear_probe(workdir, data_cfg=None, train_per_class=0, C=1.0):
+  """Logistic regression on the frozen head-input features of `workdir`'s model.
+
+  `data_cfg` (a config `data` section; default: the workdir's) may select other classes, and
+  `train_per_class` > 0 gives the k-shot probe. Returns {"accuracy", "train_examples", "classes"}.
+  """
+  from sklearn.linear_model import LogisticRegression
+  from imgrec import train
+  from imgrec.data import sources
+  cfg, info, model, state = train.restore(workdir)
+  data_cfg = data_cfg or cfg.data
+  if train_per_class:
+    data_cfg = data_cfg.copy_and_resolve_references()
+    data_cfg.train_per_class = train_per_class
+  ds = sources.load(data_cfg)
+  variables = train.variables(state)
+  splits = {}
+  for name in (data_cfg.train_split, data_cfg.eval_split):
+    split = ds.split(name)
+    images, labels = split.get(np.arange(len(split)))
+    splits[name] = (features(model, variables, images, info["mean"], info["std"]), labels)
+  (xtr, ytr), (xte, yte) = splits[data_cfg.train_split], splits[data_cfg.eval_split]
+  mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
+  clf = LogisticRegression(C=C, max_iter=2000).fit((xtr - mu) / sd, ytr)
+  return {"accuracy": float(clf.score((xte - mu) / sd, yte)), "train_examples": len(ytr),
+          "classes": len(ds.class_names)}

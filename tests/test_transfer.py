@@ -66,3 +66,11 @@ def test_init_from_bad_paths(tmp_path):
   (tmp_path / "bad.npz").write_bytes(b"junk")
   with pytest.raises(UserError, match="not a readable params"):
     transfer.load_source(str(tmp_path / "bad.npz"))
+
+
+def test_linear_probe_k_shot(trained_workdir):
+  full = transfer.linear_probe(trained_workdir)
+  few = transfer.linear_probe(trained_workdir, train_per_class=5)
+  assert few["train_examples"] == 50 and full["train_examples"] > 1000 and full["classes"] == 10
+  assert full["accuracy"] > 0.6 and full["accuracy"] >= few["accuracy"] - 0.05, (full, few)
+  assert few["accuracy"] > 0.3  # 5 examples per class on frozen features; chance is 0.1
