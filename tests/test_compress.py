@@ -67,16 +67,30 @@ def test_kd_loss_formula():
   assert float(compress.kd_loss(jnp.asarray(t), jnp.asarray(t), labels, 0.0, T)) < 1e-6  # student = teacher
 
 
-def test_distilled_training_runs(trained_workdir, tmp_path):
-  from tests.conftest import tiny_config
-  cfg = tiny_config(steps=8, eval_every=8, checkpoint_every=8)
-  cfg.model.kwargs.widths = (4, 8)
-  cfg.distill.teacher = trained_workdir
-  cfg.distill.alpha = 0.2
-  _, result = train.train(cfg, str(tmp_path / "student"))
-  assert np.isfinite(result["loss"]) and result["examples"] == 359
-  cfg = tiny_config(steps=2)
-  cfg.data.classes = (0, 1)
-  cfg.distill.teacher = trained_workdir
-  with __import__("pytest").raises(Exception, match="classes"):
-    train.train(cfg, str(tmp_path / "bad"))
+def test_distillation_step_uses_teacher(trained_workdir):
+  """One jitted train step with the distillation objective: the teacher runs inside it."""
+  import optax
+  import pytest
+  from imgrec import config, models
+  from imgrec.errors import UserError
+  cfg, info, teacher, t_state = train.restore(trained_workdir)
+  d = config.defaults().distill
+  d.teacher, d.alpha, d.temperature = trained_workdir, 0.0, 2.0
+  objective = compress.distillation_loss(d, info)
+  images, labels = sources.load(cfg.data).split("train").get(np.arange(32))
+  x = train.normalize(images, info["mean"], info["std"])
+  t_logits = teacher.apply(train.variables(t_state), x, train=False)
+  # alpha = 0: the loss is T^2 KL to the teacher, zero when the student is the teacher
+  assert float(objective(t_logits, labels, x)) < 1e-5
+  assert float(objective(t_logits * 0, labels, x)) > 0.01
+  student = models.create("small_cnn", 10, widths=(4, 8), hidden=16)
+  tx = optax.adam(1e-2)
+  state = train.init_state(student, tx, 0, tuple(info["image_shape"]))
+  step = jax.jit(train.make_train_step(student, tx, info["mean"], info["std"], objective))
+  new, metrics = step(state, {"image": images, "label": labels})
+  assert np.isfinite(float(metrics["loss"])) and float(metrics["loss"]) > 0
+  assert not np.allclose(np.asarray(new.params["head"]["kernel"]), np.asarray(state.params["head"]["kernel"]))
+  other = config.defaults().distill
+  other.teacher = trained_workdir
+  with pytest.raises(UserError, match="classes"):
+    compress.distillation_loss(other, {**info, "class_names": ["a", "b"]})
