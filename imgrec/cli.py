@@ -5,6 +5,9 @@
   imgrec eval --workdir W [--split test] [--tta] [--json]
   imgrec explain --workdir W [--images A.png B.png | --split test --n 16] [--layer NAME]
   imgrec robustness --workdir W [--split test] [--limit N] [--corruptions a,b] [--epsilons 1,2,4,8]
+  imgrec export --workdir W --out F.zip
+  imgrec import-torchvision ARCH WEIGHTS.pth --workdir W   (then --config.transfer.init_from=W)
+  imgrec compress --workdir W --method int8|bf16|prune --out PATH [--sparsity 0.9 --steps 200]
 """
 import argparse
 import json
@@ -68,6 +71,29 @@ def _augment_preview(args, overrides):
   print(f"wrote {augment.preview(cfg, args.out)}")
 
 
+def _export(args, overrides):
+  from imgrec import export
+  meta = export.export_workdir(args.workdir, args.out, platforms=args.platforms.split(","))
+  print(f"exported {meta['workdir']} (step {meta['step']}) to {args.out}: uint8[b, "
+        f"{', '.join(map(str, meta['image_shape']))}] -> logits[b, {len(meta['class_names'])}], "
+        f"platforms {','.join(meta['platforms'])}, {os.path.getsize(args.out)} bytes")
+
+
+def _compress(args, overrides):
+  from imgrec import compress
+  r = compress.compress_workdir(args.workdir, args.method, args.out, sparsity=args.sparsity, steps=args.steps)
+  extra = f", sparsity {r['sparsity']:.3f}" if "sparsity" in r else ""
+  print(f"{r['method']}: accuracy {r['accuracy']:.4f} (fp32 {r['accuracy_fp32']:.4f}), "
+        f"{r['bytes']} bytes (fp32 {r['bytes_fp32']}){extra} -> {args.out}")
+
+
+def _import_torchvision(args, overrides):
+  from imgrec import torchvision_import
+  flat = torchvision_import.import_torchvision(args.arch, args.weights, args.workdir)
+  print(f"converted {len(flat)} tensors of {args.arch} into {os.path.join(args.workdir, 'params.npz')}; fine-tune with "
+        f"--config.model.name={args.arch} --config.model.kwargs.stem=imagenet --config.transfer.init_from={args.workdir}")
+
+
 def parser():
   p = argparse.ArgumentParser(prog="imgrec", description="Image recognition in JAX.")
   sub = p.add_subparsers(dest="command", required=True)
@@ -105,6 +131,23 @@ def parser():
   r.add_argument("--pgd-steps", type=int, default=10)
   r.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
   r.set_defaults(func=_robustness)
+  x = sub.add_parser("export", help="serialise the predict function (jax.export, StableHLO) to a file")
+  x.add_argument("--workdir", required=True)
+  x.add_argument("--out", required=True, help="artifact path (a zip: predict.jaxexport + meta.json)")
+  x.add_argument("--platforms", default="cpu,cuda,tpu", help="comma-separated platforms to lower for")
+  x.set_defaults(func=_export)
+  c = sub.add_parser("compress", help="int8 quantisation, bf16 weights or magnitude pruning of a workdir")
+  c.add_argument("--workdir", required=True)
+  c.add_argument("--method", required=True, choices=("int8", "bf16", "prune"))
+  c.add_argument("--out", required=True, help="int8/bf16: variables .npz; prune: a new workdir")
+  c.add_argument("--sparsity", type=float, default=0.9, help="prune: fraction of kernel weights set to zero")
+  c.add_argument("--steps", type=int, default=200, help="prune: fine-tuning steps")
+  c.set_defaults(func=_compress)
+  i = sub.add_parser("import-torchvision", help="convert a torchvision state_dict (.pth) to imgrec params")
+  i.add_argument("arch", help="resnet18 | resnet34 | resnet50")
+  i.add_argument("weights", help="the .pth state_dict file")
+  i.add_argument("--workdir", required=True, help="where params.npz goes")
+  i.set_defaults(func=_import_torchvision)
   return p
 
 

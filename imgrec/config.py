@@ -29,6 +29,8 @@ def defaults():
   c.data.prefetch = 2         # batches prepared ahead on a background thread
   c.data.augment = ""         # on-device augmentation, e.g. "crop(pad=4)|flip|mixup(0.2)" (imgrec/data/augment.py)
   c.data.val_fraction = 0.0   # > 0: hold out this stratified fraction of train as "val" for model selection
+  c.data.classes = ()         # keep only these class indices, relabelled 0..k-1 in this order (): all
+  c.data.train_per_class = 0  # k-shot: keep N training examples per class (fixed draw); 0: all
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "small_cnn"
@@ -62,6 +64,16 @@ def defaults():
 
   c.select_metric = "accuracy"  # val metric that picks the best checkpoint: accuracy (max) | loss (min)
   c.early_stop_patience = 0     # > 0: stop after this many evaluations without a better val metric
+
+  c.transfer = ml_collections.ConfigDict()  # fine-tuning (imgrec/transfer.py)
+  c.transfer.init_from = ""   # workdir, or params .npz (imgrec import-torchvision), to load params from by name
+  c.transfer.reinit = "(^|/)head/"  # regex over "params/..." names kept freshly initialised (the new head)
+  c.transfer.lr_mults = ()    # ((regex, multiplier), ...): first match scales that parameter's updates
+
+  c.distill = ml_collections.ConfigDict()  # knowledge distillation (imgrec/compress.py)
+  c.distill.teacher = ""      # teacher workdir ("" : off); same data and classes as this run
+  c.distill.alpha = 0.5       # loss = alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T)
+  c.distill.temperature = 4.0
 
   c.eval_every = 0            # steps between evaluations (0: once per epoch)
   c.log_every = 50            # steps between training-metric records

@@ -93,6 +93,9 @@ def make(cfg, total_steps, steps_per_epoch):
   if o.freeze:
     labels = lambda p: jax.tree.map(lambda frozen: "frozen" if frozen else "train", regex_mask(p, o.freeze))
     tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+  if cfg.transfer.lr_mults:
+    from imgrec import transfer
+    tx = transfer.wrap_optimizer(cfg.transfer, tx)  # layer-wise learning-rate multipliers
   return tx, lr
 
 

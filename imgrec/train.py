@@ -59,18 +59,21 @@ def variables(state_or_params, batch_stats=None):
   return {"params": state_or_params, **({"batch_stats": batch_stats} if batch_stats else {})}
 
 
-def make_train_step(model, tx, mean, std, cfg=None):
+def make_train_step(model, tx, mean, std, cfg=None, objective=None):
   """The pure training step. `cfg` adds augmentation, label smoothing, penalties,
-  accumulation and EMA; without it the step is plain cross-entropy."""
+  accumulation and EMA; without it the step is plain cross-entropy.
+  `objective(logits, soft_targets, x) -> scalar` replaces cross-entropy (distillation passes one)."""
   from imgrec.config import defaults
   cfg = cfg or defaults()
   ops = augment.parse(cfg.data.augment)
   smoothing, accum, ema_decay = cfg.optim.label_smoothing, cfg.optim.accum_steps, cfg.optim.ema_decay
+  objective = objective or (
+      lambda logits, targets, x: jnp.mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)))
 
   def loss_fn(params, batch_stats, x, targets, rng):
     logits, updates = model.apply(variables(params, batch_stats), x, train=True,
                                   rngs={"dropout": rng}, mutable=["batch_stats"])
-    loss = jnp.mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), targets))
+    loss = objective(logits, targets, x)
     return loss + optim.penalty(cfg, params), (loss, logits, updates.get("batch_stats", batch_stats))
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -252,6 +255,9 @@ def train(cfg, workdir):
   state = checkpoint.restore_latest(mngr, abstract)
   if state is None:
     state = jax.jit(init, out_shardings=state_shardings)()  # initialised already in place
+    if cfg.transfer.init_from:  # fine-tuning: matching parameters come from another run
+      from imgrec import transfer
+      state = transfer.init_from(state, cfg.transfer, state_shardings)
   start_step = int(state.step)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   if is_main:
@@ -260,11 +266,16 @@ def train(cfg, workdir):
   print(f"imgrec: {cfg.model.name} ({n_params / 1e6:.3f}M params) on {ds.name} "
         f"{tuple(ds.image_shape)}, {len(train_split)} train / {len(ds.split(monitor))} {monitor}, "
         f"{jax.device_count()} device(s) x {jax.process_count()} process(es), "
-        f"{total_steps} steps ({per_epoch}/epoch), " + (f"resuming at step {start_step}" if start_step else "from scratch"),
+        f"{total_steps} steps ({per_epoch}/epoch), " + (f"resuming at step {start_step}" if start_step else
+                                                 f"from {cfg.transfer.init_from}" if cfg.transfer.init_from else "from scratch"),
         flush=True)
 
   # ---------------------------------------------------------------- compiled steps
-  train_step = jax.jit(make_train_step(model, tx, info["mean"], info["std"], cfg),
+  objective = None
+  if cfg.distill.teacher:  # knowledge distillation: teacher logits inside the same jitted step
+    from imgrec import compress
+    objective = compress.distillation_loss(cfg.distill, info)
+  train_step = jax.jit(make_train_step(model, tx, info["mean"], info["std"], cfg, objective),
                        in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
                        donate_argnums=(0,))
   eval_step = jax.jit(make_eval_step(model, info["mean"], info["std"]),

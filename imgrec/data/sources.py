@@ -280,6 +280,45 @@ def _load_tfds(name, cfg):
 
 def load(cfg):
   """Opens the data source named by `cfg` (the config's `data` section)."""
+  return _select(_open(cfg), tuple(cfg.get("classes", ())), cfg.get("train_per_class", 0))
+
+
+def _labels(split):
+  if isinstance(split, ArraySplit):
+    return split.labels
+  return np.concatenate([split.get(np.arange(i, min(i + 1024, len(split))))[1] for i in range(0, len(split), 1024)])
+
+
+def _select(ds, classes, train_per_class):
+  """Keeps `classes` (relabelled 0..k-1 in the order given) and at most `train_per_class`
+  training examples per class, drawn with a fixed seed so runs compare on the same examples."""
+  if not classes and not train_per_class:
+    return ds
+  classes = tuple(int(c) for c in classes) or tuple(range(ds.num_classes))
+  bad = [c for c in classes if not 0 <= c < ds.num_classes]
+  if bad or len(set(classes)) != len(classes):
+    raise UserError(f"data.classes {classes} must be distinct class indices in 0..{ds.num_classes - 1}")
+  relabel = np.full(ds.num_classes, -1, np.int32)
+  relabel[list(classes)] = np.arange(len(classes))
+  rng = np.random.default_rng(SPLIT_SEED + 1)
+  splits = {}
+  for name, split in ds.splits.items():
+    labels = _labels(split)
+    keep = []
+    for c in classes:
+      idx = np.flatnonzero(labels == c)
+      if name == "train" and train_per_class:
+        if len(idx) < train_per_class:
+          raise UserError(f"data.train_per_class={train_per_class} but class {c} has {len(idx)} training examples")
+        idx = np.sort(rng.choice(idx, train_per_class, replace=False))
+      keep.append(idx)
+    keep = np.sort(np.concatenate(keep))
+    images, old = split.get(keep)
+    splits[name] = ArraySplit(images, relabel[old])
+  return Dataset(ds.name, splits, tuple(ds.class_names[c] for c in classes), ds.image_shape)
+
+
+def _open(cfg):
   source = cfg.source
   kind, _, arg = source.partition(":")
   if source == "digits":

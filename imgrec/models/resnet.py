@@ -11,6 +11,11 @@ import jax.numpy as jnp
 
 from imgrec.models.layers import Conv
 
+# Symmetric padding for strided 3x3 convs, as torchvision (and PyTorch) do. "SAME" pads a
+# stride-2 conv on an even input (0, 1), which shifts the sampling grid: imported
+# torchvision weights would then see other pixels than they were trained on.
+PAD3 = ((1, 1), (1, 1))
+
 
 class BasicBlock(nn.Module):
   features: int
@@ -21,7 +26,7 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     residual = x
-    y = self.conv(self.features, (3, 3), (self.strides, self.strides), name="conv1")(x)
+    y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=PAD3, name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
     y = self.conv(self.features, (3, 3), name="conv2")(y)
     y = self.norm(name="bn2", scale_init=nn.initializers.zeros)(y)
@@ -43,7 +48,7 @@ class Bottleneck(nn.Module):
     residual = x
     y = self.conv(self.features, (1, 1), name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
-    y = self.conv(self.features, (3, 3), (self.strides, self.strides), name="conv2")(y)
+    y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=PAD3, name="conv2")(y)
     y = nn.relu(self.norm(name="bn2")(y))
     y = self.conv(self.features * self.expansion, (1, 1), name="conv3")(y)
     y = self.norm(name="bn3", scale_init=nn.initializers.zeros)(y)

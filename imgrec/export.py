@@ -1,0 +1,99 @@
+"""Serialises a trained model's predict function with `jax.export` (StableHLO).
+
+The artifact is a zip file:
+  predict.jaxexport   `Exported.serialize()` of `predict(uint8[b, H, W, C]) -> float32[b, K]` logits,
+                      batch dimension `b` symbolic, normalisation and weights baked in as constants
+  meta.json           class names, image shape, input dtype, platforms, source workdir
+
+Loading needs only jax (no imgrec model code): `load(path)` here, or by hand:
+  exp = jax.export.deserialize(zipfile.ZipFile(path).read("predict.jaxexport")); exp.call(images)
+"""
+import json
+import os
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from imgrec.errors import UserError
+
+MODULE_NAME = "predict.jaxexport"
+META_NAME = "meta.json"
+# Lowered for every platform it may be served on; the caller's platform is picked at run time.
+DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
+
+
+def make_predict(model, variables, mean, std):
+  """`predict(uint8 NHWC images) -> float32 logits` with `variables` closed over (baked in)."""
+  from imgrec import train
+
+  def predict(images):
+    return model.apply(variables, train.normalize(images, mean, std), train=False).astype(jnp.float32)
+  return predict
+
+
+def export_predict(predict, image_shape, platforms=DEFAULT_PLATFORMS):
+  """`jax.export.Exported` of `predict` over uint8[b, *image_shape] with a symbolic batch `b`."""
+  (b,) = jax.export.symbolic_shape("b")
+  spec = jax.ShapeDtypeStruct((b, *image_shape), jnp.uint8)
+  return jax.export.export(jax.jit(predict), platforms=tuple(platforms))(spec)
+
+
+def write(path, exported, meta):
+  """Writes the zip artifact (module + meta.json) atomically."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp"
+  try:
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+      z.writestr(MODULE_NAME, bytes(exported.serialize()))
+      z.writestr(META_NAME, json.dumps(meta, indent=2))
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def export_workdir(workdir, out, platforms=DEFAULT_PLATFORMS):
+  """Exports the latest checkpoint of `workdir` to the artifact `out`; returns its meta dict."""
+  from imgrec import train
+  _, info, model, state = train.restore(workdir)
+  variables = jax.device_get(train.variables(state))
+  predict = make_predict(model, variables, info["mean"], info["std"])
+  exported = export_predict(predict, tuple(info["image_shape"]), platforms)
+  meta = {"format": "imgrec-jax-export-v1", "class_names": info["class_names"],
+          "image_shape": list(info["image_shape"]), "input_dtype": "uint8", "output": "logits",
+          "platforms": list(exported.platforms), "workdir": os.path.abspath(workdir),
+          "step": int(state.step)}
+  write(out, exported, meta)
+  return meta
+
+
+class Predictor:
+  """A loaded artifact: `predictor(uint8 images [N, H, W, C]) -> float32 logits [N, K]`."""
+
+  def __init__(self, exported, meta):
+    self.exported = exported
+    self.meta = meta
+    self.class_names = meta["class_names"]
+    self.image_shape = tuple(meta["image_shape"])
+    self._call = jax.jit(exported.call)
+
+  def __call__(self, images):
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != self.image_shape:
+      raise UserError(f"expected uint8 images of shape [N, {', '.join(map(str, self.image_shape))}], "
+                      f"got {images.dtype} {list(images.shape)}")
+    return self._call(images)
+
+
+def load(path):
+  """Reads an artifact written by `export_workdir` (needs only jax, not the model code)."""
+  try:
+    with zipfile.ZipFile(path) as z:
+      blob = z.read(MODULE_NAME)
+      meta = json.loads(z.read(META_NAME))
+  except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+    raise UserError(f"{path} is not an imgrec export artifact ({type(e).__name__}: {e}); "
+                    "write one with `imgrec export --workdir W --out F`") from None
+  return Predictor(jax.export.deserialize(bytearray(blob)), meta)
