@@ -381,14 +381,19 @@ def test_cli_serves_versions_and_drains_on_sigterm(trained_workdir, tmp_path):
   proc = subprocess.Popen(
       [sys.executable, "-m", "imgrec", "serve", "--workdir", f"d:1={trained_workdir}", "--workdir",
        f"d:2={trained_workdir}", "--port", str(port), "--api-keys-file", str(keys), "--batch-sizes", "1,8",
-       "--max-delay-ms", "1500", "--no-float-inputs"],
+       "--no-float-inputs"],
       cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   try:
     wait_ready(url)
     assert requests.get(url + "/v2/models/d", headers=H).json()["versions"] == ["1", "2"]
-    body = v2([1, 8, 8, 1], data=[0] * 64)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # in flight for ~1.5 s (the batcher's max delay)
-      fut = pool.submit(requests.post, url + "/v2/models/d/versions/1/infer", json=body, headers=H, timeout=30)
+    body = json.dumps(v2([1, 8, 8, 1], data=[0] * 64)).encode()
+
+    def slow_body():  # the request is still arriving when SIGTERM comes
+      yield body[:20]
+      time.sleep(1.5)
+      yield body[20:]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+      fut = pool.submit(requests.post, url + "/v2/models/d/versions/1/infer", data=slow_body(), headers=H, timeout=30)
       time.sleep(0.5)
       proc.send_signal(signal.SIGTERM)
       r = fut.result()

@@ -113,8 +113,9 @@ class ServedModel:
     except QueueFull as e:
       raise RequestError(503, f"server busy: {e}; retry shortly", {"retry-after": "1"})
     try:
-      logits = await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
-    except asyncio.TimeoutError:
+      async with asyncio.timeout(timeout):  # on expiry the future is cancelled, so the batcher skips it
+        logits = await asyncio.wrap_future(fut)
+    except TimeoutError:
       raise RequestError(504, f"inference did not finish within {timeout} s")
     logits = np.asarray(logits, np.float32)
     e = np.exp(logits - logits.max(-1, keepdims=True))

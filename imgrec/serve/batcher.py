@@ -1,7 +1,7 @@
 """Dynamic batching: a bounded queue of requests merged into a few fixed, pre-compiled batch sizes.
 
 One worker thread per batcher takes whatever is queued (waiting at most `max_delay` for more while the
-batch is below the largest size), pads it up to the next compiled size, runs the function once and hands
+batch is below the largest size, when the previous batch showed concurrent requests), pads it up to the next compiled size, runs the function once and hands
 each request its rows. Padding to fixed sizes means every shape was compiled during warm-up, so no
 request waits for a compile. Results travel through `concurrent.futures.Future`s, which asyncio awaits
 with `asyncio.wrap_future`; a cancelled (timed-out) request is skipped before it costs device time.
@@ -46,6 +46,7 @@ class Batcher:
     self.fn, self.sizes = fn, sorted(set(batch_sizes))
     self.max_delay, self.on_batch = max_delay_s, on_batch
     self.queue = queue.Queue(max_queue)
+    self._merged = False
     self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
     self.thread.start()
 
@@ -72,7 +73,9 @@ class Batcher:
       if item is _STOP:
         return
       items, n, stop = [item], len(item.images), False
-      deadline = time.monotonic() + self.max_delay
+      # Wait for more only under concurrency (the last batch merged several requests): a lone client
+      # would otherwise pay the full delay on every request.
+      deadline = time.monotonic() + (self.max_delay if self._merged else 0.0)
       while n < largest:
         try:  # everything already waiting, then up to the deadline for more
           nxt = self.queue.get_nowait() if self.queue.qsize() else self.queue.get(
@@ -84,6 +87,7 @@ class Batcher:
           break
         items.append(nxt)
         n += len(nxt.images)
+      self._merged = len(items) > 1
       self._run(items)
       if stop:
         return
