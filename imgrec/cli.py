@@ -8,6 +8,7 @@
   imgrec export --workdir W --out F.zip
   imgrec import-torchvision ARCH WEIGHTS.pth --workdir W   (then --config.transfer.init_from=W)
   imgrec compress --workdir W --method int8|bf16|prune --out PATH [--sparsity 0.9 --steps 200]
+  imgrec serve --workdir W [--workdir NAME:VERSION=W2 ...] [--host H --port P] [--api-keys-file F]
 """
 import argparse
 import json
@@ -94,6 +95,16 @@ def _import_torchvision(args, overrides):
         f"--config.model.name={args.arch} --config.model.kwargs.stem=imagenet --config.transfer.init_from={args.workdir}")
 
 
+def _serve(args, overrides):
+  from imgrec.serve import app
+  sizes = tuple(int(s) for s in args.batch_sizes.split(",") if s.strip())
+  if not sizes or min(sizes) < 1:
+    raise UserError(f"--batch-sizes {args.batch_sizes!r}: give positive integers, e.g. 1,8,32,64")
+  options = app.Options(batch_sizes=sizes, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
+                        timeout_s=args.timeout, float_inputs=not args.no_float_inputs)
+  app.serve(args.workdir, args.host, args.port, args.api_keys_file, options)
+
+
 def parser():
   p = argparse.ArgumentParser(prog="imgrec", description="Image recognition in JAX.")
   sub = p.add_subparsers(dest="command", required=True)
@@ -148,6 +159,18 @@ def parser():
   i.add_argument("weights", help="the .pth state_dict file")
   i.add_argument("--workdir", required=True, help="where params.npz goes")
   i.set_defaults(func=_import_torchvision)
+  s = sub.add_parser("serve", help="serve workdirs over HTTP (OIP v2, TF-Serving REST, uploads, web page)")
+  s.add_argument("--workdir", action="append", required=True,
+                 help="W, NAME=W or NAME:VERSION=W; repeat to serve several models/versions")
+  s.add_argument("--host", default="127.0.0.1")
+  s.add_argument("--port", type=int, default=8000)
+  s.add_argument("--api-keys-file", help="one key per line; clients send Authorization: Bearer KEY or X-API-Key")
+  s.add_argument("--batch-sizes", default="1,8,32,64", help="padded batch sizes compiled at start-up")
+  s.add_argument("--max-delay-ms", type=float, default=1.0, help="longest wait for a batch to fill")
+  s.add_argument("--max-queue", type=int, default=256, help="queued requests per model before 503")
+  s.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds (504 after)")
+  s.add_argument("--no-float-inputs", action="store_true", help="do not compile the FP32 (normalised) input path")
+  s.set_defaults(func=_serve)
   return p
 
 

@@ -1,0 +1,390 @@
+"""The server: models loaded from workdirs, a Starlette app with the OIP v2 / TF-Serving / upload routes, `serve()`.
+
+Request path: Gate (access log, metrics, API key, body cap) -> route -> protocol parsing (all validation
+before any work) -> the model's Batcher (bounded queue, padded compiled batch sizes) -> response.
+Models are restored and warmed up in a background thread, so `/v2/health/live` answers at once and
+`/v2/health/ready` turns true only when every padded size of every model has run once.
+"""
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import threading
+import time
+
+import anyio
+import numpy as np
+import prometheus_client as prom
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from imgrec.errors import UserError
+from imgrec.serve import auth, page, protocol
+from imgrec.serve.batcher import Batcher, QueueFull
+from imgrec.serve.protocol import RequestError
+
+log = logging.getLogger("imgrec")
+access_log = logging.getLogger("imgrec.access")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  batch_sizes: tuple = (1, 8, 32, 64)
+  max_delay_ms: float = 1.0
+  max_queue: int = 256       # requests waiting per batcher; beyond: 503 + Retry-After
+  timeout_s: float = 30.0    # per request, queue wait + inference (504 after)
+  float_inputs: bool = True  # also compile the FP32 (pre-normalised) path
+  limits: protocol.Limits = protocol.Limits()
+  api_keys: tuple = ()
+
+
+def parse_model_arg(arg):
+  """`W`, `NAME=W` or `NAME:VERSION=W` -> (name, version or None, workdir). The default name is W's basename;
+  the default version is the restored checkpoint's step."""
+  name, version, path = None, None, arg
+  if "=" in arg:
+    left, path = arg.split("=", 1)
+    name, _, version = left.partition(":")
+    if version and not version.isdigit():
+      raise UserError(f"--workdir {arg}: version {version!r} must be a positive integer (NAME:VERSION=DIR)")
+  path = os.path.abspath(path)
+  if not os.path.isfile(os.path.join(path, "config.json")):
+    raise UserError(f"--workdir {arg}: {path} has no config.json; pass a workdir written by `imgrec train`")
+  name = name or os.path.basename(path.rstrip("/"))
+  if not name or "/" in name or ":" in name:
+    raise UserError(f"--workdir {arg}: model name {name!r} is not usable in a URL; use NAME=DIR")
+  return name, (int(version) if version else None), path
+
+
+def make_predict(model, mean, std):
+  """The pure predict functions: uint8 pixels (normalised on device) or already-normalised floats -> logits."""
+  from imgrec import train
+
+  def predict_uint8(variables, images):
+    return model.apply(variables, train.normalize(images, mean, std), train=False)
+
+  def predict_float(variables, x):
+    return model.apply(variables, x, train=False)
+  return predict_uint8, predict_float
+
+
+class ServedModel:
+  """One model version: restored variables and a warmed Batcher per input kind."""
+
+  def __init__(self, name, version, workdir):
+    self.name, self.version, self.workdir = name, version, workdir
+    self.spec, self.batchers, self.ready = None, {}, False
+
+  def load(self, options, metrics):
+    import jax
+    from imgrec import train
+    cfg, info, model, state = train.restore(self.workdir)
+    self.version = self.version or int(state.step)
+    self.spec = protocol.ModelSpec(tuple(info["image_shape"]), tuple(info["class_names"]))
+    variables = train.variables(state)
+    fns = dict(zip(("uint8", "float32"), make_predict(model, info["mean"], info["std"])))
+    if not options.float_inputs:
+      del fns["float32"]
+    label = f"{self.name}:{self.version}"
+    for kind, fn in fns.items():
+      dtype = np.uint8 if kind == "uint8" else np.float32
+      compiled = {}
+      for b in options.batch_sizes:  # compile each padded size ahead of time, then run it once
+        x = jax.ShapeDtypeStruct((b, *self.spec.image_shape), dtype)
+        compiled[b] = jax.jit(fn).lower(variables, x).compile()
+        np.asarray(compiled[b](variables, np.zeros(x.shape, dtype)))
+      on_batch = (lambda size, n, h=metrics["batch"].labels(label): h.observe(n))
+      self.batchers[kind] = Batcher(lambda x, c=compiled: c[len(x)](variables, x), options.batch_sizes,
+                                    options.max_delay_ms / 1000, options.max_queue, on_batch, f"batcher-{label}-{kind}")
+      metrics["queue"].labels(label, kind).set_function(self.batchers[kind].depth)
+    self.ready = True
+
+  async def infer(self, images, kind, timeout):
+    """-> (logits, probabilities) as numpy float32."""
+    if kind not in self.batchers:
+      raise RequestError(400, "FP32 inputs are disabled on this server; send UINT8 pixels or encoded images")
+    if len(images) == 0:
+      raise RequestError(400, "the request holds no images")
+    try:
+      fut = self.batchers[kind].submit(images)
+    except QueueFull as e:
+      raise RequestError(503, f"server busy: {e}; retry shortly", {"retry-after": "1"})
+    try:
+      async with asyncio.timeout(timeout):  # on expiry the future is cancelled, so the batcher skips it
+        logits = await asyncio.wrap_future(fut)
+    except TimeoutError:
+      raise RequestError(504, f"inference did not finish within {timeout} s")
+    logits = np.asarray(logits, np.float32)
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return logits, e / e.sum(-1, keepdims=True)
+
+  def close(self):
+    for b in self.batchers.values():
+      b.close()
+
+
+def _metrics():
+  reg = prom.CollectorRegistry()
+  return reg, {
+      "requests": prom.Counter("imgrec_requests", "HTTP requests by route and status", ["route", "method", "status"],
+                               registry=reg),
+      "latency": prom.Histogram("imgrec_request_seconds", "request latency", ["route"], registry=reg,
+                                buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)),
+      "batch": prom.Histogram("imgrec_batch_size", "images per executed batch", ["model"], registry=reg,
+                              buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)),
+      "queue": prom.Gauge("imgrec_queue_depth", "requests waiting in the batcher", ["model", "kind"], registry=reg),
+  }
+
+
+class Gate:
+  """Pure ASGI middleware: access log + metrics around everything; API key and body-size cap in front."""
+
+  def __init__(self, app, key_digests, max_body, metrics):
+    self.app, self.keys, self.max_body, self.m = app, key_digests, max_body, metrics
+
+  async def __call__(self, scope, receive, send):
+    if scope["type"] != "http":
+      return await self.app(scope, receive, send)
+    t0, status, size = time.perf_counter(), [500], [0]
+
+    async def send_wrapper(message):
+      if message["type"] == "http.response.start":
+        status[0] = message["status"]
+      elif message["type"] == "http.response.body":
+        size[0] += len(message.get("body", b""))
+      await send(message)
+
+    try:
+      headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+      refused = self._refuse(scope, headers)
+      if refused:
+        await refused(scope, receive, send_wrapper)
+      else:
+        await self.app(scope, self._capped(receive), send_wrapper)
+    finally:
+      route = scope.get("route")
+      route = route.path if route is not None else "unmatched"
+      dt = time.perf_counter() - t0
+      self.m["requests"].labels(route, scope["method"], str(status[0])).inc()
+      self.m["latency"].labels(route).observe(dt)
+      client = scope.get("client") or ("-", 0)
+      access_log.info('%s "%s %s" %d %d %.1fms', client[0], scope["method"], scope["path"], status[0], size[0],
+                      dt * 1000)
+
+  def _refuse(self, scope, headers):
+    if self.keys and scope["path"] not in auth.OPEN_PATHS:
+      refused = auth.check(auth.presented_key(headers), self.keys)
+      if refused:
+        extra = {"www-authenticate": "Bearer"} if refused[0] == 401 else {}
+        return JSONResponse({"error": refused[1]}, refused[0], headers=extra)
+    length = headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > self.max_body):
+      return JSONResponse({"error": f"body of {length} bytes is over the limit of {self.max_body}"}, 413)
+    return None
+
+  def _capped(self, receive):
+    seen = [0]
+
+    async def capped():  # chunked bodies carry no Content-Length: count as they arrive
+      message = await receive()
+      if message["type"] == "http.request":
+        seen[0] += len(message.get("body", b""))
+        if seen[0] > self.max_body:
+          raise RequestError(413, f"body is over the limit of {self.max_body} bytes")
+      return message
+    return capped
+
+
+def create_app(models, options=Options()):
+  """`models`: [(name, version or None, workdir)]. Loading and warm-up start with the app's lifespan."""
+  served = [ServedModel(*m) for m in models]
+  registry, metrics = _metrics()
+  limits = options.limits
+  state = {"error": None}
+
+  def load_all():
+    try:
+      for m in served:
+        m.load(options, metrics)
+      log.info("imgrec serve: ready: %s", ", ".join(f"{m.name}:{m.version}" for m in served))
+    except Exception as e:  # reported by /v2/health/ready and the log; the process stays up for probes
+      log.exception("model loading failed")
+      state["error"] = f"{type(e).__name__}: {e}"
+
+  def get_model(request):
+    name, version = request.path_params["name"], request.path_params.get("version")
+    found = [m for m in served if m.name == name]
+    if not found:
+      raise RequestError(404, f"model {name!r} not found; served: {sorted({m.name for m in served})}")
+    if not all(m.ready for m in found):
+      raise RequestError(503, f"model {name!r} is still loading", {"retry-after": "1"})
+    if version is None:
+      return max(found, key=lambda m: m.version)
+    for m in found:
+      if str(m.version) == version:
+        return m
+    raise RequestError(404, f"model {name!r} has no version {version!r}; versions: {[m.version for m in found]}")
+
+  async def read_body(request):
+    return await request.body()
+
+  async def parse(size, fn, *args):  # big bodies are parsed off the event loop; small ones inline (cheaper)
+    if size > 65536:
+      return await anyio.to_thread.run_sync(fn, *args)
+    return fn(*args)
+
+  # ---------------------------------------------------------------- OIP v2
+  async def live(request):
+    return JSONResponse({"live": True})
+
+  async def ready(request):
+    if state["error"]:
+      return JSONResponse({"error": f"model loading failed: {state['error']}"}, 503)
+    if not all(m.ready for m in served):
+      return JSONResponse({"error": "models are loading and warming up"}, 503)
+    return JSONResponse({"ready": True})
+
+  async def server_metadata(request):
+    return JSONResponse({"name": "imgrec", "version": _version(),
+                         "extensions": ["binary_tensor_data", "classification"]})
+
+  async def model_metadata(request):
+    m = get_model(request)
+    H, W, C = m.spec.image_shape
+    K = len(m.spec.class_names)
+    return JSONResponse({
+        "name": m.name, "versions": [str(x.version) for x in served if x.name == m.name], "platform": "jax_flax",
+        "inputs": [{"name": protocol.INPUT_NAME, "datatype": "UINT8", "shape": [-1, H, W, C]}],
+        "outputs": [{"name": n, "datatype": "FP32", "shape": [-1, K]} for n in protocol.OUTPUTS]})
+
+  async def model_ready(request):
+    m = get_model(request)
+    return JSONResponse({"name": m.name, "version": str(m.version), "ready": True})
+
+  async def v2_infer(request):
+    m = get_model(request)
+    raw = await read_body(request)
+    req = await parse(len(raw), protocol.parse_v2_infer, raw, request.headers.get("inference-header-content-length"),
+                      m.spec, limits)
+    logits, probs = await m.infer(req.images, req.kind, options.timeout_s)
+    body, headers = protocol.v2_response(m.name, m.version, req, logits, probs, m.spec.class_names)
+    return Response(body, headers=headers)
+
+  # ---------------------------------------------------------------- TF-Serving REST and uploads
+  async def v1_status(request):
+    m = get_model(request)
+    return JSONResponse({"model_version_status": [
+        {"version": str(x.version), "state": "AVAILABLE" if x.ready else "LOADING",
+         "status": {"error_code": "OK", "error_message": ""}} for x in served if x.name == m.name]})
+
+  async def v1_predict(request):
+    m = get_model(request)
+    raw = await read_body(request)
+    body = await parse(len(raw), protocol.load_json, raw, limits)
+    images, kind, columnar = await parse(len(raw), protocol.parse_tfs, body, m.spec, limits)
+    _, probs = await m.infer(images, kind, options.timeout_s)
+    return JSONResponse({"outputs": probs.tolist()} if columnar else {"predictions": probs.tolist()})
+
+  async def v1_classify(request):
+    m = get_model(request)
+    try:
+      k = int(request.query_params.get("k", 5))
+    except ValueError:
+      raise RequestError(400, "query parameter k must be an integer")
+    k = max(1, min(k, len(m.spec.class_names)))
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "application/json":  # TF-Serving style: results per instance as [label, score] pairs
+      raw = await read_body(request)
+      body = await parse(len(raw), protocol.load_json, raw, limits)
+      images, kind, _ = await parse(len(raw), protocol.parse_tfs, body, m.spec, limits)
+      _, probs = await m.infer(images, kind, options.timeout_s)
+      top = np.argsort(-probs, -1, kind="stable")[:, :k]
+      return JSONResponse({"results": [[[m.spec.class_names[j], float(p[j])] for j in t]
+                                       for p, t in zip(probs, top)]})
+    if ctype == "multipart/form-data":
+      await read_body(request)  # capped by the Gate, then parsed from memory
+      form = await request.form(max_files=1, max_fields=8, max_part_size=limits.max_body_bytes)
+      files = [v for v in form.values() if hasattr(v, "read")]
+      if not files:
+        raise RequestError(400, "multipart upload has no file field; send the image as a file, e.g. -F image=@cat.png")
+      data = await files[0].read()
+    else:  # a raw image body (curl --data-binary @cat.png)
+      data = await read_body(request)
+    if not data:
+      raise RequestError(400, "empty body; send an image, e.g. curl --data-binary @cat.png URL")
+    image = await anyio.to_thread.run_sync(protocol.decode_image, data, m.spec, limits)
+    _, probs = await m.infer(image[None], "uint8", options.timeout_s)
+    top = np.argsort(-probs[0], kind="stable")[:k]
+    return JSONResponse({"model": m.name, "version": str(m.version), "predictions": [
+        {"label": m.spec.class_names[j], "index": int(j), "probability": float(probs[0, j])} for j in top]})
+
+  async def index(request):
+    names = sorted({m.name for m in served})
+    return HTMLResponse(page.render(names, bool(options.api_keys)))
+
+  async def metrics_endpoint(request):
+    return Response(prom.generate_latest(registry), media_type=prom.CONTENT_TYPE_LATEST)
+
+  # ---------------------------------------------------------------- errors, always {"error": ...}
+  async def request_error(request, exc):
+    return JSONResponse({"error": exc.message}, exc.status, headers=exc.headers)
+
+  async def http_error(request, exc):
+    return JSONResponse({"error": exc.detail}, exc.status_code, headers=exc.headers)
+
+  async def server_error(request, exc):
+    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    return JSONResponse({"error": f"internal server error ({type(exc).__name__})"}, 500)
+
+  routes = [Route("/", index), Route("/metrics", metrics_endpoint),
+            Route("/v2/health/live", live), Route("/v2/health/ready", ready), Route("/v2", server_metadata)]
+  for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+    routes += [Route(prefix, model_metadata), Route(prefix + "/ready", model_ready),
+               Route(prefix + "/infer", v2_infer, methods=["POST"])]
+  for prefix in ("/v1/models/{name}", "/v1/models/{name}/versions/{version}"):
+    routes += [Route(prefix + ":predict", v1_predict, methods=["POST"]),
+               Route(prefix + ":classify", v1_classify, methods=["POST"]), Route(prefix, v1_status)]
+
+  @contextlib.asynccontextmanager
+  async def lifespan(app):
+    thread = threading.Thread(target=load_all, name="model-loader", daemon=True)
+    thread.start()
+    yield
+    for m in served:  # uvicorn has already drained in-flight requests; finish what is queued
+      m.close()
+
+  app = Starlette(routes=routes, lifespan=lifespan,
+                  exception_handlers={RequestError: request_error, HTTPException: http_error, Exception: server_error})
+  app.state.served = served
+  return Gate(app, auth.digests(options.api_keys), limits.max_body_bytes, metrics)
+
+
+def _version():
+  from importlib import metadata
+  try:
+    return metadata.version("imgrec")
+  except metadata.PackageNotFoundError:
+    return "0"
+
+
+def serve(model_args, host="127.0.0.1", port=8000, api_keys_file=None, options=Options()):
+  """Runs the server until SIGINT/SIGTERM; uvicorn then stops accepting, drains in-flight requests, and the
+  lifespan shutdown finishes the queued batches."""
+  import uvicorn
+  models = [parse_model_arg(a) for a in model_args]
+  names = [(n, v) for n, v, _ in models]
+  if len(set(names)) != len(names):
+    raise UserError(f"the same model name and version is given twice: {names}")
+  if api_keys_file:
+    options = dataclasses.replace(options, api_keys=tuple(auth.load_keys(api_keys_file)))
+  elif host not in ("127.0.0.1", "localhost", "::1"):
+    log.warning("serving on %s without --api-keys-file: anyone who can reach it can use it", host)
+  logging.getLogger("imgrec").setLevel(logging.INFO)
+  access_log.setLevel(logging.INFO)
+  print(f"imgrec serve: http://{host}:{port}/ (models load and warm up; /v2/health/ready turns 200 when done)",
+        flush=True)
+  uvicorn.run(create_app(models, options), host=host, port=port, access_log=False, log_level="warning",
+              timeout_graceful_shutdown=options.timeout_s)

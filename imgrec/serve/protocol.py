@@ -1,0 +1,431 @@
+"""Request parsing and validation for the server's protocols, as pure functions over bytes and dicts.
+
+Everything here runs before any model work: a request that fails raises `RequestError` with an HTTP
+status and a message naming what was wrong. Protocols:
+  - Open Inference Protocol v2 (KServe / Triton) JSON, with the binary tensor extension
+    (`Inference-Header-Content-Length`, `binary_data_size` / `binary_data` parameters) and the
+    classification extension (`parameters.classification = k` -> "score:index:label" strings);
+  - TF-Serving REST `:predict` / `:classify` bodies (`instances` rows or `inputs` columns, `{"b64": ...}`);
+  - encoded images (PNG / JPEG) with a format allow-list and a pixel cap checked from the header.
+A parsed image batch is `(array, kind)`: kind "uint8" (pixels, normalised on device) or "float32"
+(already normalised by the client).
+"""
+import base64
+import binascii
+import dataclasses
+import io
+import json
+import math
+import struct
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+INPUT_NAME = "images"
+OUTPUTS = ("logits", "probabilities")
+
+# OIP v2 datatype -> numpy dtype (BYTES is handled apart).
+DTYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+          "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+          "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
+IMAGE_DTYPES = ("UINT8", "FP32", "BYTES")  # what the image input accepts
+MAGIC = {"PNG": (b"\x89PNG\r\n\x1a\n",), "JPEG": (b"\xff\xd8\xff",), "GIF": (b"GIF87a", b"GIF89a"),
+         "WEBP": (b"RIFF",), "BMP": (b"BM",), "TIFF": (b"II*\x00", b"MM\x00*")}
+
+
+class RequestError(Exception):
+  """A bad request: HTTP `status`, a message for the client, optional extra headers."""
+
+  def __init__(self, status, message, headers=None):
+    super().__init__(message)
+    self.status, self.message, self.headers = status, message, headers or {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+  max_body_bytes: int = 32 << 20   # whole request body (413 above)
+  max_json_depth: int = 32         # nesting of arrays/objects (400 above)
+  max_pixels: int = 16_000_000     # per decoded image, checked from the header before decoding (413 above)
+  max_images: int = 1024           # images per request (400 above)
+  formats: tuple = ("PNG", "JPEG")  # encoded image allow-list (415 otherwise)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """What the parsers need to know about a model."""
+  image_shape: tuple   # (H, W, C)
+  class_names: tuple
+
+
+# ---------------------------------------------------------------- JSON
+
+_DROP = bytes(range(256)).translate(None, b'[]{}"')  # every byte but brackets and quotes
+
+
+def check_json_depth(raw, max_depth):
+  """Rejects JSON nested deeper than `max_depth` without parsing it (brackets inside strings ignored).
+
+  Byte-level and vectorised, so it costs little even for large tensors in JSON."""
+  s = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _DROP)  # escapes first, then keep [ ] { } "
+  if b'"' in s:
+    s = b"".join(s.split(b'"')[0::2])  # outside strings only
+  if not s:
+    return
+  a = np.frombuffer(s, np.uint8)
+  steps = np.where((a == ord("[")) | (a == ord("{")), 1, -1)
+  depth = int(np.max(np.cumsum(steps)))
+  if depth > max_depth:
+    raise RequestError(400, f"JSON nested {depth} levels deep, more than the limit of {max_depth}")
+
+
+def load_json(raw, limits):
+  check_json_depth(raw, limits.max_json_depth)
+  try:
+    body = json.loads(raw)
+  except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+    raise RequestError(400, f"body is not valid JSON: {e}")
+  if not isinstance(body, dict):
+    raise RequestError(400, f"JSON body must be an object, got {type(body).__name__}")
+  return body
+
+
+# ---------------------------------------------------------------- tensors
+
+def check_shape(name, shape, limits, elements_per_image):
+  """Validates an OIP `shape` and returns its element count, before anything is allocated."""
+  if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+    raise RequestError(400, f"input '{name}': shape must be a list of integers, got {shape!r}")
+  if len(shape) > 8 or any(d < 0 for d in shape):
+    raise RequestError(400, f"input '{name}': shape {shape} must have at most 8 non-negative dimensions")
+  count = math.prod(shape)  # Python ints: no overflow
+  limit = limits.max_images * elements_per_image
+  if count > limit:
+    raise RequestError(400, f"input '{name}': shape {shape} has {count} elements, more than the limit of "
+                            f"{limit} ({limits.max_images} images)")
+  return count
+
+
+def tensor_from_json(name, datatype, shape, data, count):
+  """OIP JSON `data` (flat or nested, row-major) -> numpy array of `shape`."""
+  if datatype == "BYTES":
+    flat = _flatten(name, data)
+    if len(flat) != count:
+      raise RequestError(400, f"input '{name}': {len(flat)} values for shape {shape} ({count} elements)")
+    if not all(isinstance(v, str) for v in flat):
+      raise RequestError(400, f"input '{name}': BYTES data must be strings (base64 for encoded images)")
+    return np.array([_b64(name, v) for v in flat], dtype=object).reshape(shape)
+  dtype = np.dtype(DTYPES[datatype])
+  try:
+    arr = np.array(data)
+  except (ValueError, OverflowError) as e:
+    raise RequestError(400, f"input '{name}': data is not a regular array: {e}")
+  if arr.size != count:
+    raise RequestError(400, f"input '{name}': {arr.size} values for shape {shape} ({count} elements)")
+  return _cast(name, arr, dtype).reshape(shape)
+
+
+def _flatten(name, data):
+  if not isinstance(data, list):
+    raise RequestError(400, f"input '{name}': data must be a list")
+  out, stack = [], [data]
+  while stack:  # iterative: depth is already bounded, but keep it off the Python stack anyway
+    v = stack.pop()
+    if isinstance(v, list):
+      stack.extend(reversed(v))
+    else:
+      out.append(v)
+  return out
+
+
+def _cast(name, arr, dtype):
+  """Numbers from JSON -> dtype, refusing values the dtype cannot hold."""
+  if arr.size == 0:
+    return arr.astype(dtype)
+  if dtype.kind in "iu":
+    if arr.dtype.kind not in "iub":
+      raise RequestError(400, f"input '{name}': {dtype.name} data must be integers, got {arr.dtype.kind!r} values")
+    info = np.iinfo(dtype)
+    if arr.dtype.kind != "b" and (arr.min() < info.min or arr.max() > info.max):
+      raise RequestError(400, f"input '{name}': values must be within [{info.min}, {info.max}] for {dtype.name}")
+  elif dtype.kind == "f":
+    if arr.dtype.kind not in "iuf":
+      raise RequestError(400, f"input '{name}': {dtype.name} data must be numbers")
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)) or np.abs(arr).max() > np.finfo(dtype).max:
+      raise RequestError(400, f"input '{name}': values must be finite and fit {dtype.name}")
+  elif dtype.kind == "b" and arr.dtype.kind != "b":
+    raise RequestError(400, f"input '{name}': BOOL data must be true/false")
+  return arr.astype(dtype)
+
+
+def tensor_from_binary(name, datatype, shape, buf, count):
+  """A binary-extension tensor: raw little-endian row-major bytes, or length-prefixed BYTES elements."""
+  if datatype == "BYTES":
+    items = split_bytes_elements(name, buf)
+    if len(items) != count:
+      raise RequestError(400, f"input '{name}': {len(items)} BYTES elements for shape {shape} ({count} elements)")
+    return np.array(items, dtype=object).reshape(shape)
+  dtype = np.dtype(DTYPES[datatype]).newbyteorder("<")
+  if len(buf) != count * dtype.itemsize:
+    raise RequestError(400, f"input '{name}': binary_data_size {len(buf)} does not match shape {shape} x "
+                            f"{datatype} ({count * dtype.itemsize} bytes)")
+  arr = np.frombuffer(buf, dtype).reshape(shape)
+  if dtype.kind == "f" and not np.all(np.isfinite(arr)):
+    raise RequestError(400, f"input '{name}': values must be finite")
+  return arr.astype(dtype.newbyteorder("="))
+
+
+def split_bytes_elements(name, buf):
+  items, i = [], 0
+  while i < len(buf):
+    if i + 4 > len(buf):
+      raise RequestError(400, f"input '{name}': truncated BYTES element length at offset {i}")
+    (n,) = struct.unpack_from("<I", buf, i)
+    if i + 4 + n > len(buf):
+      raise RequestError(400, f"input '{name}': BYTES element of {n} bytes at offset {i} runs past the data")
+    items.append(bytes(buf[i + 4:i + 4 + n]))
+    i += 4 + n
+  return items
+
+
+def join_bytes_elements(items):
+  return b"".join(struct.pack("<I", len(b)) + b for b in items)
+
+
+def _b64(name, s):
+  try:
+    return base64.b64decode(s, validate=True)
+  except (binascii.Error, ValueError):
+    raise RequestError(400, f"input '{name}': not valid base64")
+
+
+# ---------------------------------------------------------------- images
+
+def sniff_format(data):
+  for fmt, prefixes in MAGIC.items():
+    if any(data.startswith(p) for p in prefixes):
+      return fmt
+  return None
+
+
+def decode_image(data, spec, limits):
+  """Encoded PNG/JPEG -> uint8 (H, W, C) of the model's shape. The pixel count is checked from the header,
+  so a small file that would decode to a huge image is refused without decoding it."""
+  fmt = sniff_format(data)
+  if fmt is None or fmt not in limits.formats:
+    raise RequestError(415, f"unsupported image format ({fmt or 'unknown'}); send one of {', '.join(limits.formats)}")
+  try:
+    im = Image.open(io.BytesIO(data), formats=[fmt])  # reads the header only
+  except Image.DecompressionBombError as e:
+    raise RequestError(413, f"image too large: {e}")
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    raise RequestError(400, f"cannot read the {fmt} image: {e}")
+  w, h = im.size
+  if w * h > limits.max_pixels:
+    raise RequestError(413, f"image is {w}x{h} = {w * h} pixels, more than the limit of {limits.max_pixels}; "
+                            f"resize it first")
+  H, W, C = spec.image_shape
+  try:
+    im = im.convert("L" if C == 1 else "RGB")
+  except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt pixel data
+    raise RequestError(400, f"cannot decode the {fmt} image: {e}")
+  if im.size != (W, H):
+    im = im.resize((W, H), Image.Resampling.BILINEAR)
+  return np.asarray(im, np.uint8).reshape(H, W, C)
+
+
+def decode_images(items, spec, limits):
+  if len(items) > limits.max_images:
+    raise RequestError(400, f"{len(items)} images in one request, more than the limit of {limits.max_images}")
+  return np.stack([decode_image(b, spec, limits) for b in items]) if items else \
+      np.zeros((0, *spec.image_shape), np.uint8)
+
+
+def image_batch(name, arr, spec, limits):
+  """A tensor for the image input -> (batch, kind); checks it is NHWC of the model's image shape."""
+  if arr.dtype == object:  # BYTES: encoded images, one per element
+    return decode_images(list(arr.reshape(-1)), spec, limits), "uint8"
+  if arr.dtype not in (np.uint8, np.float32):
+    raise RequestError(400, f"input '{name}': datatype {arr.dtype} is not accepted; send UINT8 pixels, "
+                            f"FP32 normalised pixels, or BYTES encoded images")
+  if arr.ndim != 4 or tuple(arr.shape[1:]) != tuple(spec.image_shape):
+    raise RequestError(400, f"input '{name}': shape {list(arr.shape)} does not match [-1, "
+                            f"{', '.join(map(str, spec.image_shape))}] (NHWC)")
+  if arr.shape[0] > limits.max_images:
+    raise RequestError(400, f"input '{name}': {arr.shape[0]} images, more than the limit of {limits.max_images}")
+  return arr, ("uint8" if arr.dtype == np.uint8 else "float32")
+
+
+# ---------------------------------------------------------------- OIP v2
+
+@dataclasses.dataclass
+class InferRequest:
+  images: np.ndarray
+  kind: str             # "uint8" | "float32"
+  outputs: list         # [{"name", "binary", "classification"}]
+  id: str | None
+
+
+def parse_v2_infer(raw, header_length, spec, limits):
+  """OIP v2 infer body (JSON, or JSON + binary tensors when `header_length` is given) -> InferRequest."""
+  if header_length is not None:
+    try:
+      n = int(header_length)
+    except ValueError:
+      raise RequestError(400, f"Inference-Header-Content-Length must be an integer, got {header_length!r}")
+    if not 0 <= n <= len(raw):
+      raise RequestError(400, f"Inference-Header-Content-Length {n} is outside the body of {len(raw)} bytes")
+    head, tail = raw[:n], memoryview(raw)[n:]
+  else:
+    head, tail = raw, memoryview(b"")
+  body = load_json(head, limits)
+  inputs = body.get("inputs")
+  if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+    raise RequestError(400, f"'inputs' must be a list with one tensor named '{INPUT_NAME}'")
+  t = inputs[0]
+  name, datatype, shape = t.get("name"), t.get("datatype"), t.get("shape")
+  if name != INPUT_NAME:
+    raise RequestError(400, f"unknown input {name!r}; this model takes one input named '{INPUT_NAME}'")
+  if datatype not in IMAGE_DTYPES:
+    raise RequestError(400, f"input '{name}': datatype {datatype!r} is not accepted; use one of {IMAGE_DTYPES}")
+  per_image = 1 if datatype == "BYTES" else math.prod(spec.image_shape)
+  count = check_shape(name, shape, limits, per_image)
+  params = t.get("parameters") or {}
+  if not isinstance(params, dict):
+    raise RequestError(400, f"input '{name}': parameters must be an object")
+  size = params.get("binary_data_size")
+  if size is not None:
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+      raise RequestError(400, f"input '{name}': binary_data_size must be a non-negative integer")
+    if size != len(tail):
+      raise RequestError(400, f"input '{name}': binary_data_size {size} but {len(tail)} binary bytes follow the "
+                              f"JSON header")
+    arr = tensor_from_binary(name, datatype, shape, tail, count)
+  else:
+    if len(tail):
+      raise RequestError(400, f"{len(tail)} binary bytes follow the JSON header but no input has binary_data_size")
+    if "data" not in t:
+      raise RequestError(400, f"input '{name}': needs 'data' or parameters.binary_data_size")
+    arr = tensor_from_json(name, datatype, shape, t["data"], count)
+  images, kind = image_batch(name, arr, spec, limits)
+  rparams = body.get("parameters") or {}
+  binary_default = bool(isinstance(rparams, dict) and rparams.get("binary_data_output", False))
+  outputs = _requested_outputs(body.get("outputs"), binary_default, len(spec.class_names))
+  rid = body.get("id")
+  return InferRequest(images, kind, outputs, rid if isinstance(rid, str) else None)
+
+
+def _requested_outputs(outputs, binary_default, num_classes):
+  if outputs is None:
+    return [{"name": n, "binary": binary_default, "classification": 0} for n in OUTPUTS]
+  if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+    raise RequestError(400, "'outputs' must be a list of objects")
+  result = []
+  for o in outputs:
+    name, params = o.get("name"), o.get("parameters") or {}
+    if name not in OUTPUTS:
+      raise RequestError(400, f"unknown output {name!r}; this model has {list(OUTPUTS)}")
+    k = params.get("classification", 0)
+    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+      raise RequestError(400, f"output '{name}': classification must be a non-negative integer")
+    result.append({"name": name, "binary": bool(params.get("binary_data", binary_default)),
+                   "classification": min(k, num_classes)})
+  return result
+
+
+def classification_strings(values, k, class_names):
+  """Triton classification extension: per row the top-k "score:index:label" strings of `values`."""
+  top = np.argsort(-values, axis=-1, kind="stable")[:, :k]
+  return [[f"{values[i, j]:f}:{j}:{class_names[j]}" for j in row] for i, row in enumerate(top)]
+
+
+def v2_response(model_name, version, request, logits, probs, class_names):
+  """-> (body bytes, extra headers). Binary outputs follow the JSON header, in output order."""
+  tensors = {"logits": logits, "probabilities": probs}
+  outs, blobs = [], []
+  for o in request.outputs:
+    values = tensors[o["name"]]
+    if o["classification"]:
+      rows = classification_strings(values, o["classification"], class_names)
+      entry = {"name": o["name"], "datatype": "BYTES", "shape": [len(rows), o["classification"]]}
+      flat = [s for r in rows for s in r]
+      if o["binary"]:
+        blob = join_bytes_elements([s.encode() for s in flat])
+      else:
+        entry["data"] = flat
+    else:
+      entry = {"name": o["name"], "datatype": "FP32", "shape": list(values.shape)}
+      if o["binary"]:
+        blob = np.ascontiguousarray(values, "<f4").tobytes()
+      else:
+        entry["data"] = values.ravel().tolist()
+    if o["binary"]:
+      entry["parameters"] = {"binary_data_size": len(blob)}
+      blobs.append(blob)
+    outs.append(entry)
+  resp = {"model_name": model_name, "model_version": str(version), "outputs": outs}
+  if request.id is not None:
+    resp["id"] = request.id
+  head = json.dumps(resp).encode()
+  if not blobs:
+    return head, {"content-type": "application/json"}
+  return head + b"".join(blobs), {"content-type": "application/octet-stream",
+                                  "inference-header-content-length": str(len(head))}
+
+
+# ---------------------------------------------------------------- TF-Serving REST
+
+def parse_tfs(body, spec, limits):
+  """`{"instances": [...]}` (rows) or `{"inputs": ...}` (columns) -> (batch, kind, columnar)."""
+  if ("instances" in body) == ("inputs" in body):
+    raise RequestError(400, "body needs exactly one of 'instances' (row form) or 'inputs' (columnar form)")
+  if "instances" in body:
+    rows = body["instances"]
+    if not isinstance(rows, list):
+      raise RequestError(400, "'instances' must be a list")
+    if len(rows) > limits.max_images:
+      raise RequestError(400, f"{len(rows)} instances, more than the limit of {limits.max_images}")
+    rows = [_unwrap_named(r) for r in rows]
+    if rows and all(_is_b64(r) for r in rows):
+      return decode_images([_b64(INPUT_NAME, r["b64"]) for r in rows], spec, limits), "uint8", False
+    if any(_is_b64(r) for r in rows):
+      raise RequestError(400, "'instances' mixes {\"b64\": ...} images with numeric arrays")
+    arr, kind = _numeric(rows, spec, limits)
+    return arr, kind, False
+  value = _unwrap_named(body["inputs"])
+  if _is_b64(value):
+    value = [value]
+  if isinstance(value, list) and value and all(_is_b64(v) for v in value):
+    if len(value) > limits.max_images:
+      raise RequestError(400, f"{len(value)} images, more than the limit of {limits.max_images}")
+    return decode_images([_b64(INPUT_NAME, v["b64"]) for v in value], spec, limits), "uint8", True
+  arr, kind = _numeric(value, spec, limits)
+  return arr, kind, True
+
+
+def _is_b64(v):
+  return isinstance(v, dict) and set(v) == {"b64"} and isinstance(v["b64"], str)
+
+
+def _unwrap_named(v):
+  """TF-Serving allows named inputs: {"images": value}; this model has one input."""
+  if isinstance(v, dict) and not _is_b64(v):
+    if set(v) != {INPUT_NAME}:
+      raise RequestError(400, f"unknown input(s) {sorted(v)}; this model takes one input named '{INPUT_NAME}'")
+    return v[INPUT_NAME]
+  return v
+
+
+def _numeric(value, spec, limits):
+  """Nested numbers [N, H, W, C]: integers are uint8 pixels, floats are normalised pixels."""
+  try:
+    arr = np.array(value)
+  except (ValueError, OverflowError) as e:
+    raise RequestError(400, f"input '{INPUT_NAME}': not a regular numeric array: {e}")
+  if arr.dtype.kind in "iu" or (arr.size == 0 and arr.dtype.kind == "f"):
+    arr = _cast(INPUT_NAME, arr, np.dtype(np.uint8))
+  elif arr.dtype.kind == "f":
+    arr = _cast(INPUT_NAME, arr, np.dtype(np.float32))
+  else:
+    raise RequestError(400, f"input '{INPUT_NAME}': values must be numbers (integers 0-255 or normalised floats)")
+  return image_batch(INPUT_NAME, arr, spec, limits)
