@@ -2,6 +2,7 @@
 
   imgrec train [--config configs/FILE.py[:ARGS]] [--workdir W] [--config.KEY=VALUE ...]
   imgrec eval --workdir W [--split test] [--json]
+  imgrec models [NAME ...] [--no-flops] [--json]
 """
 import argparse
 import json
@@ -32,6 +33,24 @@ def _eval(args, overrides):
           f"{result['examples']} examples (checkpoint step {result['step']})")
 
 
+def _models(args, overrides):
+  import tqdm
+  from imgrec import models
+  from imgrec.models import profile
+  for name in args.names:
+    models.family(name)  # unknown names fail before any work
+  names = args.names or models.names()
+  rows = []
+  for name in tqdm.tqdm(names, desc="models", unit="model", disable=args.json or len(names) == 1):
+    rows.append(profile.describe(name, args.num_classes, flops=not args.no_flops))
+  if args.json:
+    print(json.dumps([{k: r[k] for k in ("name", "family", "input_shape", "params", "gflops")} for r in rows]))
+  else:
+    print(profile.table(rows))
+    print(f"params at {args.num_classes} classes; GFLOPs: XLA cost analysis of the compiled forward pass, "
+          "batch 1, a multiply-add = 2 FLOPs")
+
+
 def parser():
   p = argparse.ArgumentParser(prog="imgrec", description="Image recognition in JAX.")
   sub = p.add_subparsers(dest="command", required=True)
@@ -45,6 +64,12 @@ def parser():
   e.add_argument("--split", help="split to evaluate (default: the config's eval split)")
   e.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
   e.set_defaults(func=_eval)
+  m = sub.add_parser("models", help="list registered models with parameter count and forward GFLOPs")
+  m.add_argument("names", nargs="*", help="models to describe (default: all)")
+  m.add_argument("--num-classes", type=int, default=1000)
+  m.add_argument("--no-flops", action="store_true", help="skip compiling for FLOPs (parameter counts only)")
+  m.add_argument("--json", action="store_true", help="print the rows as JSON")
+  m.set_defaults(func=_models)
   return p
 
 
