@@ -57,7 +57,7 @@ TINY = {
     "efficientnet_b0": dict(width_mult=0.25, depth_mult=0.34, drop_path_rate=0.5),
     "vit_ti4": dict(width=16, depth=2, heads=2, mlp_dim=32, drop_path_rate=0.5, dropout=0.1),
     "lstm": dict(hidden=16, dropout=0.2),
-    "gru": dict(hidden=16, layers=2, bidirectional=True),
+    "gru": dict(hidden=16, bidirectional=True, unroll=1),  # a scan loop: faster to compile than unrolled
 }
 BATCH_NORM = {"alexnet": False, "lenet5": False, "vit_ti4": False, "lstm": False, "gru": False}
 STOCHASTIC = {"alexnet", "small_cnn", "vgg11_bn", "inception_v1", "resnet50", "wrn16_4", "mobilenet_v2",
@@ -126,23 +126,23 @@ def test_bfloat16_compute_keeps_float32_params(name):
 def test_inception_aux_heads_sown_in_training():
   model = models.create("inception_v1", 5, **TINY["inception_v1"])
   x = jnp.zeros((2, 28, 28, 1))
-  variables = model.init({"params": jax.random.PRNGKey(0)}, x, train=False)
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
   assert "aux1" in variables["params"] and "aux2" in variables["params"]
-  _, state = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(0)},
-                         mutable=["batch_stats", "intermediates"])
+  _, state = jax.eval_shape(lambda v: model.apply(v, x, train=True, rngs={"dropout": jax.random.PRNGKey(0)},
+                                                  mutable=["batch_stats", "intermediates"]), variables)
   assert state["intermediates"]["aux1"][0].shape == (2, 5)
-  assert "aux1" not in models.create("inception_v1", 5, width=1 / 16).init(
-      jax.random.PRNGKey(0), x)["params"]  # off by default
+  default = models.create("inception_v1", 5, width=1 / 16)
+  assert "aux1" not in jax.eval_shape(default.init, jax.random.PRNGKey(0), x)["params"]  # off by default
 
 
 def test_vit_position_embedding_resizes_with_the_input():
   model = models.create("vit_ti4", 10, **TINY["vit_ti4"])
-  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))  # 4x4 grid + class token
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))  # 4x4 grid + class token
   assert variables["params"]["pos_embedding"].shape == (1, 17, 16)
-  out = model.apply(variables, jnp.ones((2, 32, 32, 3)))  # 8x8 grid
+  out = jax.jit(model.apply)(variables, jnp.ones((2, 32, 32, 3)))  # 8x8 grid
   assert out.shape == (2, 10) and np.all(np.isfinite(np.asarray(out)))
   gap = models.create("vit_ti4", 10, pool="gap", **TINY["vit_ti4"])
-  assert "class_token" not in gap.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
+  assert "class_token" not in jax.eval_shape(gap.init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
 
 
 def test_smallest_inputs_and_clear_errors():
@@ -153,9 +153,9 @@ def test_smallest_inputs_and_clear_errors():
                          jax.ShapeDtypeStruct((1, 8, 8, 1), jnp.float32))
     assert out.shape == (1, 10), name
   with pytest.raises(UserError, match="at least 10x10"):
-    models.create("lenet5", 10).init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
+    jax.eval_shape(models.create("lenet5", 10).init, jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
   with pytest.raises(UserError, match="at least 16 px"):
-    models.create("vit_s16", 10).init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
+    jax.eval_shape(models.create("vit_s16", 10).init, jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
   with pytest.raises(UserError, match="unknown model"):
     models.create("resnet19", 10)
 
@@ -172,3 +172,19 @@ def test_models_cli_lists_names_params_and_flops():
   bad = subprocess.run([sys.executable, "-m", "imgrec", "models", "resnet19"], cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
   assert bad.returncode == 2 and "unknown model" in bad.stderr
+
+
+@pytest.mark.parametrize("family", ["cnn", "vgg", "inception", "resnet", "densenet", "mobilenet", "efficientnet",
+                                    "vit", "rnn"])
+def test_fashion_mnist_config_builds_its_model(family, monkeypatch):
+  from imgrec import config, train
+  monkeypatch.chdir(ROOT)
+  monkeypatch.syspath_prepend(ROOT)  # configs import configs.common
+  for arg in ("", ":quick=True"):
+    cfg = config.load(f"configs/fashion_mnist_{family}.py{arg}")
+    assert cfg.data.source == "fashion_mnist" and models.family(cfg.model.name) == family
+    model = train.create_model(cfg, 10)
+    out = jax.eval_shape(lambda x: model.init_with_output(jax.random.PRNGKey(0), x)[0],
+                         jax.ShapeDtypeStruct((2, 28, 28, 1), jnp.float32))
+    assert out.shape == (2, 10)
+  assert cfg.steps == 300
