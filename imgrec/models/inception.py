@@ -2,7 +2,7 @@
 
 Like torchvision, the "5x5" branch uses a 3x3 convolution (`branch3_kernel=5` gives the
 paper's). Auxiliary heads (`aux_logits=True`, off by default) are computed in training and
-sown into the "intermediates" collection as `aux1`/`aux2`; `__call__` always returns the
+sown into the "intermediates" collection as `aux1_logits`/`aux2_logits`; `__call__` always returns the
 main logits, so a loss that wants them applies with `mutable=["batch_stats", "intermediates"]`.
 """
 import functools
@@ -105,7 +105,7 @@ class GoogLeNet(nn.Module):
                        param_dtype=self.param_dtype, name=f"aux{len(aux) + 1}")
         aux.append(head(x))
     for i, logits in enumerate(aux):
-      self.sow("intermediates", f"aux{i + 1}", logits)
+      self.sow("intermediates", f"aux{i + 1}_logits", logits)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
