@@ -1,10 +1,10 @@
 """Row LSTM: 28 rows of 28 pixels as time steps (`model=gru` for the GRU).
 
   imgrec train --config configs/fashion_mnist_rnn.py --workdir runs/fashion_mnist_rnn
-  imgrec train --config configs/fashion_mnist_rnn.py:quick=True   # small widths, 300 steps (bench_zoo budget)
+  imgrec train --config configs/fashion_mnist_rnn.py:quick=True   # small widths, 300 steps
 
-Expected: full run (10 epochs) not measured yet on this machine. quick=True: see the
-"Model zoo on Fashion-MNIST" table in BENCHMARKS.md (accuracy and wall time, 2-core CPU).
+Expected: not measured yet (full run or quick=True); scripts/bench_zoo.py did not reach this family
+in the CPU session of 2026-11-23 (BENCHMARKS.md).
 """
 from configs.common import fashion_mnist_zoo
 

@@ -1,10 +1,10 @@
 """ViT-S/4: 7x7 = 49 patch tokens + class token at 28x28.
 
   imgrec train --config configs/fashion_mnist_vit.py --workdir runs/fashion_mnist_vit
-  imgrec train --config configs/fashion_mnist_vit.py:quick=True   # small widths, 300 steps (bench_zoo budget)
+  imgrec train --config configs/fashion_mnist_vit.py:quick=True   # small widths, 300 steps
 
-Expected: full run (10 epochs) not measured yet on this machine. quick=True: see the
-"Model zoo on Fashion-MNIST" table in BENCHMARKS.md (accuracy and wall time, 2-core CPU).
+Expected: not measured yet (full run or quick=True); scripts/bench_zoo.py did not reach this family
+in the CPU session of 2026-11-23 (BENCHMARKS.md).
 """
 from configs.common import fashion_mnist_zoo
 
