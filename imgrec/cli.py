@@ -9,6 +9,7 @@
   imgrec import-torchvision ARCH WEIGHTS.pth --workdir W   (then --config.transfer.init_from=W)
   imgrec compress --workdir W --method int8|bf16|prune --out PATH [--sparsity 0.9 --steps 200]
   imgrec serve --workdir W [--workdir NAME:VERSION=W2 ...] [--host H --port P] [--api-keys-file F]
+  imgrec models [NAME ...] [--no-flops] [--json]
 """
 import argparse
 import json
@@ -105,6 +106,24 @@ def _serve(args, overrides):
   app.serve(args.workdir, args.host, args.port, args.api_keys_file, options)
 
 
+def _models(args, overrides):
+  import tqdm
+  from imgrec import models
+  from imgrec.models import profile
+  for name in args.names:
+    models.family(name)  # unknown names fail before any work
+  names = args.names or models.names()
+  rows = []
+  for name in tqdm.tqdm(names, desc="models", unit="model", disable=args.json or len(names) == 1):
+    rows.append(profile.describe(name, args.num_classes, flops=not args.no_flops))
+  if args.json:
+    print(json.dumps([{k: r[k] for k in ("name", "family", "input_shape", "params", "gflops")} for r in rows]))
+  else:
+    print(profile.table(rows))
+    print(f"params at {args.num_classes} classes; GFLOPs: XLA cost analysis of the compiled forward pass, "
+          "batch 1, a multiply-add = 2 FLOPs")
+
+
 def parser():
   p = argparse.ArgumentParser(prog="imgrec", description="Image recognition in JAX.")
   sub = p.add_subparsers(dest="command", required=True)
@@ -171,6 +190,12 @@ def parser():
   s.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds (504 after)")
   s.add_argument("--no-float-inputs", action="store_true", help="do not compile the FP32 (normalised) input path")
   s.set_defaults(func=_serve)
+  m = sub.add_parser("models", help="list registered models with parameter count and forward GFLOPs")
+  m.add_argument("names", nargs="*", help="models to describe (default: all)")
+  m.add_argument("--num-classes", type=int, default=1000)
+  m.add_argument("--no-flops", action="store_true", help="skip compiling for FLOPs (parameter counts only)")
+  m.add_argument("--json", action="store_true", help="print the rows as JSON")
+  m.set_defaults(func=_models)
   return p
 
 

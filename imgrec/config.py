@@ -8,6 +8,7 @@ import ast
 import importlib.util
 import json
 import os
+import sys
 
 import ml_collections
 
@@ -111,6 +112,10 @@ def load(spec=None):
       raise UserError(f"config file {path!r} not found; pass --config configs/NAME.py[:ARGS]")
     module_spec = importlib.util.spec_from_file_location("imgrec_config_file", path)
     module = importlib.util.module_from_spec(module_spec)
+    # Config files share helpers through `configs.common`: the folder holding configs/ must be importable.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    if root not in sys.path:
+      sys.path.insert(0, root)
     try:
       module_spec.loader.exec_module(module)
     except UserError:

@@ -1,0 +1,121 @@
+"""Vision Transformer (Dosovitskiy et al. 2020): Ti/S/B with 16, 8 or 4 px patches, named as
+torchvision's `vit_b_16` (`conv_proj`, `class_token`, `pos_embedding`, `encoder_layer_{i}`
+with `ln_1` / `self_attention` / `ln_2` / `mlp_0` / `mlp_3`, `encoder_ln`, `head`).
+
+The learned position embedding takes its grid from the image size at `init`; applied to
+another size, its grid is resized bilinearly (the class-token entry is kept), so a model
+initialised at 224 px runs at 32 px and back. Attention is `jax.nn.dot_product_attention`.
+"""
+import functools
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from imgrec.errors import UserError
+from imgrec.models.blocks import drop_path
+from imgrec.models.layers import Conv
+
+SIZES = {"ti": (192, 12, 3, 768), "s": (384, 12, 6, 1536), "b": (768, 12, 12, 3072)}  # width, depth, heads, mlp
+
+
+class SelfAttention(nn.Module):
+  heads: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, t, d = x.shape
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    qkv = nn.Dense(3 * d, name="in_proj", **kw)(x).reshape(b, t, 3, self.heads, d // self.heads)
+    y = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
+    return nn.Dense(d, name="out_proj", **kw)(y.reshape(b, t, d))
+
+
+class EncoderBlock(nn.Module):
+  heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+  drop_path: float = 0.0
+  train: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    dropout = functools.partial(nn.Dropout, self.dropout, deterministic=not self.train)
+    y = SelfAttention(self.heads, name="self_attention", **kw)(nn.LayerNorm(1e-6, name="ln_1", **kw)(x))
+    x = x + drop_path(self, dropout()(y), self.drop_path, self.train)
+    y = nn.gelu(nn.Dense(self.mlp_dim, name="mlp_0", **kw)(nn.LayerNorm(1e-6, name="ln_2", **kw)(x)))
+    y = nn.Dense(x.shape[-1], name="mlp_3", **kw)(dropout()(y))
+    return x + drop_path(self, dropout()(y), self.drop_path, self.train)
+
+
+def resize_grid(pos, n_extra, h, w):
+  """Resizes the grid part of a (1, n_extra + H*W, D) position embedding to h x w (square grids)."""
+  extra, grid = pos[:, :n_extra], pos[:, n_extra:]
+  old = math.isqrt(grid.shape[1])
+  if old * old != grid.shape[1]:
+    raise UserError(f"cannot resize a non-square position embedding of {grid.shape[1]} patches to {h}x{w}; "
+                    "initialise the model at the image size it is used at")
+  grid = jax.image.resize(grid.reshape(1, old, old, -1), (1, h, w, grid.shape[-1]), "bilinear")
+  return jnp.concatenate([extra, grid.reshape(1, h * w, -1).astype(pos.dtype)], axis=1)
+
+
+class ViT(nn.Module):
+  num_classes: int
+  patch: int = 16
+  width: int = 768
+  depth: int = 12
+  heads: int = 12
+  mlp_dim: int = 3072
+  pool: str = "cls"   # "cls": class token | "gap": mean of the patch tokens (no class token)
+  dropout: float = 0.0
+  drop_path_rate: float = 0.0  # stochastic depth of the last block, linear from 0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if self.pool not in ("cls", "gap"):
+      raise ValueError(f"pool must be 'cls' or 'gap', got {self.pool!r}")
+    if min(x.shape[1], x.shape[2]) < self.patch:
+      raise UserError(f"ViT with {self.patch} px patches needs images of at least {self.patch} px, "
+                      f"got {x.shape[1]}x{x.shape[2]}")
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = x.astype(self.dtype)
+    x = Conv(self.width, (self.patch, self.patch), (self.patch, self.patch), padding="VALID",
+                name="conv_proj", **kw)(x)
+    n, h, w, d = x.shape
+    x = x.reshape(n, h * w, d)
+    n_extra = 1 if self.pool == "cls" else 0
+    if n_extra:
+      cls = self.param("class_token", nn.initializers.zeros, (1, 1, d), self.param_dtype)
+      x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (n, 1, d)), x], axis=1)
+    shape = (1, n_extra + h * w, d)
+    if self.has_variable("params", "pos_embedding"):  # keep the stored grid; resize below
+      shape = self.get_variable("params", "pos_embedding").shape
+    pos = self.param("pos_embedding", nn.initializers.normal(0.02), shape, self.param_dtype)
+    if pos.shape[1] != n_extra + h * w:
+      pos = resize_grid(pos, n_extra, h, w)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x + pos.astype(self.dtype))
+    for i in range(self.depth):
+      x = EncoderBlock(self.heads, self.mlp_dim, self.dropout, self.drop_path_rate * i / max(1, self.depth - 1),
+                       train, name=f"encoder_layer_{i}", **kw)(x)
+    x = nn.LayerNorm(1e-6, name="encoder_ln", **kw)(x)
+    x = x[:, 0] if n_extra else jnp.mean(x, axis=1)
+    x = nn.Dense(self.num_classes, name="head", **kw)(x)
+    return x.astype(jnp.float32)
+
+
+MODELS, INPUT_SHAPES = {}, {}
+for _size, (_width, _depth, _heads, _mlp) in SIZES.items():
+  for _patch in (16, 8, 4):
+    _name = f"vit_{_size}{_patch}"
+    MODELS[_name] = functools.partial(ViT, patch=_patch, width=_width, depth=_depth, heads=_heads, mlp_dim=_mlp)
+    if _patch == 4:
+      INPUT_SHAPES[_name] = (32, 32, 3)  # 4 px patches are for CIFAR-sized images
