@@ -6,7 +6,7 @@
   (LeNet-5 and AlexNet: configs/fashion_mnist_lenet.py, model=alexnet)
 
 Expected: see BENCHMARKS.md ("Fashion-MNIST small CNN") for the measured test accuracy and
-wall time on the 2-core CPU; scripts/bench_fashion_mnist.py measures it.
+wall time on the 2-core CPU; `python scripts/bench_fashion_mnist.py` measures it.
 """
 from configs.common import fashion_mnist_zoo
 
