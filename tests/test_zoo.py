@@ -48,7 +48,7 @@ TINY = {
     "lenet5": dict(widths=(4, 8), hidden=(16,)),
     "alexnet": dict(widths=(8, 8, 8, 8, 8), hidden=16),
     "vgg11_bn": dict(width=4, hidden=16, pool_size=2),
-    "inception_v1": dict(width=1 / 16, aux_logits=True),
+    "inception_v1": dict(width=1 / 16),  # aux heads: test_inception_aux_heads_sown_in_training
     "resnet50": dict(stage_sizes=(1, 1, 1), width=4, drop_path_rate=0.5, se=True),  # bottleneck + SE
     "wrn16_4": dict(widen=1, dropout=0.3),
     "densenet121": dict(block_sizes=(2, 2), growth=4, init_features=8),
@@ -139,7 +139,7 @@ def test_drop_path_is_per_example_and_off_in_eval():
 
 
 def test_inception_aux_heads_sown_in_training():
-  model = models.create("inception_v1", 5, **TINY["inception_v1"])
+  model = models.create("inception_v1", 5, width=1 / 16, aux_logits=True)
   x = jnp.zeros((2, 28, 28, 1))
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
   assert "aux1" in variables["params"] and "aux2" in variables["params"]
