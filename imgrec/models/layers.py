@@ -3,11 +3,12 @@
 `Conv` has nn.Conv's interface and parameter names (`kernel` HWIO, `bias`), so every
 model, converter and pruning tool treats it as a plain convolution. Only the convolution
 it calls differs: `conv2d` below. On GPU/TPU that is plain `lax.conv_general_dilated`.
-On CPU it is im2col + matmul with a hand-written gradient, because XLA:CPU's convolution
-gradients are slow: the kernel gradient runs several times slower than the forward pass,
-and grouped and depthwise convolutions are slow in every direction. The patches are
-built and used a few images at a time inside a `lax.scan`, so they stay in cache and
-are never all held in memory.
+On CPU it has a hand-written gradient, because XLA:CPU's convolution gradients are slow:
+the kernel gradient runs 2-6x slower than the forward pass, and grouped and depthwise
+convolutions are slow in every direction (up to 35x). There, `conv2d` keeps XLA's dense
+forward pass and the gradients it does well, and computes the rest as im2col + matmul
+(or multiply-adds, for depthwise). The patches are built and used a few images at a time
+inside a `lax.scan`, so they stay in cache and are never all held in memory.
 """
 import functools
 from typing import Any
@@ -20,9 +21,10 @@ from jax import lax
 # "auto" uses "im2col" on CPU and "lax" on other backends; "im2col" or "lax" forces one of them.
 # It is read when a function is traced, so set it before the first call of a jitted function.
 IMPL = "auto"
-# Size of the patches built per scan step: they are built and used straight away, while in cache.
-# 4 MiB measured best among 1-16 MiB (2-core Zen 4, 1 MiB L2/core); the whole batch at once is 2-3x slower.
-CHUNK_BYTES = 4 << 20
+# Size of the patches built per scan step, so that they are used while still in cache. 1-2 MiB measured
+# best (2-core Zen 4, 1 MiB L2 per core); the whole batch at once runs 2-3x slower. Steps grow to the
+# kernel's size where that is larger, so that adding up each step's kernel gradient stays cheap.
+CHUNK_BYTES = 1 << 20
 _DN = ("NHWC", "HWIO", "NHWC")
 
 
@@ -61,23 +63,20 @@ def conv2d(x, kernel, strides=1, padding="SAME", feature_group_count=1, kernel_d
   return _conv(x, kernel, (strides, pads, dilation, feature_group_count, precision))
 
 
-def _geometry(x_shape, k_shape, cfg):
-  (sh, sw), ((plh, phh), (plw, phw)), (dh, dw), groups, _ = cfg
-  kh, kw = k_shape[:2]
-  hp, wp = x_shape[1] + plh + phh, x_shape[2] + plw + phw
-  return hp, wp, (hp - (kh - 1) * dh - 1) // sh + 1, (wp - (kw - 1) * dw - 1) // sw + 1
+def _out_size(x_shape, k_shape, cfg):
+  strides, pads, dilation = cfg[:3]
+  return tuple((size + lo + hi - (k - 1) * d - 1) // s + 1
+               for size, (lo, hi), k, d, s in zip(x_shape[1:3], pads, k_shape[:2], dilation, strides))
 
 
 def _taps(x, k_shape, cfg):
   """im2col, one (n, ho, wo, C) slice of the padded input per kernel tap, row-major over (kh, kw)."""
-  (sh, sw), pads, (dh, dw), _, _ = cfg
+  (sh, sw), pads, (dh, dw) = cfg[:3]
   n, _, _, c = x.shape
-  kh, kw = k_shape[:2]
-  _, _, ho, wo = _geometry(x.shape, k_shape, cfg)
+  ho, wo = _out_size(x.shape, k_shape, cfg)
   xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-  return [lax.slice(xp, (0, a * dh, b * dw, 0), (n, a * dh + (ho - 1) * sh + 1, b * dw + (wo - 1) * sw + 1, c),
-                    (1, sh, sw, 1))
-          for a in range(kh) for b in range(kw)]
+  return [lax.slice(xp, (0, a, b, 0), (n, a + (ho - 1) * sh + 1, b + (wo - 1) * sw + 1, c), (1, sh, sw, 1))
+          for a in range(0, k_shape[0] * dh, dh) for b in range(0, k_shape[1] * dw, dw)]
 
 
 def _f32(a):  # at least float32: bf16 widens, float64 stays
@@ -85,8 +84,8 @@ def _f32(a):  # at least float32: bf16 widens, float64 stays
 
 
 # The three contractions, with taps stacked into patches p (n,h,w,t,g,i), kernel k (t,i,g,o) and
-# output y (n,h,w,g,o). They run in float32: bf16 keeps the accuracy of XLA's convolution, and
-# XLA:CPU's bf16 matmuls can be ~5x slower than float32 ones (chunks are small, so the casts are cheap).
+# output y (n,h,w,g,o). They run in float32, as XLA:CPU's own bf16 convolutions do (their results are
+# a float32 convolution's, rounded once); chunks are small, so the casts are cheap.
 # Depthwise (i = o = 1) has nothing worth a matmul: it multiplies and adds tap by tap, which XLA fuses.
 def _depthwise(k):
   return k.shape[1] == 1 and k.shape[3] == 1
@@ -129,13 +128,14 @@ def _over_batch(fn, k, arrays, per_image_bytes):
   sharding = jax.typeof(arrays[0]).sharding
   axes = sharding.spec[0] if len(sharding.spec) else None
   axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+  images = max(CHUNK_BYTES, 4 * k.size) // per_image_bytes
   if not axes:
     # Auto sharding is not visible here; with several devices, keep chunks divisible by their
     # number, so that the partitioner can keep a batch split across them without gathering it.
-    return _scan_chunks(fn, k, arrays, per_image_bytes, jax.device_count())
+    return _scan_chunks(fn, k, arrays, images, jax.device_count())
 
   def per_device(k, *arrays):
-    y, dk = _scan_chunks(fn, k, arrays, per_image_bytes, 1)
+    y, dk = _scan_chunks(fn, k, arrays, images, 1)
     return y, (None if dk is None else lax.psum(dk, axes))
 
   batch = jax.P(axes)
@@ -143,11 +143,11 @@ def _over_batch(fn, k, arrays, per_image_bytes):
                        out_specs=(batch, jax.P()), axis_names=set(axes), check_vma=False)(k, *arrays)
 
 
-def _scan_chunks(fn, k, arrays, per_image_bytes, multiple):
-  # Images per step: the largest divisor of the batch whose patches fit in CHUNK_BYTES (but at
-  # least one image), a multiple of `multiple` where the batch allows.
+def _scan_chunks(fn, k, arrays, images, multiple):
+  # Images per step: the largest divisor of the batch up to `images` (at least one), a multiple of
+  # `multiple` where the batch allows.
   n = arrays[0].shape[0]
-  sizes = [d for d in range(1, n + 1) if n % d == 0 and d <= max(CHUNK_BYTES // per_image_bytes, multiple)]
+  sizes = [d for d in range(1, n + 1) if n % d == 0 and d <= max(images, multiple)]
   chunk = max([d for d in sizes if d % multiple == 0] or sizes)
   if chunk == n:
     return fn(k, *arrays)
@@ -210,10 +210,20 @@ def _conv_bwd(cfg, res, dy):
     if lax_dx and lax_dk:
       return dx, dk
 
+  # A stride-1 depthwise input gradient is itself a depthwise conv: of dy, with the kernel flipped and
+  # the padding mirrored. That runs ~4x faster than col2im's sum of padded pieces.
+  extents = [(size - 1) * d for size, d in zip(kernel.shape, dilation)]
+  flipped = (strides, tuple((e - lo, e - hi) for e, (lo, hi) in zip(extents, pads)), dilation, groups, None)
+  flip_dx = groups == cin == kernel.shape[3] and strides == (1, 1) and min(min(p) for p in flipped[1]) >= 0
+
   def fn(k, xc, dyc):
-    # col2im is the transpose of im2col; JAX derives it (pads and adds, fused) from `_taps`.
     to_taps = functools.partial(_taps, k_shape=kernel.shape, cfg=cfg)
-    dxc = None if lax_dx else jax.vjp(to_taps, _f32(xc))[1](_taps_grad(dyc, k, precision))[0]
+    if lax_dx:
+      dxc = None
+    elif flip_dx:
+      dxc = _forward(_taps(dyc, kernel.shape, flipped), k[::-1], precision)
+    else:  # col2im, the transpose of im2col; JAX derives it (pads and adds, fused) from `_taps`
+      dxc = jax.vjp(to_taps, _f32(xc))[1](_taps_grad(dyc, k, precision))[0]
     dkc = None if lax_dk else _kernel_grad(to_taps(xc), dyc, k, precision)
     return dxc, dkc  # float32, as in _conv_fwd
 
@@ -226,7 +236,7 @@ def _conv_bwd(cfg, res, dy):
 
 def _patch_bytes(x, k_shape, cfg):
   """Bytes of one image's patches (float32, as the gradient builds them)."""
-  _, _, ho, wo = _geometry(x.shape, k_shape, cfg)
+  ho, wo = _out_size(x.shape, k_shape, cfg)
   return ho * wo * k_shape[0] * k_shape[1] * x.shape[3] * 4
 
 
