@@ -119,6 +119,27 @@ def test_conv_module_names_and_bf16(monkeypatch):
   jax.tree.map(close, (value, grads), (value_ref, grads_ref))
 
 
+POOLS = {  # (window, stride, padding, height, width)
+  "2x2 tiles": (2, 2, "VALID", 8, 8),
+  "2x2 odd map": (2, 2, "VALID", 7, 9),
+  "3x3 s2 pad 1 (resnet stem)": (3, 2, [(1, 1), (1, 1)], 9, 8),
+  "3x3 s1 same": (3, 1, "SAME", 6, 6),
+  "3x3 s2 ceil-style uneven pad": (3, 2, [(0, 1), (1, 1)], 8, 7),
+}
+
+
+@pytest.mark.parametrize("name", POOLS)
+def test_max_pool_matches_nn_max_pool(name):
+  window, stride, padding, h, w = POOLS[name]
+  x = jax.random.normal(jax.random.key(0), (2, h, w, 3))
+  ref = lambda x: nn.max_pool(x, (window, window), (stride, stride), padding)
+  ours = lambda x: layers.max_pool(x, (window, window), (stride, stride), padding, impl="im2col")
+  np.testing.assert_array_equal(ours(x), ref(x))
+  cot = jax.random.normal(jax.random.key(1), ref(x).shape)
+  grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * cot))(x)
+  np.testing.assert_allclose(grad(ours), grad(ref), atol=1e-6)
+
+
 def test_impl_auto_uses_lax_off_cpu(monkeypatch):
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   x, kernel = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 6))

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from imgrec.models import layers
 from imgrec.models.layers import Conv
 
 SMALL_INPUT = 64  # `stem="auto"` picks the small-image stem at or below this many pixels
@@ -51,7 +52,7 @@ def pool(x, kind, window, stride, padding=0, ceil=False):
       hi = max(padding, (out - 1) * stride + window - size - padding)
     pads.append((padding, hi))
   if kind == "max":
-    return nn.max_pool(x, (window, window), (stride, stride), pads)
+    return layers.max_pool(x, (window, window), (stride, stride), pads)
   return nn.avg_pool(x, (window, window), (stride, stride), pads, count_include_pad=not ceil)
 
 

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from imgrec.errors import UserError
+from imgrec.models import layers
 from imgrec.models.blocks import adaptive_avg_pool, pick_stem, pool
 from imgrec.models.layers import Conv
 
@@ -38,7 +39,7 @@ class SmallCNN(nn.Module):
           x = norm(name=f"bn{i}_{j}")(x)
         x = nn.relu(x)
       if x.shape[1] >= 2 and x.shape[2] >= 2:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = layers.max_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
     x = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
     x = nn.relu(x)

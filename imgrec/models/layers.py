@@ -9,6 +9,9 @@ convolutions are slow in every direction (up to 35x). There, `conv2d` keeps XLA'
 forward pass and the gradients it does well, and computes the rest as im2col + matmul
 (or multiply-adds, for depthwise). The patches are built and used a few images at a time
 inside a `lax.scan`, so they stay in cache and are never all held in memory.
+
+`max_pool` is nn.max_pool's counterpart: XLA:CPU's max-pool gradient (select-and-scatter)
+is ~15x slower than the same pooling written as a max over the window's strided views.
 """
 import functools
 from typing import Any
@@ -32,6 +35,37 @@ def _pair(v):
   return (v, v) if isinstance(v, int) else tuple(v)
 
 
+def _use_im2col(impl=None):
+  impl = impl or IMPL
+  return impl == "im2col" or (impl == "auto" and jax.default_backend() == "cpu")
+
+
+def max_pool(x, window, strides=None, padding="VALID", impl=None):
+  """nn.max_pool over NHWC `x` (same arguments and result). `padding` is "VALID", "SAME" or pairs.
+
+  On CPU the window's kh*kw strided views are compared elementwise, so the gradient is a few
+  cheap selects instead of select-and-scatter (measured faster than a reshape + max too).
+  """
+  window, strides = _pair(window), _pair(strides or window)
+  if not _use_im2col(impl) or x.ndim != 4:
+    return nn.max_pool(x, window, strides, padding)
+  if isinstance(padding, str):
+    pads = lax.padtype_to_pads(x.shape[1:3], window, strides, padding)
+  else:
+    pads = [tuple(p) for p in padding]
+  (kh, kw), (sh, sw) = window, strides
+  if any(lo or hi for lo, hi in pads):
+    x = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+  n, h, w, c = x.shape
+  ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      view = lax.slice(x, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c), (1, sh, sw, 1))
+      out = view if out is None else jnp.maximum(out, view)
+  return out
+
+
 def conv2d(x, kernel, strides=1, padding="SAME", feature_group_count=1, kernel_dilation=1,
            precision=None, impl=None):
   """Convolves NHWC `x` with HWIO `kernel`; same result as `lax.conv_general_dilated`.
@@ -46,10 +80,7 @@ def conv2d(x, kernel, strides=1, padding="SAME", feature_group_count=1, kernel_d
   else:
     pads = [(p, p) if isinstance(p, int) else p for p in _pair(padding)]
   pads = tuple((int(lo), int(hi)) for lo, hi in pads)
-  impl = impl or IMPL
-  if impl == "auto":
-    impl = "im2col" if jax.default_backend() == "cpu" else "lax"
-  if impl == "lax" or min(min(p) for p in pads) < 0:  # negative padding (cropping): rare, leave it to lax
+  if not _use_im2col(impl) or min(min(p) for p in pads) < 0:  # negative padding (cropping): rare, leave it to lax
     return lax.conv_general_dilated(x, kernel, strides, pads, rhs_dilation=dilation,
                                     dimension_numbers=_DN, feature_group_count=feature_group_count,
                                     precision=precision)

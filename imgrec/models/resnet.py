@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from imgrec.models.blocks import SqueezeExcite, drop_path
+from imgrec.models import layers
 from imgrec.models.layers import Conv
 
 # Symmetric padding for strided 3x3 convs, as torchvision (and PyTorch) do. "SAME" pads a
@@ -169,7 +170,7 @@ class ResNet(nn.Module):
     if stem == "imagenet":
       x = conv(stem_width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="stem_conv")(x)
       x = nn.relu(norm(name="stem_bn")(x))
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=[(1, 1), (1, 1)])
+      x = layers.max_pool(x, (3, 3), strides=(2, 2), padding=[(1, 1), (1, 1)])
     else:
       x = conv(stem_width, (3, 3), name="stem_conv")(x)
       if not preact:  # a pre-activation network normalises at the start of each block instead
