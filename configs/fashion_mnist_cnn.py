@@ -13,7 +13,7 @@ from configs.common import fashion_mnist_zoo
 
 def get_config(arg=None):
   c = fashion_mnist_zoo(arg, "small_cnn", dict(widths=(32, 64), hidden=128, dropout=0.3), {},
-                        epochs=6.0, lr=3e-3, weight_decay=5e-4)
+                        epochs=5.0, lr=3e-3, weight_decay=5e-4)
   if c.steps == 0:
     c.optim.warmup_epochs = 0.3
     c.log_every = 100

@@ -18,6 +18,8 @@ CASES = {
     "1x1 stride 2": (2, 5, 5, 64, 6, 1, 2, "SAME", 1),
     "7x7 stride 2 stem": (2, 16, 16, 3, 8, 7, 2, [(3, 3), (3, 3)], 1),
     "3x3 few channels": (2, 8, 8, 3, 6, 3, 1, "SAME", 1),
+    "one input channel": (2, 8, 8, 1, 6, 3, 1, "SAME", 1),
+    "one input channel 5x5 stride 2": (2, 9, 9, 1, 6, 5, 2, [(2, 2), (2, 2)], 1),
     "valid": (2, 8, 8, 8, 6, 3, 1, "VALID", 1),
     "uneven padding": (2, 8, 8, 8, 6, 3, 2, [(0, 2), (1, 0)], 1),
     "grouped": (2, 8, 8, 8, 12, 3, 1, "SAME", 4),

@@ -212,6 +212,12 @@ def _conv(x, kernel, cfg):
 
 def _conv_fwd(x, kernel, cfg):
   groups, precision = cfg[3], cfg[4]
+  if groups == 1 and x.shape[3] == 1:
+    # One input channel (grayscale stems): a few multiply-adds per output, which XLA fuses into one
+    # loop; XLA's convolution ran this shape at ~7 GFLOP/s, 2x slower in the small CNN's step.
+    k = _f32(kernel.reshape(-1, kernel.shape[3]))
+    y = sum(_f32(tap) * k[t] for t, tap in enumerate(_taps(x, kernel.shape, cfg)))
+    return y.astype(x.dtype), (x, kernel)
   if groups == 1:  # XLA:CPU's dense forward convolution is fast; its gradients and grouped ones are not
     y = lax.conv_general_dilated(x, kernel, cfg[0], cfg[1], rhs_dilation=cfg[2], dimension_numbers=_DN,
                                  precision=precision)
