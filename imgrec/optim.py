@@ -99,6 +99,15 @@ def make(cfg, total_steps, steps_per_epoch):
   return tx, lr
 
 
+def ema_decay_at(step, decay):
+  """EMA decay at optimiser step `step` (0-based): min(decay, (1 + step) / (10 + step)).
+
+  The warm-up keeps the average from dwelling on the random init: with a fixed 0.999, the init
+  would still weigh 0.999**1000 = 37% after 1000 steps.
+  """
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
 def ema_update(ema, params, decay):
   """One step of the exponential moving average: ema <- decay * ema + (1 - decay) * params."""
   return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)

@@ -108,7 +108,9 @@ def make_train_step(model, tx, mean, std, cfg=None, objective=None):
       loss = loss / accum
     param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, param_updates)
-    ema = optim.ema_update(state.ema_params, params, ema_decay) if ema_decay else state.ema_params
+    ema = state.ema_params
+    if ema_decay:
+      ema = optim.ema_update(ema, params, optim.ema_decay_at(state.step, ema_decay))
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
                               ema_params=ema)
     metrics = {"loss": loss, "accuracy": correct / batch["label"].shape[0], "grad_norm": optax.tree.norm(grads)}

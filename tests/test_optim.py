@@ -50,6 +50,11 @@ def test_ema_matches_closed_form():
   np.testing.assert_allclose(ema, closed, rtol=1e-6)
 
 
+def test_ema_decay_warms_up():
+  np.testing.assert_allclose([optim.ema_decay_at(s, 0.999) for s in (0, 10, 90, 10**6)],
+                             [0.1, 11 / 20, 91 / 100, 0.999], rtol=1e-6)
+
+
 def test_ema_state_is_used_for_evaluation():
   cfg = tiny_config(steps=5)
   cfg.optim.ema_decay = 0.5
@@ -58,11 +63,11 @@ def test_ema_state_is_used_for_evaluation():
   state, _ = _step_once(cfg, images, labels)
   assert jax.tree.leaves(state.ema_params)
   assert train.variables(state)["params"] is state.ema_params
-  # One step from ema = params0: ema = 0.5 * p0 + 0.5 * p1.
+  # One step from ema = params0, at the warmed-up decay min(0.5, 1/10): ema = 0.1 * p0 + 0.9 * p1.
   p0 = jax.jit(train.build(cfg, {"class_names": list("0123456789"), "image_shape": [8, 8, 1], "mean": [0.3],
                                   "std": [0.4], "num_train": 1000}, parallel.make_mesh())[3])().params
   for e, a, b in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(p0), jax.tree.leaves(state.params)):
-    np.testing.assert_allclose(e, 0.5 * a + 0.5 * b, atol=1e-6)
+    np.testing.assert_allclose(e, 0.1 * a + 0.9 * b, atol=1e-6)
 
 
 def test_weight_decay_mask_excludes_biases_and_norm_scales():

@@ -205,3 +205,21 @@ def test_fashion_mnist_config_builds_its_model(family, monkeypatch):
   out = jax.eval_shape(lambda x: model.init_with_output(jax.random.PRNGKey(0), x)[0],
                        jax.ShapeDtypeStruct((2, 28, 28, 1), jnp.float32))
   assert out.shape == (2, 10) and cfg.steps == 300
+
+
+
+@pytest.mark.parametrize("spec", ["fashion_mnist_cnn", "fashion_mnist_fast", "fashion_mnist_fast:quick=True",
+                                  "fashion_mnist_best", "fashion_mnist_best:quick=True"])
+def test_recipe_configs_validate_and_build(spec, monkeypatch):
+  from imgrec import config, train
+  from imgrec.data import augment
+  monkeypatch.chdir(ROOT)
+  monkeypatch.syspath_prepend(ROOT)
+  name, _, arg = spec.partition(":")
+  cfg = config.load(f"configs/{name}.py" + (f":{arg}" if arg else ""))
+  config.validate(cfg)
+  augment.parse(cfg.data.augment)
+  model = train.create_model(cfg, 10)
+  out = jax.eval_shape(lambda x: model.init_with_output(jax.random.PRNGKey(0), x)[0],
+                       jax.ShapeDtypeStruct((2, 28, 28, 1), jnp.float32))
+  assert out.shape == (2, 10)
