@@ -85,6 +85,8 @@ def defaults():
   c.parallel.coordinator_address = ""  # host:port; set (with the two below) for multi-host
   c.parallel.num_processes = 0
   c.parallel.process_id = -1
+  c.parallel.fsdp = False           # shard params, optimiser state and EMA over the devices (FSDP), not replicate
+  c.parallel.fsdp_min_size = 4096   # FSDP: arrays with fewer elements stay replicated (not worth a gather)
   return c
 
 

@@ -149,17 +149,19 @@ def schedule_lengths(cfg, num_train):
   return per_epoch, total
 
 
-def build(cfg, info, mesh):
+def build(cfg, info, mesh, fsdp=None):
   """Model, optimiser, and the state's abstract shapes with their target shardings.
 
-  The one recipe shared by training and everything that restores a checkpoint.
+  The one recipe shared by training and everything that restores a checkpoint. The state is
+  sharded FSDP-style when `fsdp` (default: `cfg.parallel.fsdp`), else replicated.
   """
   model = create_model(cfg, len(info["class_names"]))
   per_epoch, total = schedule_lengths(cfg, info["num_train"])
   tx, lr = optim.make(cfg, total, per_epoch)
   init = functools.partial(init_state, model, tx, cfg.seed, tuple(info["image_shape"]), cfg.optim.ema_decay > 0)
   abstract = jax.eval_shape(init)
-  shardings = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
+  fsdp = cfg.parallel.fsdp if fsdp is None else fsdp
+  shardings = parallel.state_shardings(abstract, mesh, fsdp, cfg.parallel.fsdp_min_size)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
   return model, tx, lr, init, abstract, shardings
 
@@ -389,7 +391,7 @@ def restore(workdir, mesh=None):
   with open(info_path) as f:
     info = json.load(f)
   mesh = mesh or parallel.make_mesh()
-  model, _, _, _, abstract, _ = build(cfg, info, mesh)
+  model, _, _, _, abstract, _ = build(cfg, info, mesh, fsdp=False)  # replicated, whatever wrote it
   # The selected model when the run kept one, else the latest.
   state = None
   for sub in ("best", "checkpoints"):
