@@ -81,6 +81,8 @@ def defaults():
   c.checkpoint_every = 0      # steps between checkpoints (0: once per epoch); always at the end
   c.keep_checkpoints = 3
 
+  c.compile_cache = ""        # persistent compilation cache dir ("": $IMGREC_COMPILE_CACHE or ~/.cache/imgrec/jax; "off")
+
   c.parallel = ml_collections.ConfigDict()
   c.parallel.coordinator_address = ""  # host:port; set (with the two below) for multi-host
   c.parallel.num_processes = 0

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 import tqdm
 
-from imgrec import checkpoint, config as config_lib, losses, models, optim, parallel
+from imgrec import checkpoint, compile_cache, config as config_lib, losses, models, optim, parallel
 from imgrec.data import augment, pipeline, sources
 from imgrec.errors import UserError
 
@@ -227,6 +227,7 @@ def plot_curves(metrics_path, out_path):
 def train(cfg, workdir):
   """Trains `cfg` in `workdir`, resuming from its latest checkpoint. Returns the final eval metrics."""
   config_lib.validate(cfg)
+  compile_cache.enable(cfg.compile_cache)  # a second run loads its executables instead of compiling them
 
   # ---------------------------------------------------------------- devices and mesh
   parallel.initialize(cfg.parallel)
