@@ -3,7 +3,8 @@
 Numeric work is pure functions over explicit pytrees:
   train_step(state, batch) -> (state, metrics)
   eval_step(state, batch)  -> metric sums
-jitted with the batch sharded over every device and the state replicated.
+jitted with the batch sharded over every device and the state replicated (or, with
+`parallel.fsdp`, params and optimiser state sharded over the devices too).
 """
 import functools
 import json
