@@ -24,12 +24,15 @@ def test_second_process_loads_the_train_step_from_the_cache(tmp_path):
   cache = tmp_path / "cache"
   first = _train(tmp_path / "a", {"IMGREC_COMPILE_CACHE": str(cache)})
   assert "Finished XLA compilation of jit(train_step)" in first
-  entries = sorted(e for e in os.listdir(cache) if e.endswith("-cache"))
-  assert any(e.startswith("jit_train_step-") for e in entries), entries
+  step_entries = lambda: sorted(e for e in os.listdir(cache) if e.startswith("jit_train_step-") and e.endswith("-cache"))
+  entries = step_entries()
+  assert len(entries) == 1, os.listdir(cache)
   # The config key wins over the environment (here: off): the second run reads the same directory.
   second = _train(tmp_path / "b", {"IMGREC_COMPILE_CACHE": "off"}, f"--config.compile_cache={cache}")
   assert "Persistent compilation cache hit for 'jit_train_step'" in second
-  assert sorted(e for e in os.listdir(cache) if e.endswith("-cache")) == entries  # nothing new written
+  # Same key, so nothing new written. (Only the train step is checked: whether JAX caches a tiny
+  # op depends on its compile time passing compile_cache.MIN_COMPILE_SECS, which load changes.)
+  assert step_entries() == entries
 
 
 def test_resolve(monkeypatch, tmp_path):
