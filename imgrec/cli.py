@@ -210,6 +210,8 @@ def main(argv=None):
     return 2
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
   try:
+    from imgrec import compile_cache
+    compile_cache.enable()  # before any command compiles; `train` may point it elsewhere (compile_cache key)
     args.func(args, overrides)
   except UserError as e:
     print(f"imgrec: error: {e}", file=sys.stderr)

@@ -81,10 +81,14 @@ def defaults():
   c.checkpoint_every = 0      # steps between checkpoints (0: once per epoch); always at the end
   c.keep_checkpoints = 3
 
+  c.compile_cache = ""        # persistent compilation cache dir ("": $IMGREC_COMPILE_CACHE or ~/.cache/imgrec/jax; "off")
+
   c.parallel = ml_collections.ConfigDict()
   c.parallel.coordinator_address = ""  # host:port; set (with the two below) for multi-host
   c.parallel.num_processes = 0
   c.parallel.process_id = -1
+  c.parallel.fsdp = False           # shard params, optimiser state and EMA over the devices (FSDP), not replicate
+  c.parallel.fsdp_min_size = 4096   # FSDP: arrays with fewer elements stay replicated (not worth a gather)
   return c
 
 

@@ -3,7 +3,8 @@
 Numeric work is pure functions over explicit pytrees:
   train_step(state, batch) -> (state, metrics)
   eval_step(state, batch)  -> metric sums
-jitted with the batch sharded over every device and the state replicated.
+jitted with the batch sharded over every device and the state replicated (or, with
+`parallel.fsdp`, params and optimiser state sharded over the devices too).
 """
 import functools
 import json
@@ -19,7 +20,7 @@ import numpy as np
 import optax
 import tqdm
 
-from imgrec import checkpoint, config as config_lib, losses, models, optim, parallel
+from imgrec import checkpoint, compile_cache, config as config_lib, losses, models, optim, parallel
 from imgrec.data import augment, pipeline, sources
 from imgrec.errors import UserError
 
@@ -151,17 +152,19 @@ def schedule_lengths(cfg, num_train):
   return per_epoch, total
 
 
-def build(cfg, info, mesh):
+def build(cfg, info, mesh, fsdp=None):
   """Model, optimiser, and the state's abstract shapes with their target shardings.
 
-  The one recipe shared by training and everything that restores a checkpoint.
+  The one recipe shared by training and everything that restores a checkpoint. The state is
+  sharded FSDP-style when `fsdp` (default: `cfg.parallel.fsdp`), else replicated.
   """
   model = create_model(cfg, len(info["class_names"]))
   per_epoch, total = schedule_lengths(cfg, info["num_train"])
   tx, lr = optim.make(cfg, total, per_epoch)
   init = functools.partial(init_state, model, tx, cfg.seed, tuple(info["image_shape"]), cfg.optim.ema_decay > 0)
   abstract = jax.eval_shape(init)
-  shardings = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
+  fsdp = cfg.parallel.fsdp if fsdp is None else fsdp
+  shardings = parallel.state_shardings(abstract, mesh, fsdp, cfg.parallel.fsdp_min_size)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
   return model, tx, lr, init, abstract, shardings
 
@@ -227,6 +230,7 @@ def plot_curves(metrics_path, out_path):
 def train(cfg, workdir):
   """Trains `cfg` in `workdir`, resuming from its latest checkpoint. Returns the final eval metrics."""
   config_lib.validate(cfg)
+  compile_cache.enable(cfg.compile_cache)  # a second run loads its executables instead of compiling them
 
   # ---------------------------------------------------------------- devices and mesh
   parallel.initialize(cfg.parallel)
@@ -391,7 +395,7 @@ def restore(workdir, mesh=None):
   with open(info_path) as f:
     info = json.load(f)
   mesh = mesh or parallel.make_mesh()
-  model, _, _, _, abstract, _ = build(cfg, info, mesh)
+  model, _, _, _, abstract, _ = build(cfg, info, mesh, fsdp=False)  # replicated, whatever wrote it
   # The selected model when the run kept one, else the latest.
   state = None
   for sub in ("best", "checkpoints"):
