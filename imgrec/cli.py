@@ -175,7 +175,8 @@ def parser():
   c.add_argument("--steps", type=int, default=200, help="prune: fine-tuning steps")
   c.set_defaults(func=_compress)
   i = sub.add_parser("import-torchvision", help="convert a torchvision state_dict (.pth) to imgrec params")
-  i.add_argument("arch", help="resnet18 | resnet34 | resnet50 | vgg16 | vgg16_bn | mobilenet_v2 | efficientnet_b0 | vit_b_16")
+  i.add_argument("arch", help="resnet18 | resnet34 | resnet50 | vgg16 | vgg16_bn | mobilenet_v2 | efficientnet_b0 | "
+                 "vit_b_16")
   i.add_argument("weights", help="the .pth state_dict file")
   i.add_argument("--workdir", required=True, help="where params.npz goes")
   i.set_defaults(func=_import_torchvision)

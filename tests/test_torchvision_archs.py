@@ -9,6 +9,9 @@ statistics, affine parameters, LayerNorms and the class token are all randomised
 """
 import collections
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -17,6 +20,7 @@ import pytest
 from imgrec import models, transfer
 from imgrec import torchvision_import as tvi
 from imgrec.errors import UserError
+from tests.helpers import ROOT
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -213,10 +217,11 @@ def randomise(ref, x):
       m.running_mean.copy_(inputs[0].mean((0, 2, 3)) + 0.3 * var.sqrt() * torch.randn_like(var))
 
     hooks = [m.register_forward_pre_hook(calibrate) for m in ref.modules() if isinstance(m, nn.BatchNorm2d)]
-    ref.eval()(x)
+    if hooks:
+      ref.eval()(x)
     for h in hooks:
       h.remove()
-  return ref
+  return ref.eval()
 
 
 def check(arch, make, size, tmp_path, num_classes=7):
@@ -243,9 +248,10 @@ def check(arch, make, size, tmp_path, num_classes=7):
   assert info["num_classes"] == num_classes and len(flat) == n_keys  # every torch tensor became one imgrec tensor
   model = models.create(info["model"]["name"], num_classes, **info["model"]["kwargs"])
   target = transfer.flatten(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x[:1], train=False)))
-  loaded = transfer.load_source(str(tmp_path / "w"))
-  merged, rows = transfer.merge({k: np.zeros(v.shape, v.dtype) for k, v in target.items()}, loaded)
-  del loaded, flat
+  with np.load(tmp_path / "w" / "params.npz") as f:  # what was written (its values are `flat`'s)
+    assert sorted(f.files) == sorted(flat)
+  merged, rows = transfer.merge({k: np.zeros(v.shape, v.dtype) for k, v in target.items()}, flat)
+  del flat
   assert {r[1] for r in rows} == {"loaded"}, [r for r in rows if r[1] != "loaded"]  # every name, both ways
   got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(transfer.unflatten(merged), x))
   err, scale = float(np.abs(got - expected).max()), float(np.abs(expected).max())
@@ -295,3 +301,16 @@ def test_bad_state_dicts_name_the_key(mobilenet_sd, tmp_path):
     tvi.import_torchvision("vgg19", str(tmp_path / "none.pth"), str(tmp_path / "w"))
   with pytest.raises(UserError, match="not found"):
     tvi.import_torchvision("vgg16", str(tmp_path / "none.pth"), str(tmp_path / "w"))
+
+
+def test_cli_writes_params_and_says_how_to_train(mobilenet_sd, tmp_path):
+  path = str(tmp_path / "mnv2.pth")
+  torch.save({k: torch.from_numpy(v) for k, v in mobilenet_sd.items()}, path)
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-m", "imgrec", "import-torchvision", "mobilenet_v2", path, "--workdir",
+                         str(tmp_path / "w")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  assert "--config.model.name=mobilenet_v2 --config.model.kwargs.stem=imagenet" in proc.stdout
+  info = json.loads((tmp_path / "w" / "import.json").read_text())
+  assert info["model"] == {"name": "mobilenet_v2", "kwargs": {"stem": "imagenet"}} and info["num_classes"] == 5
+  assert len(np.load(tmp_path / "w" / "params.npz").files) == sum(not k.endswith("tracked") for k in mobilenet_sd)
