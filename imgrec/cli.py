@@ -91,9 +91,10 @@ def _compress(args, overrides):
 
 def _import_torchvision(args, overrides):
   from imgrec import torchvision_import
-  flat = torchvision_import.import_torchvision(args.arch, args.weights, args.workdir)
+  flat, info = torchvision_import.import_torchvision(args.arch, args.weights, args.workdir)
+  kwargs = "".join(f" --config.model.kwargs.{k}={v}" for k, v in info["model"]["kwargs"].items())
   print(f"converted {len(flat)} tensors of {args.arch} into {os.path.join(args.workdir, 'params.npz')}; fine-tune with "
-        f"--config.model.name={args.arch} --config.model.kwargs.stem=imagenet --config.transfer.init_from={args.workdir}")
+        f"--config.model.name={info['model']['name']}{kwargs} --config.transfer.init_from={args.workdir}")
 
 
 def _serve(args, overrides):
@@ -174,7 +175,8 @@ def parser():
   c.add_argument("--steps", type=int, default=200, help="prune: fine-tuning steps")
   c.set_defaults(func=_compress)
   i = sub.add_parser("import-torchvision", help="convert a torchvision state_dict (.pth) to imgrec params")
-  i.add_argument("arch", help="resnet18 | resnet34 | resnet50")
+  i.add_argument("arch", help="resnet18 | resnet34 | resnet50 | vgg16 | vgg16_bn | mobilenet_v2 | efficientnet_b0 | "
+                 "vit_b_16")
   i.add_argument("weights", help="the .pth state_dict file")
   i.add_argument("--workdir", required=True, help="where params.npz goes")
   i.set_defaults(func=_import_torchvision)

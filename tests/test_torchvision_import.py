@@ -94,7 +94,7 @@ def test_converted_resnet_matches_torch(arch, block, layers, tmp_path):
   torch.save(ref.state_dict(), path)
   assert set(ref.state_dict()) >= {"layer1.0.conv1.weight", "fc.weight", "bn1.running_var"}
 
-  flat = tvi.import_torchvision(arch, path, str(tmp_path / "w"))
+  flat, _ = tvi.import_torchvision(arch, path, str(tmp_path / "w"))
   x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
   with torch.no_grad():
     expected = ref(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()

@@ -2,7 +2,8 @@
 2019), laid out as torchvision's: `features_{i}` blocks with `expand` / `dw` / `se` / `project` parts.
 
 The "small" stem (auto at <= 64 px) keeps stride 1 in the stem and in the first strided
-block, so a 28x28 image ends at 4x4 instead of 1x1.
+block, so a 28x28 image ends at 4x4 instead of 1x1. Convolutions pad (k-1)/2 on every side, as
+torchvision does (see ConvBNAct), so its weights import exactly (imgrec/torchvision_import.py).
 """
 import functools
 from typing import Any, Callable, Optional
@@ -16,7 +17,12 @@ from imgrec.models.layers import Conv
 
 
 class ConvBNAct(nn.Module):
-  """conv (no bias) -> BatchNorm -> activation (None: linear)."""
+  """conv (no bias) -> BatchNorm -> activation (None: linear).
+
+  Pads (k-1)/2 on each side like torchvision's Conv2dNormActivation: same output sizes as "SAME",
+  but "SAME" pads a strided conv on an even input (0, 1) / (1, 2), which shifts the sampling grid
+  by a pixel against the one imported torchvision weights were trained on (as in resnet.PAD3).
+  """
   features: int
   kernel: int = 1
   stride: int = 1
@@ -28,7 +34,8 @@ class ConvBNAct(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = Conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride), padding="SAME",
+    pad = ((self.kernel - 1) // 2,) * 2
+    x = Conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride), padding=(pad, pad),
              feature_group_count=self.groups, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
              name="conv")(x)
     x = self.norm(name="bn")(x)

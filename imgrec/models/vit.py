@@ -5,6 +5,7 @@ with `ln_1` / `self_attention` / `ln_2` / `mlp_0` / `mlp_3`, `encoder_ln`, `head
 The learned position embedding takes its grid from the image size at `init`; applied to
 another size, its grid is resized bilinearly (the class-token entry is kept), so a model
 initialised at 224 px runs at 32 px and back. Attention is `jax.nn.dot_product_attention`.
+LayerNorms use eps 1e-6 as torchvision; its exact (erf) GELU is `gelu_approximate=False`.
 """
 import functools
 import math
@@ -41,6 +42,7 @@ class EncoderBlock(nn.Module):
   dropout: float = 0.0
   drop_path: float = 0.0
   train: bool = False
+  gelu_approximate: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -50,7 +52,8 @@ class EncoderBlock(nn.Module):
     dropout = functools.partial(nn.Dropout, self.dropout, deterministic=not self.train)
     y = SelfAttention(self.heads, name="self_attention", **kw)(nn.LayerNorm(1e-6, name="ln_1", **kw)(x))
     x = x + drop_path(self, dropout()(y), self.drop_path, self.train)
-    y = nn.gelu(nn.Dense(self.mlp_dim, name="mlp_0", **kw)(nn.LayerNorm(1e-6, name="ln_2", **kw)(x)))
+    y = nn.Dense(self.mlp_dim, name="mlp_0", **kw)(nn.LayerNorm(1e-6, name="ln_2", **kw)(x))
+    y = nn.gelu(y, approximate=self.gelu_approximate)
     y = nn.Dense(x.shape[-1], name="mlp_3", **kw)(dropout()(y))
     return x + drop_path(self, dropout()(y), self.drop_path, self.train)
 
@@ -76,6 +79,7 @@ class ViT(nn.Module):
   pool: str = "cls"   # "cls": class token | "gap": mean of the patch tokens (no class token)
   dropout: float = 0.0
   drop_path_rate: float = 0.0  # stochastic depth of the last block, linear from 0
+  gelu_approximate: bool = True  # tanh GELU (Flax's default); torchvision's nn.GELU is the exact erf form: False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -105,7 +109,7 @@ class ViT(nn.Module):
     x = nn.Dropout(self.dropout, deterministic=not train)(x + pos.astype(self.dtype))
     for i in range(self.depth):
       x = EncoderBlock(self.heads, self.mlp_dim, self.dropout, self.drop_path_rate * i / max(1, self.depth - 1),
-                       train, name=f"encoder_layer_{i}", **kw)(x)
+                       train, gelu_approximate=self.gelu_approximate, name=f"encoder_layer_{i}", **kw)(x)
     x = nn.LayerNorm(1e-6, name="encoder_ln", **kw)(x)
     x = x[:, 0] if n_extra else jnp.mean(x, axis=1)
     x = nn.Dense(self.num_classes, name="head", **kw)(x)
