@@ -4,18 +4,18 @@
   imgrec train --config configs/fashion_mnist_fast.py --workdir runs/fmnist_fast
   python scripts/bench_fashion_mnist.py --config configs/fashion_mnist_fast.py   # times it
 
-A 3-stage BatchNorm CNN (32-64-128, one 3x3 conv per stage, max-pool after each), flip and
-pad-2 crop on device, label smoothing 0.1, AdamW with warmup + cosine, 7 epochs at batch 128.
+The small BatchNorm CNN (32-64, a 256-wide hidden layer), label smoothing 0.1, AdamW with warmup +
+cosine, 9 epochs at batch 128, no augmentation: at this budget flip and crop cost accuracy
+(scripts/bench_ablation.py; a 3-stage 32-64-128 CNN with flip + crop for 7 epochs reached 0.9190).
 Measured: see BENCHMARKS.md ("Training recipe"), the command above.
 """
 from configs.common import fashion_mnist_zoo
 
 
 def get_config(arg=None):
-  c = fashion_mnist_zoo(arg, "small_cnn", dict(widths=(32, 64, 128), hidden=256, dropout=0.3),
-                        dict(widths=(16, 32, 64), hidden=64), epochs=7.0, lr=3e-3, weight_decay=5e-4,
+  c = fashion_mnist_zoo(arg, "small_cnn", dict(widths=(32, 64), hidden=256, dropout=0.3),
+                        dict(widths=(16, 32), hidden=64), epochs=9.0, lr=3e-3, weight_decay=5e-4,
                         label_smoothing=0.1)
-  c.data.augment = "flip|crop(pad=2)"
   c.optim.warmup_epochs = 0.3 if c.steps == 0 else c.optim.warmup_epochs
   c.log_every = 100
   return c
