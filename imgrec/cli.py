@@ -7,7 +7,7 @@
   imgrec robustness --workdir W [--split test] [--limit N] [--corruptions a,b] [--epsilons 1,2,4,8]
   imgrec export --workdir W --out F.zip
   imgrec import-torchvision ARCH WEIGHTS.pth --workdir W   (then --config.transfer.init_from=W)
-  imgrec compress --workdir W --method int8|bf16|prune --out PATH [--sparsity 0.9 --steps 200]
+  imgrec compress --workdir W --method int8|bf16|prune|channels --out PATH [--sparsity 0.9 --steps 200]
   imgrec serve --workdir W [--workdir NAME:VERSION=W2 ...] [--host H --port P] [--api-keys-file F]
   imgrec models [NAME ...] [--no-flops] [--json]
 """
@@ -85,6 +85,7 @@ def _compress(args, overrides):
   from imgrec import compress
   r = compress.compress_workdir(args.workdir, args.method, args.out, sparsity=args.sparsity, steps=args.steps)
   extra = f", sparsity {r['sparsity']:.3f}" if "sparsity" in r else ""
+  extra += f", params {r['params_fp32']} -> {r['params']}" if "params" in r else ""
   print(f"{r['method']}: accuracy {r['accuracy']:.4f} (fp32 {r['accuracy_fp32']:.4f}), "
         f"{r['bytes']} bytes (fp32 {r['bytes_fp32']}){extra} -> {args.out}")
 
@@ -167,12 +168,13 @@ def parser():
   x.add_argument("--out", required=True, help="artifact path (a zip: predict.jaxexport + meta.json)")
   x.add_argument("--platforms", default="cpu,cuda,tpu", help="comma-separated platforms to lower for")
   x.set_defaults(func=_export)
-  c = sub.add_parser("compress", help="int8 quantisation, bf16 weights or magnitude pruning of a workdir")
+  c = sub.add_parser("compress", help="int8 quantisation, bf16 weights, magnitude or channel pruning of a workdir")
   c.add_argument("--workdir", required=True)
-  c.add_argument("--method", required=True, choices=("int8", "bf16", "prune"))
-  c.add_argument("--out", required=True, help="int8/bf16: variables .npz; prune: a new workdir")
-  c.add_argument("--sparsity", type=float, default=0.9, help="prune: fraction of kernel weights set to zero")
-  c.add_argument("--steps", type=int, default=200, help="prune: fine-tuning steps")
+  c.add_argument("--method", required=True, choices=("int8", "bf16", "prune", "channels"))
+  c.add_argument("--out", required=True, help="int8/bf16: variables .npz; prune/channels: a new workdir")
+  c.add_argument("--sparsity", type=float, default=0.9,
+                 help="prune: fraction of kernel weights set to zero; channels: fraction of channels removed per conv")
+  c.add_argument("--steps", type=int, default=200, help="prune/channels: fine-tuning steps")
   c.set_defaults(func=_compress)
   i = sub.add_parser("import-torchvision", help="convert a torchvision state_dict (.pth) to imgrec params")
   i.add_argument("arch", help="resnet18 | resnet34 | resnet50 | vgg16 | vgg16_bn | mobilenet_v2 | efficientnet_b0 | "

@@ -243,7 +243,8 @@ def load_int8(path):
 def compress_workdir(workdir, method, out, sparsity=0.9, steps=200):
   """One compression method on a workdir; returns {method, accuracy, accuracy_fp32, bytes, bytes_fp32}.
 
-  int8 / bf16 write a variables .npz to `out`; prune writes a pruned workdir to `out`.
+  int8 / bf16 write a variables .npz to `out`; prune (magnitude) and channels (structured,
+  imgrec/channel_prune.py) write a new workdir to `out`, with its variables also as out/params.npz.
   """
   import os
   import tempfile
@@ -269,8 +270,17 @@ def compress_workdir(workdir, method, out, sparsity=0.9, steps=200):
     result["sparsity"] = sparsity_of(pruned.params)
     transfer.save_params(os.path.join(out, "params.npz"), jax.device_get(train.variables(pruned)), compressed=True)
     out = os.path.join(out, "params.npz")
+  elif method == "channels":
+    from imgrec import channel_prune
+    r = channel_prune.prune_workdir(workdir, out, sparsity, steps)
+    _, _, small, small_state = train.restore(out)
+    small_vars = jax.device_get(train.variables(small_state))
+    result["accuracy"] = acc(small_vars, lambda v, x: small.apply(v, x, train=False))
+    result.update(params=r["params_after"], params_fp32=r["params_before"], widths=r["kwargs"])
+    out = os.path.join(out, "params.npz")
+    transfer.save_params(out, small_vars)  # uncompressed, as fp32.npz: the bytes saved are real
   else:
-    raise UserError(f"unknown compression method {method!r}; use int8, bf16 or prune")
+    raise UserError(f"unknown compression method {method!r}; use int8, bf16, prune or channels")
   result["bytes"] = os.path.getsize(out)
   return result
 

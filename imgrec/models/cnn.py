@@ -22,11 +22,15 @@ class SmallCNN(nn.Module):
   hidden: int = 128
   dropout: float = 0.2
   batch_norm: bool = True
+  conv_widths: Sequence[int] = ()  # one width per conv, overriding `widths` (channel pruning)
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    n_convs = len(self.widths) * self.convs_per_stage
+    if self.conv_widths and len(self.conv_widths) != n_convs:
+      raise ValueError(f"conv_widths needs one width per conv ({n_convs}), got {len(self.conv_widths)}")
     conv = functools.partial(Conv, kernel_size=(3, 3), padding="SAME", dtype=self.dtype,
                              param_dtype=self.param_dtype, use_bias=not self.batch_norm)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
@@ -34,7 +38,8 @@ class SmallCNN(nn.Module):
     x = x.astype(self.dtype)
     for i, width in enumerate(self.widths):
       for j in range(self.convs_per_stage):
-        x = conv(width, name=f"conv{i}_{j}")(x)
+        x = conv(self.conv_widths[i * self.convs_per_stage + j] if self.conv_widths else width,
+                 name=f"conv{i}_{j}")(x)
         if self.batch_norm:
           x = norm(name=f"bn{i}_{j}")(x)
         x = nn.relu(x)

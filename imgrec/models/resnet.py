@@ -31,11 +31,13 @@ class BasicBlock(nn.Module):
   dropout: float = 0.0
   drop_path: float = 0.0
   train: bool = False
+  inner: Sequence[int] = ()  # widths of the inner convs (channel pruning); default: `features`
 
   @nn.compact
   def __call__(self, x):
     residual = x
-    y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=PAD3, name="conv1")(x)
+    inner = tuple(self.inner) or (self.features,)
+    y = self.conv(inner[0], (3, 3), (self.strides, self.strides), padding=PAD3, name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
     y = nn.Dropout(self.dropout, deterministic=not self.train)(y)
     y = self.conv(self.features, (3, 3), name="conv2")(y)
@@ -58,13 +60,15 @@ class Bottleneck(nn.Module):
   dropout: float = 0.0
   drop_path: float = 0.0
   train: bool = False
+  inner: Sequence[int] = ()  # widths of the inner convs (channel pruning); default: `features`
 
   @nn.compact
   def __call__(self, x):
     residual = x
-    y = self.conv(self.features, (1, 1), name="conv1")(x)
+    inner = tuple(self.inner) or (self.features, self.features)
+    y = self.conv(inner[0], (1, 1), name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
-    y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=PAD3, name="conv2")(y)
+    y = self.conv(inner[1], (3, 3), (self.strides, self.strides), padding=PAD3, name="conv2")(y)
     y = nn.relu(self.norm(name="bn2")(y))
     y = nn.Dropout(self.dropout, deterministic=not self.train)(y)
     y = self.conv(self.features * self.expansion, (1, 1), name="conv3")(y)
@@ -89,11 +93,13 @@ class PreActBasicBlock(nn.Module):
   dropout: float = 0.0
   drop_path: float = 0.0
   train: bool = False
+  inner: Sequence[int] = ()  # widths of the inner convs (channel pruning); default: `features`
 
   @nn.compact
   def __call__(self, x):
     pre = nn.relu(self.norm(name="bn1")(x))
-    y = self.conv(self.features, (3, 3), (self.strides, self.strides), name="conv1")(pre)
+    inner = tuple(self.inner) or (self.features,)
+    y = self.conv(inner[0], (3, 3), (self.strides, self.strides), name="conv1")(pre)
     y = nn.relu(self.norm(name="bn2")(y))
     y = nn.Dropout(self.dropout, deterministic=not self.train)(y)
     y = self.conv(self.features, (3, 3), name="conv2")(y)
@@ -115,13 +121,15 @@ class PreActBottleneck(nn.Module):
   dropout: float = 0.0
   drop_path: float = 0.0
   train: bool = False
+  inner: Sequence[int] = ()  # widths of the inner convs (channel pruning); default: `features`
 
   @nn.compact
   def __call__(self, x):
     pre = nn.relu(self.norm(name="bn1")(x))
-    y = self.conv(self.features, (1, 1), name="conv1")(pre)
+    inner = tuple(self.inner) or (self.features, self.features)
+    y = self.conv(inner[0], (1, 1), name="conv1")(pre)
     y = nn.relu(self.norm(name="bn2")(y))
-    y = self.conv(self.features, (3, 3), (self.strides, self.strides), name="conv2")(y)
+    y = self.conv(inner[1], (3, 3), (self.strides, self.strides), name="conv2")(y)
     y = nn.relu(self.norm(name="bn3")(y))
     y = nn.Dropout(self.dropout, deterministic=not self.train)(y)
     y = self.conv(self.features * self.expansion, (1, 1), name="conv3")(y)
@@ -136,6 +144,12 @@ class PreActBottleneck(nn.Module):
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck,
           "preact_basic": PreActBasicBlock, "preact_bottleneck": PreActBottleneck}
+# Inner convs of each block kind, in `inner` order, as (conv, the norm after it, the conv reading it):
+# their output channels are internal to the block, so channel pruning may remove them.
+INNER_CONVS = {"basic": (("conv1", "bn1", "conv2"),),
+               "bottleneck": (("conv1", "bn1", "conv2"), ("conv2", "bn2", "conv3")),
+               "preact_basic": (("conv1", "bn2", "conv2"),),
+               "preact_bottleneck": (("conv1", "bn2", "conv2"), ("conv2", "bn3", "conv3"))}
 
 
 class ResNet(nn.Module):
@@ -148,6 +162,7 @@ class ResNet(nn.Module):
   se: bool = False    # squeeze-and-excitation in every block (reduction 16)
   dropout: float = 0.0          # between the convs of a block (Wide-ResNet)
   drop_path_rate: float = 0.0   # stochastic depth of the last block
+  inner_widths: Sequence[int] = ()  # per block, its inner conv widths (basic 1, bottleneck 2): channel pruning
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -177,12 +192,17 @@ class ResNet(nn.Module):
         x = nn.relu(norm(name="stem_bn")(x))
     block_cls = BLOCKS[self.block]
     total, index = sum(self.stage_sizes), 0
+    per_block = len(INNER_CONVS[self.block])
+    if self.inner_widths and len(self.inner_widths) != per_block * total:
+      raise ValueError(f"inner_widths needs {per_block} width(s) per block ({per_block * total}), "
+                       f"got {len(self.inner_widths)}")
     for i, n_blocks in enumerate(self.stage_sizes):
       for j in range(n_blocks):
         strides = 2 if i > 0 and j == 0 else 1
         rate = self.drop_path_rate * index / max(1, total - 1)
+        inner = tuple(self.inner_widths[per_block * index:per_block * (index + 1)])
         x = block_cls(self.width * 2**i, strides, conv, norm, se=self.se, dropout=self.dropout, drop_path=rate,
-                      train=train, name=f"stage{i + 1}_block{j + 1}")(x)
+                      train=train, inner=inner, name=f"stage{i + 1}_block{j + 1}")(x)
         index += 1
     if preact:
       x = nn.relu(norm(name="final_bn")(x))
