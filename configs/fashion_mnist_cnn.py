@@ -5,8 +5,8 @@
   imgrec train --config configs/fashion_mnist_cnn.py:quick=True   # 300 steps
   (LeNet-5 and AlexNet: configs/fashion_mnist_lenet.py, model=alexnet)
 
-Expected: see BENCHMARKS.md ("Fashion-MNIST small CNN") for the measured test accuracy and
-wall time on the 2-core CPU; `python scripts/bench_fashion_mnist.py` measures it.
+Measured by `python scripts/bench_fashion_mnist.py` (seed 0, 2-core CPU, quiet): test accuracy 0.9222
+in 267 s wall, compile and evaluations included (BENCHMARKS.md, "Training core").
 """
 from configs.common import fashion_mnist_zoo
 

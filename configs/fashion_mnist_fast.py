@@ -7,7 +7,7 @@
 The small BatchNorm CNN (32-64, a 256-wide hidden layer), label smoothing 0.1, AdamW with warmup +
 cosine, 9 epochs at batch 128, no augmentation: at this budget flip and crop cost accuracy
 (scripts/bench_ablation.py; a 3-stage 32-64-128 CNN with flip + crop for 7 epochs reached 0.9190).
-Measured: see BENCHMARKS.md ("Training recipe"), the command above.
+Measured (seed 0, 2-core CPU, quiet): test accuracy 0.9309 in 559 s wall (BENCHMARKS.md, "Training recipe").
 """
 from configs.common import fashion_mnist_zoo
 
