@@ -1,16 +1,22 @@
 """Distillation benchmark: a small student trained alone vs distilled from a teacher workdir.
 
-  python scripts/bench_distill.py --teacher W [--steps 500] [--widths 8,16] [--hidden 32]
+  python scripts/bench_distill.py --teacher W [--steps 600] [--widths 8,16] [--hidden 32]
+      [--alphas 0.1,0.5] [--temperatures 1,2,4] [--seeds 0,1] [--json F]
 
-Both students use the teacher's data config, the same seed, steps and batch size.
+Every run uses the teacher's data config (so the same augmentation), batch size, the same
+steps and, per seed, the same initialisation and batch order; only the loss differs. Prints
+one Markdown row per setting: mean test accuracy over the seeds, then each seed's figure.
 """
 import argparse
+import json
 import tempfile
+
+import numpy as np
 
 from imgrec import config, train
 
 
-def student(teacher_cfg, widths, hidden, steps, teacher=""):
+def student(teacher_cfg, widths, hidden, steps, seed, teacher="", alpha=0.5, temperature=4.0):
   cfg = config.defaults()
   cfg.data = teacher_cfg.data
   cfg.batch_size = teacher_cfg.batch_size
@@ -18,30 +24,51 @@ def student(teacher_cfg, widths, hidden, steps, teacher=""):
   cfg.model.kwargs.widths = widths
   cfg.model.kwargs.hidden = hidden
   cfg.steps = steps
+  cfg.seed = seed
   cfg.eval_every = cfg.checkpoint_every = steps
   cfg.log_every = 100
   cfg.distill.teacher = teacher
+  cfg.distill.alpha, cfg.distill.temperature = alpha, temperature
   return cfg
 
 
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--teacher", required=True)
-  p.add_argument("--steps", type=int, default=500)
+  p.add_argument("--steps", type=int, default=600)
   p.add_argument("--widths", default="8,16")
   p.add_argument("--hidden", type=int, default=32)
-  p.add_argument("--alpha", type=float, default=0.5)
-  p.add_argument("--temperature", type=float, default=4.0)
+  p.add_argument("--alphas", default="0.5", help="weights of the hard-label CE term, comma-separated")
+  p.add_argument("--temperatures", default="4")
+  p.add_argument("--seeds", default="0")
+  p.add_argument("--json", help="also write the per-run accuracies here")
   args = p.parse_args()
   t_cfg = config.load_saved(f"{args.teacher}/config.json")
   widths = tuple(int(w) for w in args.widths.split(","))
+  seeds = [int(s) for s in args.seeds.split(",")]
+  settings = [("alone", None, None)] + [
+      (f"distilled alpha {a} T {t}", float(a), float(t))
+      for t in args.temperatures.split(",") for a in args.alphas.split(",")]
   root = tempfile.mkdtemp(prefix="bench_distill_")
-  alone = train.train(student(t_cfg, widths, args.hidden, args.steps), f"{root}/alone")[1]["accuracy"]
-  cfg = student(t_cfg, widths, args.hidden, args.steps, args.teacher)
-  cfg.distill.alpha, cfg.distill.temperature = args.alpha, args.temperature
-  distilled = train.train(cfg, f"{root}/distilled")[1]["accuracy"]
-  print(f"student small_cnn widths {widths} hidden {args.hidden}, {args.steps} steps on {t_cfg.data.source}: "
-        f"alone {alone:.4f}, distilled (alpha {args.alpha}, T {args.temperature}) {distilled:.4f}")
+  results = {}
+  for label, alpha, temperature in settings:
+    for seed in seeds:
+      teacher = "" if alpha is None else args.teacher
+      cfg = student(t_cfg, widths, args.hidden, args.steps, seed, teacher, alpha or 0.5, temperature or 4.0)
+      acc = train.train(cfg, f"{root}/{label.replace(' ', '_')}_s{seed}")[1]["accuracy"]
+      results.setdefault(label, []).append(acc)
+      print(f"{label} seed {seed}: {acc:.4f}", flush=True)
+      if args.json:  # after every run, so that an interrupted sweep keeps what it measured
+        with open(args.json, "w") as f:
+          json.dump({"seeds": seeds, "steps": args.steps, "results": results}, f, indent=2)
+  print(f"student small_cnn widths {widths} hidden {args.hidden}, {args.steps} steps x {t_cfg.batch_size} on "
+        f"{t_cfg.data.source}, seeds {seeds}, teacher {args.teacher}")
+  print("| student | mean test accuracy | " + " | ".join(f"seed {s}" for s in seeds) + " | mean - alone |")
+  print("|---|---|" + "---|" * len(seeds) + "---|")
+  alone = float(np.mean(results["alone"]))
+  for label, accs in results.items():
+    print(f"| {label} | {np.mean(accs):.4f} | " + " | ".join(f"{a:.4f}" for a in accs) +
+          f" | {np.mean(accs) - alone:+.4f} |")
 
 
 if __name__ == "__main__":

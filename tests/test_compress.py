@@ -85,6 +85,10 @@ def test_distillation_step_uses_teacher(trained_workdir):
   targets = jax.nn.one_hot(labels, 10)
   assert float(objective(t_logits, targets, x)) < 1e-5
   assert float(objective(t_logits * 0, targets, x)) > 0.01
+  # a student normalising with other statistics: the teacher must still see its own normalisation
+  s_info = {**info, "mean": [m + 0.2 for m in info["mean"]], "std": [s * 0.5 for s in info["std"]]}
+  x_s = train.normalize(images, s_info["mean"], s_info["std"])
+  assert float(compress.distillation_loss(d, s_info)(t_logits, targets, x_s)) < 1e-5
   student = models.create("small_cnn", 10, widths=(4, 8), hidden=16)
   tx = optax.adam(1e-2)
   state = train.init_state(student, tx, 0, tuple(info["image_shape"]))
