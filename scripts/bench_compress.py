@@ -19,8 +19,9 @@ import time
 import jax
 import numpy as np
 
-from imgrec import compress, config, train, transfer
+from imgrec import compress, train, transfer
 from imgrec.data import sources
+from bench_distill import student  # noqa: E402  (scripts/ is on sys.path when run as a script)
 
 
 def latencies_ms(variants, x, rounds):
@@ -44,20 +45,6 @@ def n_params(variables):
 def npz_bytes(variables, path):
   transfer.save_params(path, variables)
   return os.path.getsize(path)
-
-
-def student_config(teacher_cfg, widths, hidden, steps, teacher=""):
-  cfg = config.defaults()
-  cfg.data = teacher_cfg.data
-  cfg.batch_size = teacher_cfg.batch_size
-  cfg.model.name = "small_cnn"
-  cfg.model.kwargs.widths = widths
-  cfg.model.kwargs.hidden = hidden
-  cfg.steps = steps
-  cfg.eval_every = cfg.checkpoint_every = steps
-  cfg.log_every = 100
-  cfg.distill.teacher = teacher
-  return cfg
 
 
 def main():
@@ -113,7 +100,7 @@ def main():
   if args.distill_steps:
     widths = tuple(int(w) for w in args.student_widths.split(","))
     for label, teacher in (("alone", ""), ("distilled", args.workdir)):
-      scfg = student_config(cfg, widths, args.student_hidden, args.distill_steps, teacher)
+      scfg = student(cfg, widths, args.student_hidden, args.distill_steps, 0, teacher)
       acc = train.train(scfg, os.path.join(out, f"student_{label}"))[1]["accuracy"]
       _, _, smodel, sstate = train.restore(os.path.join(out, f"student_{label}"))
       sv = jax.device_get(train.variables(sstate))
