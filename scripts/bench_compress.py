@@ -16,6 +16,9 @@ import os
 import tempfile
 import time
 
+import sys
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo, without an install
+
 import jax
 import numpy as np
 

@@ -9,6 +9,10 @@ Each function is jitted and warmed up, then the lax and imgrec versions run alte
 import argparse
 import time
 
+import os
+import sys
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo, without an install
+
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -11,6 +11,10 @@ import argparse
 import json
 import tempfile
 
+import os
+import sys
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo, without an install
+
 import numpy as np
 
 from imgrec import config, train

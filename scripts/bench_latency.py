@@ -7,6 +7,10 @@ prints the median ms per call and the ratio to the first workdir.
 """
 import argparse
 
+import os
+import sys
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo, without an install
+
 import jax
 import numpy as np
 

@@ -9,6 +9,9 @@ import argparse
 import os
 import tempfile
 
+import sys
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo, without an install
+
 import numpy as np
 
 from imgrec import config, train
