@@ -53,17 +53,8 @@ def max_pool(x, window, strides=None, padding="VALID", impl=None):
     pads = lax.padtype_to_pads(x.shape[1:3], window, strides, padding)
   else:
     pads = [tuple(p) for p in padding]
-  (kh, kw), (sh, sw) = window, strides
-  if any(lo or hi for lo, hi in pads):
-    x = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
-  n, h, w, c = x.shape
-  ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
-  out = None
-  for i in range(kh):
-    for j in range(kw):
-      view = lax.slice(x, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c), (1, sh, sw, 1))
-      out = view if out is None else jnp.maximum(out, view)
-  return out
+  views = _taps(x, window, (strides, pads, (1, 1)), pad_value=-jnp.inf)
+  return functools.reduce(jnp.maximum, views)
 
 
 def conv2d(x, kernel, strides=1, padding="SAME", feature_group_count=1, kernel_dilation=1,
@@ -100,12 +91,12 @@ def _out_size(x_shape, k_shape, cfg):
                for size, (lo, hi), k, d, s in zip(x_shape[1:3], pads, k_shape[:2], dilation, strides))
 
 
-def _taps(x, k_shape, cfg):
+def _taps(x, k_shape, cfg, pad_value=0):
   """im2col, one (n, ho, wo, C) slice of the padded input per kernel tap, row-major over (kh, kw)."""
   (sh, sw), pads, (dh, dw) = cfg[:3]
   n, _, _, c = x.shape
   ho, wo = _out_size(x.shape, k_shape, cfg)
-  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=pad_value)
   return [lax.slice(xp, (0, a, b, 0), (n, a + (ho - 1) * sh + 1, b + (wo - 1) * sw + 1, c), (1, sh, sw, 1))
           for a in range(0, k_shape[0] * dh, dh) for b in range(0, k_shape[1] * dw, dw)]
 
