@@ -287,13 +287,24 @@ def test_metrics_and_access_log(server, caplog):
   url, _ = server
   with caplog.at_level("INFO", logger="imgrec.access"):
     requests.post(url + "/v2/models/digits/infer", json=v2([2, 8, 8, 1], data=[0] * 128), headers=H)
-  assert any('"POST /v2/models/digits/infer" 200' in r.getMessage() for r in caplog.records)
-  text = requests.get(url + "/metrics", headers=H).text
-  assert 'imgrec_requests_total{method="POST",route="/v2/models/{name}/infer",status="200"}' in text
-  assert 'imgrec_requests_total{method="GET",route="unmatched",status="404"}' in text
-  assert 'imgrec_batch_size_bucket{le="2.0",model="digits:' in text
-  assert 'imgrec_queue_depth{kind="uint8",model="digits:' in text
-  assert "imgrec_request_seconds_bucket" in text
+    requests.get(url + "/no/such/route", headers=H)  # this test's own 404: xdist may run it on a worker alone
+    # The server logs and counts a request just after its last byte is sent, so the client can be a moment
+    # ahead of both: wait for them rather than race.
+    deadline = time.monotonic() + 10
+    while not any('"POST /v2/models/digits/infer" 200' in r.getMessage() for r in caplog.records):
+      assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+      time.sleep(0.02)
+  expected = ['imgrec_requests_total{method="POST",route="/v2/models/{name}/infer",status="200"}',
+              'imgrec_requests_total{method="GET",route="unmatched",status="404"}',
+              'imgrec_batch_size_bucket{le="2.0",model="digits:', 'imgrec_queue_depth{kind="uint8",model="digits:',
+              "imgrec_request_seconds_bucket"]
+  while True:
+    text = requests.get(url + "/metrics", headers=H).text
+    missing = [line for line in expected if line not in text]
+    if not missing:
+      break
+    assert time.monotonic() < deadline, f"not in /metrics: {missing}"
+    time.sleep(0.02)
 
 
 # ---------------------------------------------------------------- pieces
