@@ -213,7 +213,8 @@ def import_torchvision(arch, weights, workdir):
   np.savez(os.path.join(workdir, transfer.PARAMS_FILE), **flat)
   note = "torchvision expects RGB inputs normalised with ImageNet mean/std"
   if arch.startswith("vit"):
-    note += f"; the position embedding is for {info['image_size']} px images: fine-tune at that size"
+    note += (f"; the position embedding is for {info['image_size']} px images: at another size `transfer.init_from` "
+             "interpolates its patch grid (bilinear; 'resized' in the load table)")
   with open(os.path.join(workdir, "import.json"), "w") as f:
     json.dump({**info, "weights": os.path.abspath(weights), "note": note}, f, indent=2)
   return flat, info

@@ -77,6 +77,7 @@ def merge(target, source, reinit=""):
 
   Returns (merged, rows) where rows are (name, status, target shape, source shape) with
   status one of: loaded, re-initialised (matched `reinit`), missing (not in the source),
+  resized (a ViT position embedding whose square patch grid is interpolated to the new image size),
   shape mismatch (kept fresh), unused (in the source only).
   """
   pattern = re.compile(reinit) if reinit else None
@@ -89,25 +90,41 @@ def merge(target, source, reinit=""):
     elif src is None:
       status = "missing"
     elif src_shape != shape:
-      status = "shape mismatch"
+      src = _resized_pos_embedding(name, src, shape)
+      status = "shape mismatch" if src is None else "resized"
     else:
       status = "loaded"
-    merged[name] = np.asarray(src, dtype=np.asarray(value).dtype) if status == "loaded" else value
+    merged[name] = np.asarray(src, dtype=np.asarray(value).dtype) if status in ("loaded", "resized") else value
     rows.append((name, status, shape, src_shape))
   rows += [(name, "unused", None, tuple(np.shape(v))) for name, v in source.items() if name not in target]
   return merged, rows
 
 
+def _resized_pos_embedding(name, src, shape):
+  """A (1, extra + n*n, D) position embedding interpolated to `shape`'s m*m grid, or None if `name`/shapes
+  are not that (big_vision and timm do the same when fine-tuning at another resolution)."""
+  from imgrec.models import vit
+  if not name.endswith("pos_embedding") or len(shape) != 3 or np.ndim(src) != 3 or np.shape(src)[2] != shape[2]:
+    return None
+  for extra in (1, 0):  # a class token, or none (pool="gap")
+    old, new = np.shape(src)[1] - extra, shape[1] - extra
+    m = int(np.sqrt(max(new, 0)))
+    if old > 0 and new > 0 and m * m == new and int(np.sqrt(old)) ** 2 == old:
+      return np.asarray(vit.resize_grid(np.asarray(src, np.float32), extra, m, m))
+  return None
+
+
 def format_table(rows):
   """One line per status with counts, then every name that was not loaded."""
   lines = ["transfer: status           tensors     values"]
-  for status in ("loaded", "re-initialised", "missing", "shape mismatch", "unused"):
+  for status in ("loaded", "resized", "re-initialised", "missing", "shape mismatch", "unused"):
     sel = [r for r in rows if r[1] == status]
     n = sum(int(np.prod(r[2] if r[2] is not None else r[3])) for r in sel)
     lines.append(f"transfer: {status:<16} {len(sel):>8} {n:>10}")
   for name, status, shape, src_shape in rows:
     if status != "loaded":
-      detail = {"shape mismatch": f"{src_shape} -> {shape}", "unused": f"{src_shape}"}.get(status, f"{shape}")
+      detail = {"shape mismatch": f"{src_shape} -> {shape}", "resized": f"{src_shape} -> {shape}",
+                "unused": f"{src_shape}"}.get(status, f"{shape}")
       lines.append(f"transfer:   {status:<16} {name} {detail}")
   return "\n".join(lines)
 

@@ -25,6 +25,22 @@ def test_merge_reports_every_status():
   assert "shape mismatch" in table and "(8, 10) -> (8, 5)" in table
 
 
+def test_merge_resizes_vit_position_embedding():
+  from imgrec.models import vit
+  src = np.random.default_rng(0).normal(size=(1, 17, 4)).astype(np.float32)  # class token + 4x4 grid
+  target = {"params/pos_embedding": np.zeros((1, 65, 4), np.float32),        # class token + 8x8 grid
+            "params/gap/pos_embedding": np.zeros((1, 64, 4), np.float32),    # pool="gap": no class token
+            "params/wide/pos_embedding": np.zeros((1, 65, 8), np.float32)}   # other width: not resizable
+  source = {"params/pos_embedding": src, "params/gap/pos_embedding": src[:, 1:], "params/wide/pos_embedding": src}
+  merged, rows = transfer.merge(target, source)
+  assert {n: s for n, s, _, _ in rows} == {"params/pos_embedding": "resized", "params/gap/pos_embedding": "resized",
+                                           "params/wide/pos_embedding": "shape mismatch"}
+  np.testing.assert_allclose(merged["params/pos_embedding"], vit.resize_grid(src, 1, 8, 8), atol=1e-6)
+  assert merged["params/pos_embedding"][0, 0].tolist() == src[0, 0].tolist()  # class token unchanged
+  np.testing.assert_allclose(merged["params/gap/pos_embedding"], merged["params/pos_embedding"][:, 1:], atol=1e-6)
+  assert "(1, 17, 4) -> (1, 65, 4)" in transfer.format_table(rows)
+
+
 def test_class_subset_and_k_shot():
   cfg = tiny_config().data
   cfg.classes = (7, 2)
