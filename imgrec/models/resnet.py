@@ -22,7 +22,8 @@ from imgrec.models.layers import Conv
 PAD3 = ((1, 1), (1, 1))
 
 
-class BasicBlock(nn.Module):
+class _Block(nn.Module):
+  """The fields every residual block takes; `ResNet` builds each with (features, strides, conv, norm)."""
   features: int
   strides: int
   conv: Any
@@ -33,6 +34,8 @@ class BasicBlock(nn.Module):
   train: bool = False
   inner: Sequence[int] = ()  # widths of the inner convs (channel pruning); default: `features`
 
+
+class BasicBlock(_Block):
   @nn.compact
   def __call__(self, x):
     residual = x
@@ -50,17 +53,8 @@ class BasicBlock(nn.Module):
     return nn.relu(residual + drop_path(self, y, self.drop_path, self.train))
 
 
-class Bottleneck(nn.Module):
-  features: int
-  strides: int
-  conv: Any
-  norm: Any
+class Bottleneck(_Block):
   expansion: int = 4
-  se: bool = False
-  dropout: float = 0.0
-  drop_path: float = 0.0
-  train: bool = False
-  inner: Sequence[int] = ()  # widths of the inner convs (channel pruning); default: `features`
 
   @nn.compact
   def __call__(self, x):
@@ -82,19 +76,9 @@ class Bottleneck(nn.Module):
     return nn.relu(residual + drop_path(self, y, self.drop_path, self.train))
 
 
-class PreActBasicBlock(nn.Module):
+class PreActBasicBlock(_Block):
   """bn -> relu -> conv3x3 -> bn -> relu -> (dropout) -> conv3x3, plus the identity or a projection
   of the pre-activated input. The Wide-ResNet block."""
-  features: int
-  strides: int
-  conv: Any
-  norm: Any
-  se: bool = False
-  dropout: float = 0.0
-  drop_path: float = 0.0
-  train: bool = False
-  inner: Sequence[int] = ()  # widths of the inner convs (channel pruning); default: `features`
-
   @nn.compact
   def __call__(self, x):
     pre = nn.relu(self.norm(name="bn1")(x))
@@ -111,17 +95,8 @@ class PreActBasicBlock(nn.Module):
     return residual + drop_path(self, y, self.drop_path, self.train)
 
 
-class PreActBottleneck(nn.Module):
-  features: int
-  strides: int
-  conv: Any
-  norm: Any
+class PreActBottleneck(_Block):
   expansion: int = 4
-  se: bool = False
-  dropout: float = 0.0
-  drop_path: float = 0.0
-  train: bool = False
-  inner: Sequence[int] = ()  # widths of the inner convs (channel pruning); default: `features`
 
   @nn.compact
   def __call__(self, x):
