@@ -67,12 +67,17 @@ def main():
           json.dump({"seeds": seeds, "steps": args.steps, "results": results}, f, indent=2)
   print(f"student small_cnn widths {widths} hidden {args.hidden}, {args.steps} steps x {t_cfg.batch_size} on "
         f"{t_cfg.data.source}, seeds {seeds}, teacher {args.teacher}")
-  print("| student | mean test accuracy | " + " | ".join(f"seed {s}" for s in seeds) + " | mean - alone |")
+  # Per seed, a setting and "alone" share the initialisation and batch order: the paired difference is
+  # the comparison that cancels those; its standard error over seeds says how much to trust the mean.
+  print("| student | mean test accuracy | " + " | ".join(f"seed {s}" for s in seeds) +
+        " | mean - alone (paired, +- s.e.) |")
   print("|---|---|" + "---|" * len(seeds) + "---|")
-  alone = float(np.mean(results["alone"]))
+  alone = np.asarray(results["alone"])
   for label, accs in results.items():
+    diff = np.asarray(accs) - alone[:len(accs)]
+    se = f" +- {diff.std(ddof=1) / np.sqrt(len(diff)):.4f}" if len(diff) > 1 else ""
     print(f"| {label} | {np.mean(accs):.4f} | " + " | ".join(f"{a:.4f}" for a in accs) +
-          f" | {np.mean(accs) - alone:+.4f} |")
+          f" | {diff.mean():+.4f}{se} |")
 
 
 if __name__ == "__main__":
