@@ -66,7 +66,12 @@ def test_flip_and_crop_values():
 
 @pytest.mark.parametrize("spec,message", [("blur", "unknown augmentation 'blur'"), ("crop(size=3)", "no argument 'size'"),
                                           ("crop(pad=x)", "bad arguments"), ("crop(1, 2)", "at most 1"),
-                                          ("flip(", "bad augmentation")])
+                                          ("flip(", "bad augmentation"),
+                                          ("flip(3)", r"flip\(p=3\) is out of range: p must be >= 0.0 and <= 1.0"),
+                                          ("crop(pad=-1)", "pad must be >= 0"), ("crop(2.5)", "whole number"),
+                                          ("mixup(alpha=0)", "alpha must be > 0"), ("randaugment(2, 15)", "m must be"),
+                                          ("resized_crop(scale=(0.9, 0.2))", "low <= high"),
+                                          ("erase(scale=(0.1, 'a'))", "needs a number")])
 def test_bad_specs_are_clear_errors(spec, message):
   with pytest.raises(UserError, match=message):
     augment.parse(spec)

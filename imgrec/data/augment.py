@@ -216,6 +216,30 @@ BATCH_OPS = {f.__name__: f for f in (mixup, cutmix)}
 _OP = re.compile(r"^\s*([a-z_]+)\s*(?:\((.*)\))?\s*$")
 
 
+# Valid ranges of the ops' arguments, by argument name (the same meaning wherever a name recurs):
+# (low, high, integer?); POSITIVE ones must also be > low. A value outside is a config error, not a
+# silently odd augmentation (flip(3) would flip every image).
+ARG_RANGES = {"p": (0.0, 1.0, False), "frac": (0.0, 1.0, False), "deg": (0.0, 180.0, False),
+              "pad": (0, None, True), "size": (1, None, True), "std": (0.0, None, False),
+              "delta": (0.0, 1.0, False), "alpha": (0.0, None, False), "n": (0, None, True),
+              "m": (0.0, 10.0, False), "scale": (0.0, 1.0, False), "ratio": (0.0, None, False)}
+POSITIVE = {"alpha", "scale", "ratio"}
+
+
+def _check_range(name, arg, value):
+  low, high, integer = ARG_RANGES[arg]
+  values = value if isinstance(value, tuple) else (value,)
+  if isinstance(value, tuple) and (len(value) != 2 or value[0] > value[1]):
+    raise UserError(f"augmentation {name}({arg}=...) takes a (low, high) pair with low <= high, got {value!r}")
+  for v in values:
+    if integer and not float(v).is_integer():
+      raise UserError(f"augmentation {name}({arg}=...) needs a whole number, got {v!r}")
+    if v < low or (arg in POSITIVE and v == low) or (high is not None and v > high):
+      bounds = f"> {low}" if arg in POSITIVE else f">= {low}"
+      bounds += f" and <= {high}" if high is not None else ""
+      raise UserError(f"augmentation {name}({arg}={value!r}) is out of range: {arg} must be {bounds}")
+
+
 def parse(spec):
   """'crop(pad=4)|flip' -> [("crop", {"pad": 4}), ("flip", {})]; errors name the bad op or argument."""
   ops = []
@@ -241,8 +265,10 @@ def parse(spec):
     if unknown:
       raise UserError(f"augmentation {name!r} has no argument {sorted(unknown)[0]!r}; it takes: {', '.join(params)}")
     for k, v in kwargs.items():
-      if not isinstance(v, (int, float, tuple)) or isinstance(v, bool):
+      if not isinstance(v, (int, float, tuple)) or isinstance(v, bool) or (
+          isinstance(v, tuple) and not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in v)):
         raise UserError(f"augmentation {name}({k}=...) needs a number, got {v!r}")
+      _check_range(name, k, v)
     ops.append((name, kwargs))
   return ops
 
