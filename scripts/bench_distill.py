@@ -1,7 +1,7 @@
 """Distillation benchmark: a small student trained alone vs distilled from a teacher workdir.
 
   python scripts/bench_distill.py --teacher W [--steps 600] [--widths 8,16] [--hidden 32]
-      [--alphas 0.1,0.5] [--temperatures 1,2,4] [--seeds 0,1] [--json F]
+      [--alphas 0.1,0.5] [--temperatures 1,2,4] [--seeds 0,1] [--json F] [--png F]
 
 Every run uses the teacher's data config (so the same augmentation), batch size, the same
 steps and, per seed, the same initialisation and batch order; only the loss differs. Prints
@@ -46,6 +46,7 @@ def main():
   p.add_argument("--temperatures", default="4")
   p.add_argument("--seeds", default="0")
   p.add_argument("--json", help="also write the per-run accuracies here")
+  p.add_argument("--png", help="also plot every run's accuracy per setting here")
   args = p.parse_args()
   t_cfg = config.load_saved(f"{args.teacher}/config.json")
   widths = tuple(int(w) for w in args.widths.split(","))
@@ -78,6 +79,31 @@ def main():
     se = f" +- {diff.std(ddof=1) / np.sqrt(len(diff)):.4f}" if len(diff) > 1 else ""
     print(f"| {label} | {np.mean(accs):.4f} | " + " | ".join(f"{a:.4f}" for a in accs) +
           f" | {diff.mean():+.4f}{se} |")
+  if args.png:
+    plot(results, seeds, f"{args.steps} steps, teacher {os.path.basename(os.path.normpath(args.teacher))}", args.png)
+
+
+def plot(results, seeds, title, path):
+  """One row per setting: each seed's test accuracy as a dot (same colour = same seed), the mean as a bar."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  labels = list(results)
+  fig, ax = plt.subplots(figsize=(7, 0.45 * len(labels) + 1.2))
+  for i, label in enumerate(labels):
+    ax.barh(i, np.mean(results[label]), color="tab:blue", alpha=0.3)
+    for j, acc in enumerate(results[label]):
+      ax.plot(acc, i, "o", color=f"C{j % 10}", ms=4, label=f"seed {seeds[j]}" if i == 0 else None)
+  ax.axvline(np.mean(results["alone"]), color="grey", ls="--", lw=1)
+  everything = [a for accs in results.values() for a in accs]
+  ax.set_xlim(min(everything) - 0.005, max(everything) + 0.005)
+  ax.set_yticks(range(len(labels)), labels)
+  ax.invert_yaxis()
+  ax.set(xlabel="test accuracy (bar: mean over seeds; dashed: student alone)", title=f"Distillation: {title}")
+  ax.legend(fontsize=7, loc="lower right")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
 
 
 if __name__ == "__main__":
