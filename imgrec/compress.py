@@ -90,11 +90,15 @@ def int8_layer(module, x):
     n = kernel.ndim - 2
     if x.ndim != n + 2:
       raise UserError(f"int8 conv expects a batched input of rank {n + 2}, got shape {x.shape}")
-    acc = jax.lax.conv_general_dilated(
-        xq, kernel, _tuple(module.strides, n), _conv_padding(module.padding, n),
-        lhs_dilation=_tuple(module.input_dilation, n), rhs_dilation=_tuple(module.kernel_dilation, n),
-        dimension_numbers=("NHWC", "HWIO", "NHWC") if n == 2 else None,
-        feature_group_count=module.feature_group_count, preferred_element_type=jnp.int32)
+    if n == 2 and module.feature_group_count == 1 and _tuple(module.input_dilation, n) == (1, 1):
+      acc = layers.conv2d_int8(xq, kernel, _tuple(module.strides, n), _conv_padding(module.padding, n),
+                               _tuple(module.kernel_dilation, n))
+    else:
+      acc = jax.lax.conv_general_dilated(
+          xq, kernel, _tuple(module.strides, n), _conv_padding(module.padding, n),
+          lhs_dilation=_tuple(module.input_dilation, n), rhs_dilation=_tuple(module.kernel_dilation, n),
+          dimension_numbers=("NHWC", "HWIO", "NHWC") if n == 2 else None,
+          feature_group_count=module.feature_group_count, preferred_element_type=jnp.int32)
   y = acc.astype(jnp.float32) * (x_scale * w_scale)
   if module.use_bias:
     y = y + module.get_variable("params", "bias")

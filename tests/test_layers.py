@@ -142,6 +142,20 @@ def test_max_pool_matches_nn_max_pool(name):
   np.testing.assert_allclose(grad(ours), grad(ref), atol=1e-6)
 
 
+def test_conv2d_int8_matches_lax_exactly():
+  rng = np.random.default_rng(0)
+  ungrouped = {name: c for name, c in CASES.items() if c[8] == 1}
+  for name, (n, h, w, cin, cout, k, stride, padding, _) in ungrouped.items():
+    for dilation in (1, 2) if name in ("3x3 same", "uneven padding") else (1,):
+      x = jnp.asarray(rng.integers(-127, 128, (n, h, w, cin)), jnp.int8)
+      kernel = jnp.asarray(rng.integers(-127, 128, (k, k, cin, cout)), jnp.int8)
+      ours = layers.conv2d_int8(x, kernel, stride, padding, dilation, impl="im2col")
+      ref = lax.conv_general_dilated(x, kernel, (stride, stride), padding, rhs_dilation=(dilation, dilation),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), preferred_element_type=jnp.int32)
+      assert ours.dtype == jnp.int32 and ours.shape == ref.shape, (name, dilation)
+      np.testing.assert_array_equal(ours, ref, err_msg=f"{name}, dilation {dilation}")
+
+
 def test_impl_auto_uses_lax_off_cpu(monkeypatch):
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   x, kernel = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 6))
