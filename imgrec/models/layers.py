@@ -12,6 +12,8 @@ inside a `lax.scan`, so they stay in cache and are never all held in memory.
 
 `max_pool` is nn.max_pool's counterpart: XLA:CPU's max-pool gradient (select-and-scatter)
 is ~15x slower than the same pooling written as a max over the window's strided views.
+`conv2d_int8` (used by `imgrec.compress`) likewise replaces XLA:CPU's int8 convolution, which
+has shapes 3-8x slower than im2col + one int8 matmul.
 """
 import functools
 from typing import Any
