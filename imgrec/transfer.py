@@ -6,6 +6,7 @@ params .npz file) fills every parameter of the new model whose name and shape ma
 (the head for a different class count, anything matching `transfer.reinit`) keeps its fresh
 initialisation. A table says what happened to each name.
 """
+import math
 import os
 import re
 
@@ -108,9 +109,8 @@ def _resized_pos_embedding(name, src, shape):
     return None
   for extra in (1, 0):  # a class token, or none (pool="gap")
     old, new = np.shape(src)[1] - extra, shape[1] - extra
-    m = int(np.sqrt(max(new, 0)))
-    if old > 0 and new > 0 and m * m == new and int(np.sqrt(old)) ** 2 == old:
-      return np.asarray(vit.resize_grid(np.asarray(src, np.float32), extra, m, m))
+    if old > 0 and new > 0 and math.isqrt(old) ** 2 == old and math.isqrt(new) ** 2 == new:
+      return np.asarray(vit.resize_grid(np.asarray(src, np.float32), extra, math.isqrt(new), math.isqrt(new)))
   return None
 
 

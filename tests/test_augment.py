@@ -71,6 +71,7 @@ def test_flip_and_crop_values():
                                           ("crop(pad=-1)", "pad must be >= 0"), ("crop(2.5)", "whole number"),
                                           ("mixup(alpha=0)", "alpha must be > 0"), ("randaugment(2, 15)", "m must be"),
                                           ("resized_crop(scale=(0.9, 0.2))", "low <= high"),
+                                          ("flip(p=(0.1, 0.2))", "takes one number"), ("resized_crop(0.5)", "a \\(low, high\\) pair"),
                                           ("erase(scale=(0.1, 'a'))", "needs a number")])
 def test_bad_specs_are_clear_errors(spec, message):
   with pytest.raises(UserError, match=message):

@@ -224,10 +224,14 @@ ARG_RANGES = {"p": (0.0, 1.0, False), "frac": (0.0, 1.0, False), "deg": (0.0, 18
               "delta": (0.0, 1.0, False), "alpha": (0.0, None, False), "n": (0, None, True),
               "m": (0.0, 10.0, False), "scale": (0.0, 1.0, False), "ratio": (0.0, None, False)}
 POSITIVE = {"alpha", "scale", "ratio"}
+PAIRS = {"scale", "ratio"}  # (low, high); every other argument is one number
 
 
 def _check_range(name, arg, value):
   low, high, integer = ARG_RANGES[arg]
+  if (arg in PAIRS) != isinstance(value, tuple):
+    raise UserError(f"augmentation {name}({arg}=...) takes " + ("a (low, high) pair" if arg in PAIRS else "one number")
+                    + f", got {value!r}")
   values = value if isinstance(value, tuple) else (value,)
   if isinstance(value, tuple) and (len(value) != 2 or value[0] > value[1]):
     raise UserError(f"augmentation {name}({arg}=...) takes a (low, high) pair with low <= high, got {value!r}")
