@@ -9,7 +9,6 @@ load from other processes falls on both alike; prints the median ms of each and 
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -17,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench_compress import latencies_ms  # noqa: E402  (scripts/ is on sys.path when run as a script)
 from imgrec import compress, models
 
 
@@ -36,20 +36,12 @@ def main():
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape)))
   calib = [jnp.asarray(rng.random((16, *shape)), jnp.float32)]
   qvariables = compress.quantize_int8(variables, compress.calibrate(model, variables, calib))
-  f32 = jax.jit(lambda x: model.apply(variables, x, train=False))
-  i8 = jax.jit(lambda x: compress.apply_int8(model, qvariables, x))
+  variants = {"float32": (lambda v, x: model.apply(v, x, train=False), variables),
+              "int8": (lambda v, x: compress.apply_int8(model, v, x), qvariables)}
   print(f"{args.model} {kwargs} input {shape}, jax {jax.__version__} on {jax.devices()[0].device_kind}")
   for batch in (int(b) for b in args.batches.split(",")):
     x = jnp.asarray(rng.random((batch, *shape)), jnp.float32)
-    times = {"float32": [], "int8": []}
-    for fn in (f32, i8):
-      fn(x).block_until_ready()
-    for _ in range(args.rounds if batch == 1 else max(10, args.rounds // 10)):
-      for name, fn in (("float32", f32), ("int8", i8)):
-        t = time.perf_counter()
-        fn(x).block_until_ready()
-        times[name].append(time.perf_counter() - t)
-    m = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
+    m = latencies_ms(variants, x, args.rounds if batch == 1 else max(10, args.rounds // 10))
     print(f"batch {batch}: float32 {m['float32']:.3f} ms, int8 {m['int8']:.3f} ms, int8/float32 {m['int8'] / m['float32']:.2f}x")
 
 

@@ -11,11 +11,13 @@ import io
 import json
 import os
 import sys
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # scripts/
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))  # the repo
 
 import numpy as np
 
-from imgrec import config, train
+import bench_transfer as bt  # noqa: E402  (scripts/ is on sys.path when run as a script)
+from imgrec import train
 
 tag, kw, pre_steps, pre_aug, ft_steps, ft_aug = (sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4],
                                                  int(sys.argv[5]), sys.argv[6])
@@ -25,10 +27,9 @@ root = f"runs/tr/{tag}"
 
 
 def base(steps, seed):
-  c = config.defaults()
-  c.model.name = "small_cnn"
+  c = bt.base_config("small_cnn", steps, seed)
   c.model.kwargs.update(kw)
-  c.seed, c.steps, c.log_every, c.data.prefetch = seed, steps, 1000, 0
+  c.log_every = 1000
   c.eval_every = c.checkpoint_every = steps
   return c
 
