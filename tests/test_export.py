@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from imgrec import export, train
+from imgrec import export, state as train_state, workdir as wd
 from imgrec.data import sources
 from imgrec.errors import UserError
 from tests.helpers import ROOT, run_python
@@ -35,9 +35,9 @@ def test_export_fresh_process_same_logits(trained_workdir, tmp_path):
   assert proc.returncode == 0, proc.stderr
   assert "exported" in proc.stdout and os.path.getsize(artifact) > 0
 
-  cfg, info, model, state = train.restore(trained_workdir)
+  cfg, info, model, state = wd.restore(trained_workdir)
   images, _ = sources.load(cfg.data).split("test").get(np.arange(17))
-  expected = np.asarray(jax.jit(export.make_predict(model, train.variables(state), info["mean"], info["std"]))(images))
+  expected = np.asarray(jax.jit(export.make_predict(model, train_state.variables(state), info["mean"], info["std"]))(images))
   np.save(tmp_path / "in.npy", images)
   out, out1 = str(tmp_path / "out.npy"), str(tmp_path / "out1.npy")
   code = LOAD_AND_RUN.format(path=artifact, inp=str(tmp_path / "in.npy"), out=out, out1=out1)
@@ -60,3 +60,15 @@ def test_load_rejects_non_artifact(tmp_path):
   bad.write_bytes(b"not a zip")
   with pytest.raises(UserError, match="not an imgrec export artifact"):
     export.load(str(bad))
+
+
+def test_export_for_another_platform_uses_its_ops(trained_workdir):
+  """The CPU-only layer implementations are chosen for the platform lowered for, not for this host:
+  exported from a CPU for cuda, every convolution and max-pool is XLA's own op."""
+  cfg, info, model, state = wd.restore(trained_workdir, params_only=True)
+  predict = export.make_predict(model, jax.device_get(train_state.variables(state)), info["mean"], info["std"])
+  text = {p: export.export_predict(predict, tuple(info["image_shape"]), (p,)).mlir_module() for p in ("cuda", "cpu")}
+  assert text["cuda"].count("stablehlo.convolution") == 2  # the small CNN's two convolutions
+  assert "reduce_window" in text["cuda"]  # max-pool as XLA's window reduction
+  # Control: lowered for CPU, the one-input-channel stem runs as multiply-adds and pooling as strided maxima.
+  assert text["cpu"].count("stablehlo.convolution") == 1 and "reduce_window" not in text["cpu"]

@@ -23,8 +23,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-# "auto" uses "im2col" on CPU and "lax" on other backends; "im2col" or "lax" forces one of them.
-# It is read when a function is traced, so set it before the first call of a jitted function.
+# "auto" uses "im2col" where the program runs on CPU and "lax" elsewhere, chosen per platform when the
+# program is lowered (`lax.platform_dependent`), so a CPU host that exports for cuda or tpu gets plain
+# lax convolutions there. "im2col" or "lax" forces one of them. It is read when a function is traced,
+# so set it before the first call of a jitted function.
 IMPL = "auto"
 # Size of the patches built per scan step, so that they are used while still in cache. 1-2 MiB measured
 # best (2-core Zen 4, 1 MiB L2 per core); the whole batch at once runs 2-3x slower. Steps grow to the
@@ -37,9 +39,15 @@ def _pair(v):
   return (v, v) if isinstance(v, int) else tuple(v)
 
 
-def _use_im2col(impl=None):
+def _per_platform(impl, cpu_fn, other_fn, *args):
+  """`cpu_fn(*args)` in programs lowered for CPU, `other_fn(*args)` for every other platform (`impl`, default
+  `IMPL`, "im2col" or "lax" forces one). Both give the same results."""
   impl = impl or IMPL
-  return impl == "im2col" or (impl == "auto" and jax.default_backend() == "cpu")
+  if impl == "im2col":
+    return cpu_fn(*args)
+  if impl == "lax":
+    return other_fn(*args)
+  return lax.platform_dependent(*args, cpu=cpu_fn, default=other_fn)
 
 
 def max_pool(x, window, strides=None, padding="VALID", impl=None):
@@ -49,14 +57,14 @@ def max_pool(x, window, strides=None, padding="VALID", impl=None):
   cheap selects instead of select-and-scatter (measured faster than a reshape + max too).
   """
   window, strides = _pair(window), _pair(strides or window)
-  if not _use_im2col(impl) or x.ndim != 4:
+  if x.ndim != 4:
     return nn.max_pool(x, window, strides, padding)
   if isinstance(padding, str):
     pads = lax.padtype_to_pads(x.shape[1:3], window, strides, padding)
   else:
     pads = [tuple(p) for p in padding]
-  views = _taps(x, window, (strides, pads, (1, 1)), pad_value=-jnp.inf)
-  return functools.reduce(jnp.maximum, views)
+  views = lambda x: functools.reduce(jnp.maximum, _taps(x, window, (strides, pads, (1, 1)), pad_value=-jnp.inf))
+  return _per_platform(impl, views, lambda x: nn.max_pool(x, window, strides, padding), x)
 
 
 def conv2d(x, kernel, strides=1, padding="SAME", feature_group_count=1, kernel_dilation=1,
@@ -68,18 +76,22 @@ def conv2d(x, kernel, strides=1, padding="SAME", feature_group_count=1, kernel_d
   strides, dilation = _pair(strides), _pair(kernel_dilation)
   kh, kw, cig, cout = kernel.shape
   pads = _resolve_pads(x.shape, kernel.shape, strides, dilation, padding)
-  if not _use_im2col(impl) or min(min(p) for p in pads) < 0:  # negative padding (cropping): rare, leave it to lax
-    return lax.conv_general_dilated(x, kernel, strides, pads, rhs_dilation=dilation,
-                                    dimension_numbers=_DN, feature_group_count=feature_group_count,
-                                    precision=precision)
-  dtype = jnp.result_type(x, kernel)
-  x, kernel = x.astype(dtype), kernel.astype(dtype)
-  if cig == 1 and feature_group_count > 1 and cout > feature_group_count:
-    # Depthwise with a channel multiplier: output channel o reads input channel o // multiplier,
-    # so repeating the input channels makes it a plain depthwise convolution.
-    x = jnp.repeat(x, cout // feature_group_count, axis=-1)
-    feature_group_count = cout
-  return _conv(x, kernel, (strides, pads, dilation, feature_group_count, precision))
+  lax_conv = lambda x, kernel: lax.conv_general_dilated(x, kernel, strides, pads, rhs_dilation=dilation,
+                                                        dimension_numbers=_DN, feature_group_count=feature_group_count,
+                                                        precision=precision)
+  if min(min(p) for p in pads) < 0:  # negative padding (cropping): rare, leave it to lax
+    return lax_conv(x, kernel)
+
+  def cpu_conv(x, kernel):
+    dtype, groups = jnp.result_type(x, kernel), feature_group_count
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
+    if cig == 1 and groups > 1 and cout > groups:
+      # Depthwise with a channel multiplier: output channel o reads input channel o // multiplier,
+      # so repeating the input channels makes it a plain depthwise convolution.
+      x = jnp.repeat(x, cout // groups, axis=-1)
+      groups = cout
+    return _conv(x, kernel, (strides, pads, dilation, groups, precision))
+  return _per_platform(impl, cpu_conv, lax_conv, x, kernel)
 
 
 def conv2d_int8(x, kernel, strides=1, padding="SAME", kernel_dilation=1, impl=None):
@@ -88,12 +100,16 @@ def conv2d_int8(x, kernel, strides=1, padding="SAME", kernel_dilation=1, impl=No
   convolution has slow shapes (a 3x3 16->16 conv at 28x28: 27.3 ms vs 3.6 ms at batch 64, 3.3x at batch 1)."""
   strides, dilation = _pair(strides), _pair(kernel_dilation)
   pads = _resolve_pads(x.shape, kernel.shape, strides, dilation, padding)
-  if not _use_im2col(impl) or min(min(p) for p in pads) < 0:
-    return lax.conv_general_dilated(x, kernel, strides, pads, rhs_dilation=dilation, dimension_numbers=_DN,
-                                    preferred_element_type=jnp.int32)
-  cols = jnp.concatenate(_taps(x, kernel.shape, (strides, pads, dilation)), axis=-1)  # (n, ho, wo, kh*kw*cin)
-  return lax.dot_general(cols, kernel.reshape(-1, kernel.shape[-1]), (((3,), (0,)), ((), ())),
-                         preferred_element_type=jnp.int32)
+  lax_conv = lambda x, kernel: lax.conv_general_dilated(x, kernel, strides, pads, rhs_dilation=dilation,
+                                                        dimension_numbers=_DN, preferred_element_type=jnp.int32)
+  if min(min(p) for p in pads) < 0:
+    return lax_conv(x, kernel)
+
+  def cpu_conv(x, kernel):
+    cols = jnp.concatenate(_taps(x, kernel.shape, (strides, pads, dilation)), axis=-1)  # (n, ho, wo, kh*kw*cin)
+    return lax.dot_general(cols, kernel.reshape(-1, kernel.shape[-1]), (((3,), (0,)), ((), ())),
+                           preferred_element_type=jnp.int32)
+  return _per_platform(impl, cpu_conv, lax_conv, x, kernel)
 
 
 def _resolve_pads(x_shape, k_shape, strides, dilation, padding):
