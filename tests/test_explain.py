@@ -9,13 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from imgrec import explain, train
+from imgrec import explain, state as train_state, workdir as wd
 from imgrec.errors import UserError
+from tests.helpers import assert_png
 
 
 def test_integrated_gradients_completeness(trained_workdir):
-  _, info, model, state = train.restore(trained_workdir)
-  variables = train.variables(jax.device_get(state))
+  _, info, model, state = wd.restore(trained_workdir)
+  variables = train_state.variables(jax.device_get(state))
   mean, std = jnp.asarray(info["mean"]), jnp.asarray(info["std"])
   f = lambda x: model.apply(variables, ((x - mean) / std)[None], train=False)[0]
   from imgrec.data import sources
@@ -107,6 +108,24 @@ def test_attention_rollout_on_a_tiny_vit():
                              atol=1e-5)
 
 
+def test_zoo_vit_exposes_attention_for_rollout():
+  """The zoo's ViT sows its attention weights when asked (what `imgrec explain` reads for rollout), and
+  computing them explicitly gives the same logits as the fused attention used otherwise."""
+  from imgrec import models
+  model = models.create("vit_ti4", 3, width=16, depth=2, heads=2, mlp_dim=32)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 8, 8, 3))
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+  fused, (weights, sown_logits, heat) = jax.jit(lambda v, x: (
+      model.apply(v, x), (explain.attention_weights(model, v, x),
+                          model.apply(v, x, mutable=["intermediates"])[0], explain.rollout_image(model, v, x[0]))))(
+      variables, x)
+  assert len(weights) == 2 and weights[0].shape == (2, 2, 5, 5)  # depth 2; heads 2; class token + 2x2 patches
+  np.testing.assert_allclose(np.asarray(weights[0]).sum(-1), 1, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(sown_logits), np.asarray(fused), atol=1e-5)
+  assert heat.shape == (8, 8) and float(heat.max()) > 0
+  assert explain.attention_weights_shape(model, variables, x[:1])  # so explain_workdir picks rollout
+
+
 def test_explain_cli(trained_workdir, tmp_path, capsys):
   from PIL import Image
   from imgrec import cli
@@ -119,6 +138,7 @@ def test_explain_cli(trained_workdir, tmp_path, capsys):
   assert summary["method"] == "gradcam" and summary["layer"] == "bn1_0" and len(summary["files"]) == 2
   for path in summary["files"] + [summary["filters"]]:
     assert os.path.getsize(path) > 5000
+    assert_png(path, 300, 200)
   loaded = explain.load_images([str(img)], (8, 8, 1))  # files are resized to the model's input
   assert loaded.shape == (1, 8, 8, 1) and loaded.dtype == np.uint8 and loaded.max() > 100
   assert cli.main(["explain", "--workdir", trained_workdir, "--images", str(tmp_path / "missing.png")]) == 2

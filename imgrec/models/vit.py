@@ -32,7 +32,15 @@ class SelfAttention(nn.Module):
     b, t, d = x.shape
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     qkv = nn.Dense(3 * d, name="in_proj", **kw)(x).reshape(b, t, 3, self.heads, d // self.heads)
-    y = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    if self.is_mutable_collection("intermediates"):
+      # Asked for the weights [b, heads, t, t] (attention rollout): the fused kernel below does not return them.
+      logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(d // self.heads)
+      weights = jax.nn.softmax(logits).astype(v.dtype)
+      self.sow("intermediates", "attention_weights", weights)
+      y = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    else:
+      y = jax.nn.dot_product_attention(q, k, v)
     return nn.Dense(d, name="out_proj", **kw)(y.reshape(b, t, d))
 
 
