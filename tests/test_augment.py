@@ -47,12 +47,43 @@ def test_batch_ops_mix_labels_summing_to_one(spec):
 
 
 def test_cutmix_label_weight_equals_pasted_area():
-  x = jnp.zeros((2, 10, 10, 1)).at[1].set(1.0)  # example 1 white, 0 black
-  y = jax.nn.one_hot(jnp.array([0, 1]), 2)
+  """Each example's mean pixel is the label-weighted mean of the class values it was mixed from: the weight of
+  the pasted class is the pasted area. Every example has its own value, so a paste from itself shows as none."""
+  values = jnp.array([0.0, 1 / 3, 2 / 3, 1.0])
+  x = jnp.broadcast_to(values[:, None, None, None], (4, 10, 10, 1))
+  y = jax.nn.one_hot(jnp.arange(4), 4)
+  mixed_any = False
   for seed in range(5):
     a, ya = augment.cutmix(jax.random.key(seed), x, y)
-    white_fraction = float(a[0].mean())  # example 0 got white pixels only from example 1 (or itself: 0)
-    assert white_fraction == pytest.approx(float(ya[0, 1]), abs=1e-6) or float(ya[0, 1]) == pytest.approx(0, abs=1e-6)
+    np.testing.assert_allclose(np.asarray(a).mean(axis=(1, 2, 3)), np.asarray(ya) @ np.asarray(values), atol=1e-6)
+    mixed_any |= bool((np.asarray(ya).max(-1) < 1 - 1e-6).any())
+  assert mixed_any
+
+
+def test_rotate_moves_an_impulse_where_the_rotation_says():
+  x = jnp.zeros((15, 15, 1)).at[7, 11, 0].set(1.0)  # centred coordinates (row 0, col +4)
+  key = jax.random.key(8)
+  angle = float(jax.random.uniform(key, (), minval=-90.0, maxval=90.0)) * np.pi / 180
+  assert abs(angle) > np.radians(20)  # a clear rotation (this key's draw)
+  out = np.asarray(augment.rotate(key, x, deg=90.0))[..., 0]
+  # The op samples input = R(angle) @ output, so the impulse lands at R(-angle) @ (0, 4).
+  c, s_ = np.cos(angle), np.sin(angle)
+  expected = np.array([[c, s_], [-s_, c]]) @ np.array([0.0, 4.0])
+  rows, cols = np.mgrid[:15, :15] - 7.0
+  centroid = np.array([(out * rows).sum(), (out * cols).sum()]) / out.sum()
+  np.testing.assert_allclose(centroid, expected, atol=0.25)
+  assert not np.allclose(centroid, np.array([[c, -s_], [s_, c]]) @ np.array([0.0, 4.0]), atol=1.0)  # not the inverse
+
+
+def test_resized_crop_of_a_constant_is_constant_and_brightness_shifts_by_its_draw():
+  x = jnp.full((12, 9, 3), 0.6)
+  for seed in range(4):
+    np.testing.assert_allclose(augment.resized_crop(jax.random.key(seed), x), 0.6, atol=1e-6)
+  key = jax.random.key(7)
+  delta = float(jax.random.uniform(key, (), minval=-0.3, maxval=0.3))
+  out = augment.brightness(key, jnp.full((4, 4, 1), 0.5), delta=0.3)
+  assert abs(delta) > 0.01
+  np.testing.assert_allclose(np.asarray(out), 0.5 + delta, atol=1e-6)
 
 
 def test_flip_and_crop_values():
