@@ -17,15 +17,24 @@ def save(mngr, step, state):
   mngr.save(step, args=ocp.args.StandardSave(state))
 
 
-def restore_latest(mngr, abstract_state):
-  """Restores the newest readable checkpoint into `abstract_state`'s shapes and shardings.
+def _restore_args(abstract, partial):
+  if not partial:
+    return ocp.args.StandardRestore(abstract)
+  # A subset of the saved tree (inference reads no optimiser state).
+  return ocp.args.PyTreeRestore(abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                                partial_restore=True)
+
+
+def restore_latest(mngr, abstract_state, partial=False):
+  """Restores the newest readable checkpoint into `abstract_state`'s shapes and shardings (with `partial`, a
+  dict of some of the saved state's fields).
 
   Returns None when there is none. An unreadable checkpoint (truncated, corrupt) is
   reported by path and the previous one is tried.
   """
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
-      return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+      return mngr.restore(step, args=_restore_args(abstract_state, partial))
     except Exception as e:  # orbax/tensorstore raise many types for damaged files
       path = os.path.join(str(mngr.directory), str(step))
       log.warning("checkpoint %s is unreadable (%s: %s); falling back to the previous one",

@@ -82,8 +82,9 @@ def _export(args, overrides):
 
 
 def _compress(args, overrides):
-  from imgrec import compress
-  r = compress.compress_workdir(args.workdir, args.method, args.out, sparsity=args.sparsity, steps=args.steps)
+  from imgrec import compress, train
+  r = compress.compress_workdir(args.workdir, args.method, args.out, sparsity=args.sparsity, steps=args.steps,
+                                finetune=train.train)
   extra = f", sparsity {r['sparsity']:.3f}" if "sparsity" in r else ""
   extra += f", params {r['params_fp32']} -> {r['params']}" if "params" in r else ""
   print(f"{r['method']}: accuracy {r['accuracy']:.4f} (fp32 {r['accuracy_fp32']:.4f}), "

@@ -62,6 +62,8 @@ def defaults():
   c.optim.label_smoothing = 0.0
   c.optim.ema_decay = 0.0      # > 0: keep an EMA of the params; evaluation and export use it
   c.optim.accum_steps = 1      # gradient accumulation: micro-batches per optimiser step
+  c.optim.prune_sparsity = 0.0  # > 0: gradual global magnitude pruning of the kernels to this sparsity
+  c.optim.prune_every = 10      # steps between re-computations of the pruning masks
 
   c.select_metric = "accuracy"  # val metric that picks the best checkpoint: accuracy (max) | loss (min)
   c.early_stop_patience = 0     # > 0: stop after this many evaluations without a better val metric

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from imgrec import train
+from imgrec import plots, steps, workdir as wd
 from imgrec.data import sources
 from imgrec.errors import UserError
 
@@ -178,8 +178,7 @@ def _resize(m, hw):
 def make_explainer(model, variables, mean, std, method="gradcam", layer=None, layer_shape=None, ig_steps=64,
                    smooth_n=32):
   """jit((uint8 images [N,H,W,C], targets [N]) -> dict of [N, H, W] maps and logits)."""
-  mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
-  f = lambda x: model.apply(variables, ((x - mean) / std)[None], train=False)[0]
+  f = lambda x: model.apply(variables, steps.standardize(x, mean, std)[None], train=False)[0]
 
   def one(x01, target, key):
     hw = x01.shape[:2]
@@ -188,14 +187,15 @@ def make_explainer(model, variables, mean, std, method="gradcam", layer=None, la
            "smoothgrad": jnp.abs(smoothgrad(f, x01, target, key, smooth_n)).max(-1),
            "integrated_gradients": integrated_gradients(f, x01, target, steps=ig_steps).sum(-1)}
     if method == "gradcam":
-      out["gradcam"] = _resize(grad_cam(model, variables, (x01 - mean) / std, target, layer, layer_shape), hw)
+      out["gradcam"] = _resize(grad_cam(model, variables, steps.standardize(x01, mean, std), target, layer,
+                                        layer_shape), hw)
     else:
-      out["rollout"] = rollout_image(model, variables, (x01 - mean) / std)
+      out["rollout"] = rollout_image(model, variables, steps.standardize(x01, mean, std))
     return out
 
   @jax.jit
   def explain(images, targets):
-    x01 = images.astype(jnp.float32) / 255.0
+    x01 = steps.to_float(images)
     keys = jax.random.split(jax.random.PRNGKey(0), len(images))
     return jax.lax.map(lambda a: one(*a), (x01, targets, keys))
   return explain
@@ -223,9 +223,9 @@ def load_images(paths, image_shape):
 
 def explain_workdir(workdir, images=None, split="test", n=16, layer=None, ig_steps=128, smooth_n=32, seed=0):
   """Explains `n` examples of `split` (a fixed random sample), or the files `images`. Writes W/explain/."""
-  cfg, info, model, state = train.restore(workdir)
-  state = jax.device_get(state)
-  variables = train.variables(state)
+  run = wd.restore(workdir, params_only=True)
+  cfg, info, model = run.cfg, run.info, run.model
+  variables = jax.device_get(run.variables)
   class_names = info["class_names"]
   if images:
     x = load_images(images, info["image_shape"])
@@ -245,7 +245,7 @@ def explain_workdir(workdir, images=None, split="test", n=16, layer=None, ig_ste
     layer_shape = check_layer(model, variables, probe, layer)
   explain = make_explainer(model, variables, info["mean"], info["std"], method, layer, layer_shape, ig_steps,
                            smooth_n)
-  logits = explain_logits(model, variables, info, x)
+  logits = np.asarray(jax.jit(lambda v, x: steps.predict(model, v, x, info["mean"], info["std"]))(variables, x))
   targets = logits.argmax(-1)
   maps = jax.device_get(explain(jnp.asarray(x), jnp.asarray(targets)))
   out = os.path.join(workdir, "explain")
@@ -253,12 +253,12 @@ def explain_workdir(workdir, images=None, split="test", n=16, layer=None, ig_ste
   files = []
   for i in range(len(x)):
     path = os.path.join(out, f"{i:02d}_{names[i]}.png")
-    plot_explanation(x[i], {k: v[i] for k, v in maps.items()}, class_names,
+    plots.plot_explanation(x[i], {k: v[i] for k, v in maps.items()}, class_names,
                                    None if labels is None else int(labels[i]), method, layer, path)
     files.append(path)
   filters = first_conv_kernel(model, variables, probe)
   if filters is not None:
-    plot_filters(filters[1], filters[0], os.path.join(out, "filters.png"))
+    plots.plot_filters(filters[1], filters[0], os.path.join(out, "filters.png"))
   summary = {"method": method, "layer": layer, "files": files,
              "filters": os.path.join(out, "filters.png") if filters is not None else None,
              "predictions": [class_names[t] for t in targets.tolist()],
@@ -266,11 +266,6 @@ def explain_workdir(workdir, images=None, split="test", n=16, layer=None, ig_ste
   with open(os.path.join(out, "explain.json"), "w") as f:
     json.dump(summary, f, indent=2)
   return summary
-
-
-def explain_logits(model, variables, info, x):
-  normed = train.normalize(jnp.asarray(x), info["mean"], info["std"])
-  return np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, normed))
 
 
 def attention_weights_shape(model, variables, x):
@@ -287,83 +282,3 @@ def first_conv_kernel(model, variables, x):
     if kernel is not None and np.ndim(kernel) == 4:
       return name, np.asarray(kernel)
   return None
-
-
-# ---------------------------------------------------------------------------- plots
-
-_TITLES = {"saliency": "gradient saliency |dy/dx|", "smoothgrad": "SmoothGrad |mean dy/dx|",
-           "integrated_gradients": "integrated gradients", "gradcam": "Grad-CAM", "rollout": "attention rollout"}
-
-
-def plot_explanation(image, maps, class_names, label, method, layer, path, top=5):
-  """One row: the image, its top classes, then each attribution map over a gray copy of the image."""
-  from imgrec.evaluate import _plt, show_image
-  plt = _plt()
-  probs = np.exp(maps["logits"] - maps["logits"].max())
-  probs /= probs.sum()
-  order = np.argsort(-probs)[:top]
-  keys = ["saliency", "smoothgrad", "integrated_gradients", method]
-  fig, axes = plt.subplots(1, 2 + len(keys), figsize=(3.1 * (2 + len(keys)), 3.6),
-                           gridspec_kw={"width_ratios": [1, 1.3] + [1] * len(keys)})
-  show_image(axes[0], image)
-  axes[0].set_title(("true: " + class_names[label] + "\n" if label is not None else "") +
-                    f"pred: {class_names[order[0]]}", fontsize=9)
-  ax = axes[1]
-  ax.barh(range(len(order)), probs[order], color=["tab:green" if c == label else "tab:blue" for c in order])
-  for j, c in enumerate(order):
-    ax.text(min(probs[c] + 0.02, 0.75), j, f"{probs[c]:.3f}", va="center", fontsize=7)
-  ax.set_yticks(range(len(order)), [class_names[c] for c in order], fontsize=8)
-  ax.invert_yaxis()
-  ax.set(xlim=(0, 1), xlabel="probability", title=f"top {len(order)} classes")
-  ax.tick_params(axis="x", labelsize=7)
-  gray = image.astype(np.float32).mean(-1)
-  for ax, key in zip(axes[2:], keys):
-    m = np.asarray(maps[key], np.float32)
-    ax.imshow(gray, cmap="gray", vmin=0, vmax=255)
-    if key == "integrated_gradients":  # signed: red adds to the class score, blue takes away
-      lim = max(float(np.abs(m).max()), 1e-12)
-      im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim, alpha=0.7)
-    else:
-      im = ax.imshow(m / max(float(m.max()), 1e-12), cmap="jet" if key in ("gradcam", "rollout") else "inferno",
-                     vmin=0, vmax=1, alpha=0.55)
-    title = _TITLES[key] + (f"\nlayer {layer}" if key == "gradcam" and layer else "")
-    ax.set_title(title, fontsize=9)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    cb = fig.colorbar(im, ax=ax, orientation="horizontal", fraction=0.05, pad=0.04)
-    cb.ax.tick_params(labelsize=7)
-    cb.set_label("attribution" if key == "integrated_gradients" else "relative importance", fontsize=7)
-  fig.suptitle(f"Explanations for class '{class_names[order[0]]}' ({probs[order[0]]:.2f})", fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-
-
-def plot_filters(kernel, layer, path, max_filters=64):
-  """The first convolution's filters: one tile per output channel (RGB when 3 input channels)."""
-  from imgrec.evaluate import _plt
-  plt = _plt()
-  kh, kw, cin, cout = kernel.shape
-  n = min(cout, max_filters)
-  cols = min(8, n)
-  rows = -(-n // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols + 1.2, 1.3 * rows + 0.8), squeeze=False)
-  lim = float(np.abs(kernel).max()) or 1.0
-  im = None
-  for i, ax in enumerate(axes.flat):
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if i >= n:
-      ax.axis("off")
-      continue
-    k = kernel[..., i]
-    if cin == 3:  # each filter scaled to [0, 1] to show its colour pattern
-      ax.imshow((k - k.min()) / max(float(k.max() - k.min()), 1e-12))
-    else:  # the mean over input channels on a shared signed scale
-      im = ax.imshow(k.mean(-1), cmap="RdBu_r", vmin=-lim, vmax=lim)
-    ax.set_title(str(i), fontsize=7)
-  if im is not None:
-    fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02, label="weight")
-  fig.suptitle(f"First convolution '{layer}': {n} of {cout} filters, {kh}x{kw}x{cin}")
-  fig.savefig(path, dpi=110, bbox_inches="tight")
-  plt.close(fig)

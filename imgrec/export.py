@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from imgrec import steps, workdir as wd
 from imgrec.errors import UserError
 
 MODULE_NAME = "predict.jaxexport"
@@ -25,12 +26,8 @@ DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
 
 
 def make_predict(model, variables, mean, std):
-  """`predict(uint8 NHWC images) -> float32 logits` with `variables` closed over (baked in)."""
-  from imgrec import train
-
-  def predict(images):
-    return model.apply(variables, train.normalize(images, mean, std), train=False).astype(jnp.float32)
-  return predict
+  """`predict(uint8 NHWC images) -> float32 logits`: `steps.predict` with `variables` closed over (baked in)."""
+  return lambda images: steps.predict(model, variables, images, mean, std)
 
 
 def export_predict(predict, image_shape, platforms=DEFAULT_PLATFORMS):
@@ -56,15 +53,14 @@ def write(path, exported, meta):
 
 def export_workdir(workdir, out, platforms=DEFAULT_PLATFORMS):
   """Exports the latest checkpoint of `workdir` to the artifact `out`; returns its meta dict."""
-  from imgrec import train
-  _, info, model, state = train.restore(workdir)
-  variables = jax.device_get(train.variables(state))
-  predict = make_predict(model, variables, info["mean"], info["std"])
+  run = wd.restore(workdir, params_only=True)
+  info = run.info
+  predict = make_predict(run.model, jax.device_get(run.variables), info["mean"], info["std"])
   exported = export_predict(predict, tuple(info["image_shape"]), platforms)
   meta = {"format": "imgrec-jax-export-v1", "class_names": info["class_names"],
           "image_shape": list(info["image_shape"]), "input_dtype": "uint8", "output": "logits",
           "platforms": list(exported.platforms), "workdir": os.path.abspath(workdir),
-          "step": int(state.step)}
+          "step": int(run.state.step)}
   write(out, exported, meta)
   return meta
 

@@ -1,6 +1,8 @@
-"""The optax optimiser, schedule and parameter masks a config describes."""
+"""The optax optimiser, schedule and parameter masks a config describes: weight-decay and freeze masks by
+regex over parameter paths, layer-wise learning-rate multipliers (`transfer.lr_mults`), and the EMA."""
 import inspect
 import re
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -94,9 +96,34 @@ def make(cfg, total_steps, steps_per_epoch):
     labels = lambda p: jax.tree.map(lambda frozen: "frozen" if frozen else "train", regex_mask(p, o.freeze))
     tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
   if cfg.transfer.lr_mults:
-    from imgrec import transfer
-    tx = transfer.wrap_optimizer(cfg.transfer, tx)  # layer-wise learning-rate multipliers
+    tx = with_lr_mults(cfg.transfer.lr_mults, tx)
+  if o.prune_sparsity > 0:
+    tx = optax.chain(tx, magnitude_pruning(o.prune_sparsity, total_steps, o.prune_every))
   return tx, lr
+
+
+def lr_mult_labels(lr_mults, params):
+  """Per-parameter optimiser group: "mult{i}" (the first `(regex, multiplier)` of `lr_mults` matching
+  "params/<path>") or "default"."""
+  mults = [(re.compile(rx), float(m)) for rx, m in lr_mults]
+
+  def label(path, _):
+    name = "params/" + "/".join(str(getattr(k, "key", k)) for k in path)
+    for i, (rx, _) in enumerate(mults):
+      if rx.search(name):
+        return f"mult{i}"
+    return "default"
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def with_lr_mults(lr_mults, tx):
+  """`tx` followed by scaled updates for the lr_mults groups (layer-wise learning rates)."""
+  for item in lr_mults:
+    if len(item) != 2:
+      raise UserError(f"transfer.lr_mults entries are (regex, multiplier) pairs, got {item!r}")
+  groups = {"default": optax.identity()}
+  groups.update({f"mult{i}": optax.scale(float(m)) for i, (_, m) in enumerate(lr_mults)})
+  return optax.chain(tx, optax.multi_transform(groups, lambda p: lr_mult_labels(lr_mults, p)))
 
 
 def ema_decay_at(step, decay):
@@ -111,3 +138,52 @@ def ema_decay_at(step, decay):
 def ema_update(ema, params, decay):
   """One step of the exponential moving average: ema <- decay * ema + (1 - decay) * params."""
   return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+
+
+# ---------------------------------------------------------------------------- magnitude pruning
+
+def prunable(params):
+  """Pruned tensors: kernels (ndim > 1); biases and norm parameters stay dense."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def magnitude_masks(params, sparsity):
+  """Global magnitude pruning: the `sparsity` fraction of smallest |w| over all kernels is masked."""
+  which = prunable(params)
+  values = [jnp.abs(p).ravel() for p, w in zip(jax.tree.leaves(params), jax.tree.leaves(which)) if w]
+  allw = jnp.concatenate(values)
+  k = jnp.round(jnp.asarray(sparsity, jnp.float32) * allw.size).astype(jnp.int32)  # traced: one compile
+  threshold = jnp.where(k > 0, jnp.sort(allw)[jnp.maximum(k - 1, 0)], -jnp.inf)
+  return jax.tree.map(lambda p, w: (jnp.abs(p) > threshold).astype(p.dtype) if w else jnp.ones_like(p),
+                      params, which)
+
+
+def sparsity_at(step, total, final, begin_frac=0.0, end_frac=0.75):
+  """Gradual schedule (cubic ramp, Zhu & Gupta 2017) from 0 to `final` over [begin, end] of `total` steps."""
+  begin, end = int(begin_frac * total), max(int(end_frac * total), 1)
+  t = jnp.clip((step - begin) / max(end - begin, 1), 0.0, 1.0)
+  return final * (1.0 - (1.0 - t) ** 3)
+
+
+class PruningState(NamedTuple):
+  count: jax.Array
+  masks: Any
+
+
+def magnitude_pruning(final_sparsity, total_steps, every=10):
+  """Gradual global magnitude pruning as the optimiser's last transformation (`optim.prune_sparsity`).
+
+  Every `every` steps the masks are recomputed from the current weights at the scheduled sparsity
+  (`sparsity_at`: reached at 75% of the run, then held); each update sets the masked weights to zero,
+  so they stay zero, and the trained model is sparse at the end of the ordinary training loop.
+  """
+  def init(params):
+    return PruningState(jnp.zeros((), jnp.int32), jax.tree.map(jnp.ones_like, params))
+
+  def update(updates, state, params):
+    masks = jax.lax.cond(state.count % every == 0,
+                         lambda: magnitude_masks(params, sparsity_at(state.count, total_steps, final_sparsity)),
+                         lambda: state.masks)
+    updates = jax.tree.map(lambda p, u, m: (p + u) * m - p, params, updates, masks)
+    return updates, PruningState(state.count + 1, masks)
+  return optax.GradientTransformation(init, update)

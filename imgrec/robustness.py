@@ -18,8 +18,8 @@ import numpy as np
 import optax
 import tqdm
 
-from imgrec import evaluate, parallel, train
-from imgrec.data import pipeline, sources
+from imgrec import parallel, plots, steps, workdir as wd
+from imgrec.data import sources
 from imgrec.errors import UserError
 
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -108,49 +108,36 @@ def corrupt(images, name, severity, seed=0):
 # ---------------------------------------------------------------------------- adversarial
 
 
-def make_attack_predict(model, mean, std, eps, steps=0):
-  """(state, uint8 images, labels) -> logits on adversarial images.
+def make_attack(model, mean, std, eps, n_steps=0):
+  """`fn(variables, batch) -> correct` per example, on adversarial versions of the batch's images.
 
-  steps=0: FGSM, one step of size eps along the sign of the input gradient. steps>0: PGD, a
-  random start in the eps-ball then `steps` signed steps of 2.5 eps / steps, projected back.
+  n_steps=0: FGSM, one step of size eps along the sign of the input gradient. n_steps>0: PGD, a
+  random start in the eps-ball then `n_steps` signed steps of 2.5 eps / n_steps, projected back.
   """
   eps = eps / 255.0
-  mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
 
-  def predict(state, images, labels):
-    logits_fn = lambda x: model.apply(train.variables(state), (x - mean) / std, train=False)
+  def fn(variables, batch):
+    images, labels = batch["image"], batch["label"]
+    logits_fn = lambda x: model.apply(variables, steps.standardize(x, mean, std), train=False)
     loss_grad = jax.grad(lambda x: optax.softmax_cross_entropy_with_integer_labels(logits_fn(x), labels).sum())
-    x0 = images.astype(jnp.float32) / 255.0
-    if steps == 0:
+    x0 = steps.to_float(images)
+    if n_steps == 0:
       x = jnp.clip(x0 + eps * jnp.sign(loss_grad(x0)), 0, 1)
     else:
       key = jax.random.fold_in(jax.random.PRNGKey(0), jnp.sum(labels))
       x = jnp.clip(x0 + jax.random.uniform(key, x0.shape, minval=-eps, maxval=eps), 0, 1)
-      step = 2.5 * eps / steps
+      step = 2.5 * eps / n_steps
 
       def body(_, x):
         x = x + step * jnp.sign(loss_grad(x))
         return jnp.clip(jnp.clip(x, x0 - eps, x0 + eps), 0, 1)
-      x = jax.lax.fori_loop(0, steps, body, x)
-    return logits_fn(jax.lax.stop_gradient(x))
-  return predict
+      x = jax.lax.fori_loop(0, n_steps, body, x)
+    return jnp.argmax(logits_fn(jax.lax.stop_gradient(x)), -1) == labels
+  return fn
 
 
-def _accuracy(predict, state, data, batch_size, mesh, prefetch, transform=None, desc="", with_labels=False):
-  logits, labels = evaluate.predict_split(predict, state, data, batch_size, mesh, prefetch, transform, desc,
-                                          with_labels=with_labels)
-  return float(np.mean(logits.argmax(-1) == labels))
-
-
-class _Subset:
-  def __init__(self, split, indices):
-    self.split, self.indices = split, indices
-
-  def __len__(self):
-    return len(self.indices)
-
-  def get(self, idx):
-    return self.split.get(self.indices[idx])
+def _accuracy(fn, variables, data, batch_size, mesh, prefetch, transform=None, desc=""):
+  return float(np.mean(steps.stream(fn, variables, data, batch_size, mesh, prefetch, transform, desc)))
 
 
 def robustness_workdir(workdir, split=None, batch_size=None, limit=0, corruptions=CORRUPTIONS, epsilons=EPSILONS,
@@ -159,19 +146,21 @@ def robustness_workdir(workdir, split=None, batch_size=None, limit=0, corruption
 
   `limit` > 0 evaluates a fixed random subset of that many examples (the same for every corruption).
   """
-  cfg, info, model, state = train.restore(workdir)
+  run = wd.restore(workdir, params_only=True)
+  cfg, info, model, variables = run.cfg, run.info, run.model, run.variables
   split = split or cfg.data.eval_split
   mesh = parallel.make_mesh()
   batch_size = batch_size or cfg.batch_size
   parallel.check_batch(batch_size)
   data = sources.load(cfg.data).split(split)
   if 0 < limit < len(data):
-    data = _Subset(data, np.sort(np.random.default_rng(seed).choice(len(data), limit, replace=False)))
+    data = sources.Subset(data, np.sort(np.random.default_rng(seed).choice(len(data), limit, replace=False)))
   for name in corruptions:
     corrupt(np.zeros((1, 2, 2, 1), np.uint8), name, 0)  # validates the names before any work
   mean, std, prefetch = info["mean"], info["std"], cfg.data.prefetch
-  predict = evaluate.make_predict(model, mean, std)
-  clean = _accuracy(predict, state, data, batch_size, mesh, prefetch, desc="clean")
+  eval_outputs = steps.make_eval_step(model, mean, std)
+  clean_fn = lambda v, b: eval_outputs(v, b)["correct"]
+  clean = _accuracy(clean_fn, variables, data, batch_size, mesh, prefetch, desc="clean")
   table = {}
   bar = tqdm.tqdm(total=len(corruptions) * len(SEVERITIES), desc="corruptions", unit="run",
                   disable=jax.process_index() != 0)
@@ -179,17 +168,17 @@ def robustness_workdir(workdir, split=None, batch_size=None, limit=0, corruption
     table[name] = []
     for s in SEVERITIES:
       fn = lambda images, b, name=name, s=s: corrupt(images, name, s, seed=[seed, ci, b, jax.process_index()])
-      table[name].append(_accuracy(predict, state, data, batch_size, mesh, prefetch, fn, desc=f"{name} {s}"))
+      table[name].append(_accuracy(clean_fn, variables, data, batch_size, mesh, prefetch, fn, desc=f"{name} {s}"))
       bar.update(1)
       bar.set_postfix(last=f"{name}@{s}={table[name][-1]:.3f}")
   bar.close()
   adversarial = {}
-  for attack, steps in (("fgsm", 0), ("pgd", pgd_steps)):
+  for attack, n_steps in (("fgsm", 0), ("pgd", pgd_steps)):
     adversarial[attack] = [
-        _accuracy(make_attack_predict(model, mean, std, eps, steps), state, data, batch_size, mesh, prefetch,
-                  desc=f"{attack} eps={eps}/255", with_labels=True) for eps in epsilons]
+        _accuracy(make_attack(model, mean, std, eps, n_steps), variables, data, batch_size, mesh, prefetch,
+                  desc=f"{attack} eps={eps}/255") for eps in epsilons]
   mean_corr = float(np.mean([np.mean(v) for v in table.values()])) if table else float("nan")
-  result = {"split": split, "step": int(state.step), "examples": len(data), "clean_accuracy": clean,
+  result = {"split": split, "step": int(run.state.step), "examples": len(data), "clean_accuracy": clean,
             "severities": list(SEVERITIES), "levels": {k: list(LEVELS[k]) for k in corruptions},
             "corruptions": table, "mean_corruption_accuracy": mean_corr,
             "relative_drop": (clean - mean_corr) / clean if clean > 0 else float("nan"),
@@ -201,7 +190,7 @@ def robustness_workdir(workdir, split=None, batch_size=None, limit=0, corruption
       json.dump(result, f, indent=2)
     with open(os.path.join(out, "robustness.md"), "w") as f:
       f.write(table_markdown(result))
-    plot_robustness(result, os.path.join(out, "robustness.png"))
+    plots.plot_robustness(result, os.path.join(out, "robustness.png"))
     result["out"] = out
   return result
 
@@ -224,26 +213,3 @@ def table_markdown(r):
     label = f"PGD-{r['pgd_steps']}" if attack == "pgd" else "FGSM"
     lines.append(f"| {label} | " + " | ".join(f"{a:.4f}" for a in accs) + " |")
   return "\n".join(lines) + "\n"
-
-
-def plot_robustness(r, path):
-  plt = evaluate._plt()
-  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
-  sev = [0] + r["severities"]
-  for name, accs in r["corruptions"].items():
-    ax1.plot(sev, [r["clean_accuracy"]] + accs, "o-", label=name)
-  ax1.set(xlabel="severity (0 = clean)", ylabel="accuracy", ylim=(0, 1.02), xticks=sev,
-          title=f"Corruptions (clean {r['clean_accuracy']:.3f}, mean {r['mean_corruption_accuracy']:.3f})")
-  ax1.legend(fontsize=8, ncol=2, loc="lower left")
-  eps = [0] + r["epsilons_255"]
-  for attack, accs in r["adversarial"].items():
-    ax2.plot(eps, [r["clean_accuracy"]] + accs, "o-", label=f"PGD-{r['pgd_steps']}" if attack == "pgd" else "FGSM")
-  ax2.set(xlabel="L-inf budget eps (x 1/255)", ylabel="accuracy", ylim=(0, 1.02), xticks=eps,
-          title="Adversarial accuracy")
-  ax2.legend()
-  for ax in (ax1, ax2):
-    ax.grid(alpha=0.3)
-  fig.suptitle(f"Robustness on {r['split']} ({r['examples']} examples, step {r['step']})")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)

@@ -30,9 +30,10 @@ import math
 import os
 import re
 
+import jax
 import numpy as np
 
-from imgrec import transfer
+from imgrec import models, workdir as wd
 from imgrec.errors import UserError
 
 LEAF = {"kernel": "weight", "bias": "bias", "scale": "weight", "mean": "running_mean", "var": "running_var"}
@@ -137,8 +138,6 @@ def _layout(value, leaf):
 
 def _target(arch, sd):
   """(model name, kwargs, num_classes, image size, {imgrec name: shape}) for `arch` and state_dict `sd`."""
-  import jax
-  from imgrec import models
   name, kwargs, head, _ = ARCHS[arch]
   if head not in sd:
     raise UserError(f"key {head!r} missing: not a torchvision {arch} state_dict (it has e.g. "
@@ -154,7 +153,7 @@ def _target(arch, sd):
   model = models.create(name, num_classes, **kwargs)
   x = jax.ShapeDtypeStruct((1, size, size, 3), np.float32)
   shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
-  return name, kwargs, num_classes, size, {k: tuple(v.shape) for k, v in transfer.flatten(shapes).items()}
+  return name, kwargs, num_classes, size, {k: tuple(v.shape) for k, v in wd.flatten(shapes).items()}
 
 
 def convert(arch, sd):
@@ -210,7 +209,7 @@ def import_torchvision(arch, weights, workdir):
     raise UserError(f"no converter for {arch!r}; supported: {', '.join(ARCHS)}")
   flat, info = convert(arch, read_state_dict(weights))
   os.makedirs(workdir, exist_ok=True)
-  np.savez(os.path.join(workdir, transfer.PARAMS_FILE), **flat)
+  np.savez(os.path.join(workdir, wd.PARAMS_FILE), **flat)
   note = "torchvision expects RGB inputs normalised with ImageNet mean/std"
   if arch.startswith("vit"):
     note += (f"; the position embedding is for {info['image_size']} px images: at another size `transfer.init_from` "

@@ -1,75 +1,35 @@
-"""Transfer learning: load parameters by name from another run, new head, freezing, LR multipliers.
+"""Transfer learning: load parameters by name from another run or a params .npz, and the linear probe.
 
 Parameters are named by their path in the variables tree, "params/stage1_block1/conv1/kernel"
 and "batch_stats/.../mean". `transfer.init_from` (a workdir, a workdir holding params.npz, or a
 params .npz file) fills every parameter of the new model whose name and shape match; the rest
 (the head for a different class count, anything matching `transfer.reinit`) keeps its fresh
-initialisation. A table says what happened to each name.
+initialisation. A table says what happened to each name. Freezing (`optim.freeze`) and layer-wise
+learning rates (`transfer.lr_mults`) are parts of the optimiser: imgrec/optim.py.
 """
 import math
 import os
 import re
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from imgrec import parallel, steps, workdir as wd
+from imgrec.data import sources
 from imgrec.errors import UserError
-
-PARAMS_FILE = "params.npz"
-BF16_SUFFIX = "@bf16"  # .npz has no bfloat16: such arrays are stored as their uint16 bits under NAME@bf16
-
-
-def flatten(tree, prefix=""):
-  """Nested dicts -> {"a/b/c": leaf}."""
-  out = {}
-  for k, v in tree.items():
-    name = f"{prefix}{k}"
-    if isinstance(v, dict) or hasattr(v, "items"):
-      out.update(flatten(v, name + "/"))
-    else:
-      out[name] = v
-  return out
-
-
-def unflatten(flat):
-  tree = {}
-  for name, v in flat.items():
-    node = tree
-    *parents, last = name.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[last] = v
-  return tree
-
-
-def save_params(path, variables, compressed=False):
-  """Writes a variables tree ({"params": ..., "batch_stats": ...}) as a flat .npz by name
-  (zip-deflated when `compressed`: what makes pruned zeros smaller on disk)."""
-  flat = {}
-  for k, v in flatten(jax.device_get(variables)).items():
-    v = np.asarray(v)
-    if v.dtype == jax.numpy.bfloat16:
-      k, v = k + BF16_SUFFIX, v.view(np.uint16)
-    flat[k] = v
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  (np.savez_compressed if compressed else np.savez)(path, **flat)
+from imgrec.models import vit
+from imgrec.state import variables
 
 
 def load_source(path):
   """The named variables of `path`: a params .npz, a directory with params.npz, or a training workdir."""
-  if os.path.isdir(path) and os.path.isfile(os.path.join(path, PARAMS_FILE)):
-    path = os.path.join(path, PARAMS_FILE)
-  if os.path.isfile(path):
-    try:
-      with np.load(path) as f:
-        return {k.removesuffix(BF16_SUFFIX): f[k].view(jax.numpy.bfloat16) if k.endswith(BF16_SUFFIX) else f[k]
-                for k in f.files}
-    except (OSError, ValueError) as e:
-      raise UserError(f"transfer.init_from={path!r} is not a readable params .npz: {e}") from None
+  if os.path.isfile(path) or os.path.isfile(os.path.join(path, wd.PARAMS_FILE)):
+    return wd.load_params(path)
   if os.path.isdir(path):
-    from imgrec import train
-    _, _, _, state = train.restore(path)
-    return {k: np.asarray(v) for k, v in flatten(jax.device_get(train.variables(state))).items()}
+    run = wd.restore(path, params_only=True)
+    return {k: np.asarray(v) for k, v in wd.flatten(jax.device_get(run.variables)).items()}
   raise UserError(f"transfer.init_from={path!r} does not exist; give a workdir or a params .npz file")
 
 
@@ -104,7 +64,6 @@ def merge(target, source, reinit=""):
 def _resized_pos_embedding(name, src, shape):
   """A (1, extra + n*n, D) position embedding interpolated to `shape`'s m*m grid, or None if `name`/shapes
   are not that (big_vision and timm do the same when fine-tuning at another resolution)."""
-  from imgrec.models import vit
   if not name.endswith("pos_embedding") or len(shape) != 3 or np.ndim(src) != 3 or np.shape(src)[2] != shape[2]:
     return None
   for extra in (1, 0):  # a class token, or none (pool="gap")
@@ -131,57 +90,24 @@ def format_table(rows):
 
 def init_from(state, tcfg, shardings=None):
   """`state` with params and batch_stats filled from `tcfg.init_from` by name; prints the table."""
-  from imgrec import train
   source = load_source(tcfg.init_from)
-  target = flatten(jax.device_get(train.variables(state)))
+  target = wd.flatten(jax.device_get(variables(state)))
   merged, rows = merge(target, source, tcfg.reinit)
   print(format_table(rows), flush=True)
   if not any(r[1] == "loaded" for r in rows):
     raise UserError(f"transfer.init_from={tcfg.init_from!r}: no parameter matched by name and shape; "
                     "is it the same model family?")
-  tree = unflatten(merged)
+  tree = wd.unflatten(merged)
   new = state.replace(params=tree["params"], batch_stats=tree.get("batch_stats", state.batch_stats))
   if shardings is not None:
     new = jax.device_put(new, shardings)
   return new
 
 
-def labels(tcfg, params):
-  """Per-parameter optimiser group: "mult{i}" (first matching lr_mults regex) or "default".
-
-  Freezing is optim.freeze (imgrec/optim.py)."""
-  mults = [(re.compile(rx), float(m)) for rx, m in tcfg.lr_mults]
-
-  def label(path, _):
-    name = "params/" + "/".join(str(getattr(k, "key", k)) for k in path)
-    for i, (rx, _) in enumerate(mults):
-      if rx.search(name):
-        return f"mult{i}"
-    return "default"
-  return jax.tree_util.tree_map_with_path(label, params)
-
-
-def wrap_optimizer(tcfg, tx):
-  """`tx` followed by scaled updates for the lr_mults groups."""
-  import optax
-  if not tcfg.lr_mults:
-    return tx
-  for item in tcfg.lr_mults:
-    if len(item) != 2:
-      raise UserError(f"transfer.lr_mults entries are (regex, multiplier) pairs, got {item!r}")
-  groups = {"default": optax.identity()}
-  groups.update({f"mult{i}": optax.scale(float(m)) for i, (_, m) in enumerate(tcfg.lr_mults)})
-  return optax.chain(tx, optax.multi_transform(groups, lambda p: labels(tcfg, p)))
-
-
-def features(model, variables, images, mean, std, layer="head", batch_size=256):
-  """The inputs of layer `layer` (default: the classifier head) for uint8 `images`: frozen features."""
-  import flax.linen as nn
-  import jax.numpy as jnp
-  from imgrec import train
-
-  @jax.jit
-  def run(images):
+def features_fn(model, mean, std, layer="head"):
+  """`fn(variables, batch) -> {"x", "label"}`: the (flattened) inputs of layer `layer` (default: the classifier
+  head) for a batch's uint8 images, i.e. frozen features, for `steps.stream`."""
+  def fn(variables, batch):
     found = {}
 
     def grab(next_fun, args, kwargs, ctx):
@@ -189,10 +115,9 @@ def features(model, variables, images, mean, std, layer="head", batch_size=256):
         found["x"] = args[0]
       return next_fun(*args, **kwargs)
     with nn.intercept_methods(grab):
-      model.apply(variables, train.normalize(images, mean, std), train=False)
-    return found["x"].reshape(images.shape[0], -1).astype(jnp.float32)
-
-  return np.concatenate([np.asarray(run(images[i:i + batch_size])) for i in range(0, len(images), batch_size)])
+      steps.predict(model, variables, batch["image"], mean, std)
+    return {"x": found["x"].reshape(batch["image"].shape[0], -1).astype(jnp.float32), "label": batch["label"]}
+  return fn
 
 
 def linear_probe(workdir, data_cfg=None, train_per_class=0, C=1.0):
@@ -202,20 +127,18 @@ def linear_probe(workdir, data_cfg=None, train_per_class=0, C=1.0):
   `train_per_class` > 0 gives the k-shot probe. Returns {"accuracy", "train_examples", "classes"}.
   """
   from sklearn.linear_model import LogisticRegression
-  from imgrec import train
-  from imgrec.data import sources
-  cfg, info, model, state = train.restore(workdir)
-  data_cfg = data_cfg or cfg.data
+  run = wd.restore(workdir, params_only=True)
+  data_cfg = data_cfg or run.cfg.data
   if train_per_class:
     data_cfg = data_cfg.copy_and_resolve_references()
     data_cfg.train_per_class = train_per_class
   ds = sources.load(data_cfg)
-  variables = train.variables(state)
+  mesh = parallel.make_mesh()
+  fn = features_fn(run.model, run.info["mean"], run.info["std"])
   splits = {}
   for name in (data_cfg.train_split, data_cfg.eval_split):
-    split = ds.split(name)
-    images, labels = split.get(np.arange(len(split)))
-    splits[name] = (features(model, variables, images, info["mean"], info["std"]), labels)
+    out = steps.stream(fn, run.variables, ds.split(name), run.cfg.batch_size, mesh, desc=f"features {name}")
+    splits[name] = (out["x"], out["label"])
   (xtr, ytr), (xte, yte) = splits[data_cfg.train_split], splits[data_cfg.eval_split]
   mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
   clf = LogisticRegression(C=C, max_iter=2000).fit((xtr - mu) / sd, ytr)

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import jax
 import numpy as np
 
-from imgrec import compress, train, transfer
+from imgrec import compress, state as train_state, steps, train, workdir as wd
 from imgrec.data import sources
 from bench_distill import student  # noqa: E402  (scripts/ is on sys.path when run as a script)
 
@@ -46,7 +46,7 @@ def n_params(variables):
 
 
 def npz_bytes(variables, path):
-  transfer.save_params(path, variables)
+  wd.save_params(path, variables)
   return os.path.getsize(path)
 
 
@@ -66,10 +66,10 @@ def main():
   out = args.out or tempfile.mkdtemp(prefix="bench_compress_")
   os.makedirs(out, exist_ok=True)
   t0 = time.perf_counter()
-  cfg, info, model, state = train.restore(args.workdir)
-  variables = jax.device_get(train.variables(state))
+  cfg, info, model, state = wd.restore(args.workdir)
+  variables = jax.device_get(train_state.variables(state))
   test = sources.load(cfg.data).split(cfg.data.eval_split)
-  x1 = train.normalize(test.get(np.arange(1))[0], info["mean"], info["std"])
+  x1 = steps.normalize(test.get(np.arange(1))[0], info["mean"], info["std"])
   float_fn = lambda m: (lambda v, x: m.apply(v, x, train=False))
   rows, variants = [], {}
 
@@ -80,33 +80,33 @@ def main():
 
   r = compress.compress_workdir(args.workdir, "bf16", os.path.join(out, "bf16.npz"))
   add("fp32", n_params(variables), r["bytes_fp32"], r["accuracy_fp32"], float_fn(model), variables)
-  bf16 = compress.to_float32(transfer.unflatten(transfer.load_source(os.path.join(out, "bf16.npz"))))
+  bf16 = compress.quantize.to_float32(wd.unflatten(wd.load_params(os.path.join(out, "bf16.npz"))))
   add("bf16 weights (f32 compute)", n_params(variables), r["bytes"], r["accuracy"], float_fn(model), bf16)
   r = compress.compress_workdir(args.workdir, "int8", os.path.join(out, "int8.npz"))
   add("int8 PTQ (int8 ops, int32 acc)", n_params(variables), r["bytes"], r["accuracy"],
-      lambda v, x: compress.apply_int8(model, v, x), compress.load_int8(os.path.join(out, "int8.npz")))
+      lambda v, x: compress.quantize.apply_int8(model, v, x), compress.quantize.load_int8(os.path.join(out, "int8.npz")))
   for s in (0.5, 0.9):
     r = compress.compress_workdir(args.workdir, "prune", os.path.join(out, f"prune{s}"), sparsity=s,
-                                  steps=args.prune_steps)
-    pv = transfer.unflatten(transfer.load_source(os.path.join(out, f"prune{s}", "params.npz")))
+                                  steps=args.prune_steps, finetune=train.train)
+    pv = wd.unflatten(wd.load_params(os.path.join(out, f"prune{s}", "params.npz")))
     nz = sum(int(np.count_nonzero(v)) for v in jax.tree.leaves(pv["params"]))
     add(f"magnitude-pruned {s:.0%} (+{args.prune_steps} steps; non-zero params, zip-deflated .npz)",
         nz, r["bytes"], r["accuracy"], float_fn(model), pv)
   channel = [float(s) for s in args.channel_sparsity.split(",") if s] + ([0.0] if args.control else [])
   for s in channel:
     r = compress.compress_workdir(args.workdir, "channels", os.path.join(out, f"channels{s}"), sparsity=s,
-                                  steps=args.prune_steps)
-    _, _, small, small_state = train.restore(os.path.join(out, f"channels{s}"))
+                                  steps=args.prune_steps, finetune=train.train)
+    _, _, small, small_state = wd.restore(os.path.join(out, f"channels{s}"))
     name = (f"channel-pruned {s:.0%} of prunable conv channels (+{args.prune_steps} steps)" if s else
             f"control: unpruned, +{args.prune_steps} steps (same recipe)")
-    add(name, r["params"], r["bytes"], r["accuracy"], float_fn(small), jax.device_get(train.variables(small_state)))
+    add(name, r["params"], r["bytes"], r["accuracy"], float_fn(small), jax.device_get(train_state.variables(small_state)))
   if args.distill_steps:
     widths = tuple(int(w) for w in args.student_widths.split(","))
     for label, teacher in (("alone", ""), ("distilled", args.workdir)):
       scfg = student(cfg, widths, args.student_hidden, args.distill_steps, 0, teacher)
       acc = train.train(scfg, os.path.join(out, f"student_{label}"))[1]["accuracy"]
-      _, _, smodel, sstate = train.restore(os.path.join(out, f"student_{label}"))
-      sv = jax.device_get(train.variables(sstate))
+      _, _, smodel, sstate = wd.restore(os.path.join(out, f"student_{label}"))
+      sv = jax.device_get(train_state.variables(sstate))
       add(f"small_cnn {widths} hidden {args.student_hidden}, {label} ({args.distill_steps} steps)", n_params(sv),
           npz_bytes(sv, os.path.join(out, f"student_{label}.npz")), acc, float_fn(smodel), sv)
   ms = latencies_ms(variants, x1, args.rounds)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from imgrec import config as config_lib, parallel, train
+from imgrec import config as config_lib, parallel, steps, workdir as wd
 from imgrec.data import sources
 
 
@@ -58,10 +58,10 @@ def median_time(fn, steps, warmup=3):
 def imgrec_step(cfg, info, images, labels):
   """A closure running one real imgrec train step (compiled here) and waiting for it."""
   mesh = parallel.make_mesh()
-  model, tx, _, init, _, shardings = train.build(cfg, info, mesh)
+  model, tx, _, init, _, shardings = wd.build(cfg, info, mesh)
   state = jax.jit(init, out_shardings=shardings)()
   sharding = parallel.batch_sharding(mesh)
-  step = jax.jit(train.make_train_step(model, tx, info["mean"], info["std"], cfg),
+  step = jax.jit(steps.make_train_step(model, tx, info["mean"], info["std"], cfg),
                  in_shardings=(shardings, sharding), out_shardings=(shardings, None), donate_argnums=(0,))
   batch = jax.device_put({"image": images, "label": labels}, sharding)
   box = [state]
@@ -192,7 +192,7 @@ def main():
     cfg.data.source = "digits"
     ds = None
   if ds is not None:
-    info = train.data_info(cfg, ds)
+    info = wd.data_info(cfg, ds)
     images, labels = ds.split("train").get(np.arange(cfg.batch_size))
   else:
     info = {"class_names": [str(i) for i in range(10)], "image_shape": [28, 28, 1], "mean": [0.5], "std": [0.25],

@@ -35,9 +35,9 @@ def main():
   rng = np.random.default_rng(0)
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape)))
   calib = [jnp.asarray(rng.random((16, *shape)), jnp.float32)]
-  qvariables = compress.quantize_int8(variables, compress.calibrate(model, variables, calib))
+  qvariables = compress.quantize.quantize_int8(variables, compress.quantize.calibrate(model, variables, calib))
   variants = {"float32": (lambda v, x: model.apply(v, x, train=False), variables),
-              "int8": (lambda v, x: compress.apply_int8(model, v, x), qvariables)}
+              "int8": (lambda v, x: compress.quantize.apply_int8(model, v, x), qvariables)}
   print(f"{args.model} {kwargs} input {shape}, jax {jax.__version__} on {jax.devices()[0].device_kind}")
   for batch in (int(b) for b in args.batches.split(",")):
     x = jnp.asarray(rng.random((batch, *shape)), jnp.float32)

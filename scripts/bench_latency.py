@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from bench_compress import latencies_ms
-from imgrec import train
+from imgrec import state as train_state, steps, workdir as wd
 from imgrec.data import sources
 
 
@@ -27,11 +27,11 @@ def main():
   args = p.parse_args()
   variants, x_by_batch = {}, {}
   for w in args.workdirs:
-    cfg, info, model, state = train.restore(w)
-    variants[w] = (lambda m: (lambda v, x: m.apply(v, x, train=False)))(model), jax.device_get(train.variables(state))
+    cfg, info, model, state = wd.restore(w)
+    variants[w] = (lambda m: (lambda v, x: m.apply(v, x, train=False)))(model), jax.device_get(train_state.variables(state))
     test = sources.load(cfg.data).split(cfg.data.eval_split)
   for b in (int(s) for s in args.batches.split(",")):
-    x = train.normalize(test.get(np.arange(b))[0], info["mean"], info["std"])
+    x = steps.normalize(test.get(np.arange(b))[0], info["mean"], info["std"])
     ms = latencies_ms(variants, x, args.rounds)
     first = ms[args.workdirs[0]]
     for w in args.workdirs:

@@ -32,7 +32,7 @@ MAX_DELAY_MS = 5
 def make_workdir(path, model_name):
   """A workdir for 32x32x3 / 10 classes: config, data info and a checkpoint of the initial weights."""
   import jax
-  from imgrec import checkpoint, config, parallel, train
+  from imgrec import checkpoint, config, parallel, workdir as wd
   cfg = config.defaults()
   cfg.model.name = model_name
   info = {"source": "synthetic", "class_names": [f"class_{i}" for i in range(10)], "image_shape": [32, 32, 3],
@@ -42,7 +42,7 @@ def make_workdir(path, model_name):
   with open(os.path.join(path, "dataset.json"), "w") as f:
     json.dump(info, f)
   mesh = parallel.make_mesh()
-  _, _, _, init, _, shardings = train.build(cfg, info, mesh)
+  _, _, _, init, _, shardings = wd.build(cfg, info, mesh)
   state = jax.jit(init, out_shardings=shardings)()
   mngr = checkpoint.manager(path)
   checkpoint.save(mngr, 1, state)
@@ -67,11 +67,11 @@ if ls is not None:  # at module level: LitServe pickles the API object into its 
 
     def setup(self, device):
       import jax
-      from imgrec import train
+      from imgrec import state as train_state, workdir as wd
       from imgrec.serve.app import make_predict
       from imgrec.serve.batcher import pad_size
-      _, info, model, state = train.restore(self.workdir)
-      self.variables = train.variables(state)
+      _, info, model, state = wd.restore(self.workdir)
+      self.variables = train_state.variables(state)
       predict = jax.jit(make_predict(model, info["mean"], info["std"])[0])  # the function imgrec serves
       self.shape, self.pad_size = tuple(info["image_shape"]), pad_size
       for b in SIZES:  # same padded sizes, compiled and run before serving

@@ -83,11 +83,11 @@ def setup(model, size, channels, batch, dtype, classes, kwargs, optim):
 def compiled_step(cfg, info, mesh):
   """(model, initial state, compiled train step, compile seconds, batch sharding): as in train.train."""
   import jax
-  from imgrec import parallel, train
-  model, tx, _, init, abstract, shardings = train.build(cfg, info, mesh)
+  from imgrec import parallel, steps, workdir as wd
+  model, tx, _, init, abstract, shardings = wd.build(cfg, info, mesh)
   state = jax.jit(init, out_shardings=shardings)()
   batch_sharding = parallel.batch_sharding(mesh)
-  step = jax.jit(train.make_train_step(model, tx, info["mean"], info["std"], cfg),
+  step = jax.jit(steps.make_train_step(model, tx, info["mean"], info["std"], cfg),
                  in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None), donate_argnums=(0,))
   h, w, c = info["image_shape"]
   batch_shape = {"image": jax.ShapeDtypeStruct((cfg.batch_size, h, w, c), jax.numpy.uint8, sharding=batch_sharding),
@@ -146,12 +146,12 @@ def bench_model(args, name, size, batch, kwargs):
   parallel.check_batch(batch)
   ds = None
   if args.pipeline:  # the synthetic run takes the source's image shape, so that the two compare
-    from imgrec import train
+    from imgrec import workdir as wd
     from imgrec.data import sources
     cfg.data.source = args.pipeline
     cfg.data.image_size = size if args.pipeline.startswith("folder:") else 0
     ds = sources.load(cfg.data)
-    info = {**train.data_info(cfg, ds), "num_train": info["num_train"]}
+    info = {**wd.data_info(cfg, ds), "num_train": info["num_train"]}
     info["class_names"] = list(ds.class_names)
   model, state, step, compile_s, sharding = compiled_step(cfg, info, mesh)
   fwd = profile.forward_flops(model, profile.abstract_variables(model, info["image_shape"]), info["image_shape"])

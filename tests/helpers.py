@@ -15,3 +15,17 @@ def run_python(code, devices=1, env=None, timeout=300, check=True):
   if check and proc.returncode != 0:
     raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
   return proc
+
+
+def assert_png(path, min_width=200, min_height=150):
+  """A PNG worth looking at: readable, at least this big, and not blank (its pixels vary, and more than a
+  sliver of them differ from the background colour)."""
+  import numpy as np
+  from PIL import Image
+  with Image.open(path) as im:
+    assert im.format == "PNG", (path, im.format)
+    assert im.width >= min_width and im.height >= min_height, (path, im.size)
+    a = np.asarray(im.convert("RGB"), np.int16)
+  background = np.median(a.reshape(-1, 3), axis=0)
+  drawn = np.mean(np.abs(a - background).sum(-1) > 30)
+  assert a.std() > 5 and drawn > 0.02, (path, float(a.std()), float(drawn))

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from imgrec import channel_prune, cli, compress, models, train, transfer
+from imgrec import cli, compress, models, state as train_state, workdir as wd
+from imgrec.compress import channels
 from imgrec.errors import UserError
 from imgrec.models import profile, resnet
 
@@ -24,16 +25,16 @@ def _random_variables(model, shape, rng):
 def _with_dead_channels(model, variables, sparsity, rng):
   """In every prunable conv, the channels that pruning at `sparsity` removes are made dead:
   kernel, BN scale and BN shift zero, so that they output exactly 0."""
-  flat = {k: np.array(v) for k, v in transfer.flatten(variables).items()}
+  flat = {k: np.array(v) for k, v in wd.flatten(variables).items()}
   dead = {}
-  for g in channel_prune.groups(model)[0]:
+  for g in channels.groups(model)[0]:
     n = flat[f"params/{g.conv}/kernel"].shape[-1]
-    dead[g.conv] = rng.choice(n, n - channel_prune.keep_count(n, sparsity), replace=False)
+    dead[g.conv] = rng.choice(n, n - channels.keep_count(n, sparsity), replace=False)
     flat[f"params/{g.conv}/kernel"][..., dead[g.conv]] = 0
     if g.norm:
       flat[f"params/{g.norm}/scale"][dead[g.conv]] = 0
       flat[f"params/{g.norm}/bias"][dead[g.conv]] = 0
-  return transfer.unflatten(flat), dead
+  return wd.unflatten(flat), dead
 
 
 @pytest.mark.parametrize("name", ["small_cnn", "basic", "bottleneck", "preact_bottleneck"])
@@ -43,9 +44,9 @@ def test_slicing_dead_channels_is_exact_and_shrinks(name):
   else:
     model, shape = resnet.ResNet(num_classes=5, stage_sizes=(1, 1), block=name, width=8, stem="cifar"), (8, 8, 3)
   variables = _random_variables(model, shape, np.random.default_rng(1))
-  live = channel_prune.prune(model, variables, 0.5)[0]  # control: the same shapes, live channels removed
+  live = channels.prune(model, variables, 0.5)[0]  # control: the same shapes, live channels removed
   variables, dead = _with_dead_channels(model, variables, 0.5, np.random.default_rng(0))
-  pruned, kwargs, rows = channel_prune.prune(model, variables, 0.5)
+  pruned, kwargs, rows = channels.prune(model, variables, 0.5)
   small = model.clone(**kwargs)
   assert [b - a for _, b, a in rows] == [len(d) for d in dead.values()]
   x = jax.random.normal(jax.random.key(1), (4, *shape))
@@ -63,7 +64,7 @@ def test_slicing_dead_channels_is_exact_and_shrinks(name):
 def test_resnet_keeps_residual_stream():
   model = models.create("resnet18", 10, width=8, stem="cifar")
   variables = _random_variables(model, (8, 8, 1), np.random.default_rng(0))
-  pruned, kwargs, rows = channel_prune.prune(model, variables, 0.5)
+  pruned, kwargs, rows = channels.prune(model, variables, 0.5)
   assert kwargs == {"inner_widths": (4, 4, 8, 8, 16, 16, 32, 32)}  # conv1 of each of the 8 basic blocks
   p, q = variables["params"], pruned["params"]
   for block in ("stage1_block1", "stage2_block1", "stage4_block2"):
@@ -75,37 +76,37 @@ def test_resnet_keeps_residual_stream():
 
 def test_bad_requests():
   with pytest.raises(UserError, match="small_cnn and the ResNet family"):
-    channel_prune.groups(models.create("lenet5", 10))
+    channels.groups(models.create("lenet5", 10))
   model = models.create("small_cnn", 10, widths=(4,), hidden=8)
   variables = profile.abstract_variables(model, (8, 8, 1))
   with pytest.raises(UserError, match=r"in \[0, 1\)"):
-    channel_prune.prune(model, variables, 1.0)
+    channels.prune(model, variables, 1.0)
   with pytest.raises(UserError, match="criterion"):
-    channel_prune.prune(model, jax.tree.map(lambda a: np.ones(a.shape, a.dtype), variables), 0.5, "l2")
+    channels.prune(model, jax.tree.map(lambda a: np.ones(a.shape, a.dtype), variables), 0.5, "l2")
 
 
 def test_workdir_restores_and_fine_tunes(trained_workdir, tmp_path, capsys):
-  cfg, info, model, state = train.restore(trained_workdir)
-  variables = jax.device_get(train.variables(state))
+  cfg, info, model, state = wd.restore(trained_workdir)
+  variables = jax.device_get(train_state.variables(state))
   # No fine-tuning: the workdir holds exactly the sliced network, in a smaller model from config.json.
   out = str(tmp_path / "pruned0")
-  r = channel_prune.prune_workdir(trained_workdir, out, 0.5, steps=0)
-  pcfg, _, small, small_state = train.restore(out)
+  _, r = channels.prepare(trained_workdir, out, 0.5, steps=0)
+  pcfg, _, small, small_state = wd.restore(out)
   assert tuple(pcfg.model.kwargs.conv_widths) == (4, 8) and r["params_after"] < r["params_before"]
-  expected, kwargs, _ = channel_prune.prune(model, variables, 0.5)
+  expected, kwargs, _ = channels.prune(model, variables, 0.5)
   x = jax.random.normal(jax.random.key(0), (8, *info["image_shape"]))
-  np.testing.assert_allclose(np.asarray(small.apply(train.variables(small_state), x)),
+  np.testing.assert_allclose(np.asarray(small.apply(train_state.variables(small_state), x)),
                              np.asarray(model.clone(**kwargs).apply(expected, x)), atol=1e-6)
-  before = compress.accuracy(small, train.variables(small_state), _test_split(cfg), info["mean"], info["std"])
-  # The CLI: prune and fine-tune into a normal workdir (restored by train.restore, as eval/serve/export do).
+  before = compress.accuracy(small, train_state.variables(small_state), _test_split(cfg), info["mean"], info["std"])
+  # The CLI: prune and fine-tune into a normal workdir (restored by workdir.restore, as eval/serve/export do).
   out = str(tmp_path / "pruned")
   assert cli.main(["compress", "--workdir", trained_workdir, "--method", "channels", "--sparsity", "0.5",
                    "--steps", "30", "--out", out]) == 0
   printed = capsys.readouterr().out
   assert "channels: accuracy" in printed and os.path.isfile(os.path.join(out, "params.npz"))
-  _, _, tuned_model, tuned = train.restore(out)
+  _, _, tuned_model, tuned = wd.restore(out)
   assert int(tuned.step) == 30 and profile.count_params(tuned.params) == r["params_after"]
-  after = compress.accuracy(tuned_model, train.variables(tuned), _test_split(cfg), info["mean"], info["std"])
+  after = compress.accuracy(tuned_model, train_state.variables(tuned), _test_split(cfg), info["mean"], info["std"])
   assert after > max(before, 0.3), (before, after)  # fine-tuning recovers; chance is 0.1
 
 

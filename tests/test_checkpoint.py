@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from imgrec import train
+from imgrec import train, workdir as wd
 from imgrec.errors import UserError
 from tests.conftest import tiny_config
 from tests.helpers import ROOT
@@ -23,7 +23,7 @@ def _train_cmd(workdir):
 
 
 def _leaves(workdir):
-  _, _, _, state = train.restore(str(workdir))
+  _, _, _, state = wd.restore(str(workdir))
   return int(state.step), [np.asarray(x) for x in jax.tree.leaves((state.params, state.batch_stats, state.opt_state))]
 
 
@@ -62,11 +62,11 @@ def test_damaged_latest_checkpoint_falls_back(tmp_path, caplog):
   with open(biggest, "r+b") as f:
     f.truncate(os.path.getsize(biggest) // 2)
   with caplog.at_level("WARNING", logger="imgrec"):
-    _, _, _, state = train.restore(str(tmp_path))
+    _, _, _, state = wd.restore(str(tmp_path))
   assert int(state.step) == 30
   assert any(str(latest) in r.getMessage() and "falling back" in r.getMessage() for r in caplog.records)
 
 
 def test_no_checkpoint_is_a_clear_error(tmp_path):
   with pytest.raises(UserError, match="config.json not found"):
-    train.restore(str(tmp_path))
+    wd.restore(str(tmp_path))

@@ -7,6 +7,7 @@ import pytest
 from sklearn import metrics as skm
 
 from imgrec import metrics
+from tests.helpers import assert_png
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -57,6 +58,8 @@ def test_eval_cli_writes_report(trained_workdir, capsys):
   out = os.path.join(trained_workdir, "report")
   for name in ("metrics.json", "report.md", "confusion.png", "reliability.png", "per_class.png", "mistakes.png"):
     assert os.path.getsize(os.path.join(out, name)) > 1000, name
+  for name in ("confusion.png", "reliability.png", "per_class.png", "mistakes.png"):
+    assert_png(os.path.join(out, name), 400, 400)
   with open(os.path.join(out, "metrics.json")) as f:
     saved = json.load(f)
   cm = np.array(saved["confusion"])

@@ -6,21 +6,21 @@ from tests.helpers import run_python
 
 FSDP_VS_DP = r"""
 import sys, jax, numpy as np
-from imgrec import parallel, train
+from imgrec import parallel, steps, workdir as wd
 from imgrec.data import sources
 from tests.conftest import tiny_config
 assert jax.device_count() == 8
 # EMA on, so that ema_params are sharded and compared too; min size 0 so that every divisible array shards.
 cfg = tiny_config(optim__ema_decay=0.9, parallel__fsdp_min_size=0)
 ds = sources.load(cfg.data)
-info = train.data_info(cfg, ds)
+info = wd.data_info(cfg, ds)
 mesh = parallel.make_mesh()
 batch_sharding = parallel.batch_sharding(mesh)
 results = []
 for fsdp in (False, True):
-  model, tx, _, init, _, shardings = train.build(cfg, info, mesh, fsdp=fsdp)
+  model, tx, _, init, _, shardings = wd.build(cfg, info, mesh, fsdp=fsdp)
   state = jax.jit(init, out_shardings=shardings)()
-  step = jax.jit(train.make_train_step(model, tx, info["mean"], info["std"], cfg),
+  step = jax.jit(steps.make_train_step(model, tx, info["mean"], info["std"], cfg),
                  in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None), donate_argnums=(0,))
   for i in range(4):
     images, labels = ds.split("train").get(np.arange(32 * i, 32 * i + 32))
@@ -60,10 +60,10 @@ np.savez(workdir + "/params8.npz", *[np.asarray(x) for x in jax.tree.leaves(stat
 
 def test_fsdp_equals_data_parallel_and_restores_on_one_device(tmp_path):
   import jax
-  from imgrec import train
+  from imgrec import workdir as wd
   out = run_python(FSDP_VS_DP.replace("sys.argv[1]", repr(str(tmp_path))), devices=8).stdout
   assert "MAXERR" in out and "SHARDED" in out
-  cfg, _, _, state = train.restore(str(tmp_path))
+  cfg, _, _, state = wd.restore(str(tmp_path))
   assert cfg.parallel.fsdp and jax.device_count() == 1 and int(state.step) == 4
   saved = np.load(tmp_path / "params8.npz")
   leaves = jax.tree.leaves(state.params)

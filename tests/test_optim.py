@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from imgrec import config, optim, parallel, train
+from imgrec import config, optim, parallel, state as train_state, steps, train, workdir as wd
 from imgrec.data import sources
 from imgrec.errors import UserError
 from tests.conftest import tiny_config
@@ -13,9 +13,9 @@ def _step_once(cfg, images, labels):
   ds_info = {"class_names": [str(i) for i in range(10)], "image_shape": [8, 8, 1], "mean": [0.3], "std": [0.4],
              "num_train": 1000}
   mesh = parallel.make_mesh()
-  model, tx, _, init, _, shardings = train.build(cfg, ds_info, mesh)
+  model, tx, _, init, _, shardings = wd.build(cfg, ds_info, mesh)
   state = jax.jit(init)()
-  step = jax.jit(train.make_train_step(model, tx, ds_info["mean"], ds_info["std"], cfg))
+  step = jax.jit(steps.make_train_step(model, tx, ds_info["mean"], ds_info["std"], cfg))
   state, metrics = step(state, {"image": images, "label": labels})
   return state, metrics
 
@@ -32,7 +32,7 @@ def test_accumulation_over_4_micro_batches_equals_one_big_step():
   assert float(m_big["loss"]) == pytest.approx(float(m_acc["loss"]), abs=1e-5)
   # The step really moved the params (lr > 0), so the equality above means something.
   cfg = tiny_config(**kw)
-  init = jax.jit(train.build(cfg, {"class_names": list("0123456789"), "image_shape": [8, 8, 1], "mean": [0.3],
+  init = jax.jit(wd.build(cfg, {"class_names": list("0123456789"), "image_shape": [8, 8, 1], "mean": [0.3],
                                    "std": [0.4], "num_train": 1000}, parallel.make_mesh())[3])()
   moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(big.params),
                                                                jax.tree.leaves(init.params)))
@@ -62,17 +62,40 @@ def test_ema_state_is_used_for_evaluation():
   images, labels = ds.split("train").get(np.arange(32))
   state, _ = _step_once(cfg, images, labels)
   assert jax.tree.leaves(state.ema_params)
-  assert train.variables(state)["params"] is state.ema_params
+  assert train_state.variables(state)["params"] is state.ema_params
   # One step from ema = params0, at the warmed-up decay min(0.5, 1/10): ema = 0.1 * p0 + 0.9 * p1.
-  p0 = jax.jit(train.build(cfg, {"class_names": list("0123456789"), "image_shape": [8, 8, 1], "mean": [0.3],
+  p0 = jax.jit(wd.build(cfg, {"class_names": list("0123456789"), "image_shape": [8, 8, 1], "mean": [0.3],
                                   "std": [0.4], "num_train": 1000}, parallel.make_mesh())[3])().params
   for e, a, b in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(p0), jax.tree.leaves(state.params)):
     np.testing.assert_allclose(e, 0.1 * a + 0.9 * b, atol=1e-6)
+  # The BatchNorm statistics evaluated with the EMA weights are their own EMA, at the same decay.
+  assert train_state.variables(state)["batch_stats"] is state.ema_batch_stats
+  bs0 = jax.jit(wd.build(cfg, {"class_names": list("0123456789"), "image_shape": [8, 8, 1], "mean": [0.3],
+                                   "std": [0.4], "num_train": 1000}, parallel.make_mesh())[3])().batch_stats
+  moved = 0.0
+  for e, a, b in zip(jax.tree.leaves(state.ema_batch_stats), jax.tree.leaves(bs0),
+                     jax.tree.leaves(state.batch_stats)):
+    np.testing.assert_allclose(e, 0.1 * a + 0.9 * b, atol=1e-6)
+    moved = max(moved, float(np.max(np.abs(np.asarray(b) - np.asarray(a)))))
+  assert moved > 1e-3  # the step did update the running statistics
+
+
+def test_accumulation_updates_batch_norm_statistics_once_per_step():
+  """With micro-batches, BatchNorm normalises each one by its own statistics; the running statistics move once,
+  by the mean of the micro-batches' (micro-batch i holds examples i, i + accum, ...)."""
+  ds = sources.load(config.defaults().data)
+  images, labels = ds.split("train").get(np.arange(64))
+  kw = dict(model__kwargs__dropout=0.0, optim__schedule="constant", optim__warmup_epochs=0.0)
+  acc, _ = _step_once(tiny_config(optim__accum_steps=2, batch_size=64, **kw), images, labels)
+  parts = [_step_once(tiny_config(batch_size=32, **kw), images[i::2], labels[i::2])[0] for i in range(2)]
+  for a, p0, p1 in zip(jax.tree.leaves(acc.batch_stats), *(jax.tree.leaves(p.batch_stats) for p in parts)):
+    np.testing.assert_allclose(a, (np.asarray(p0) + np.asarray(p1)) / 2, atol=1e-6)
+  assert not np.allclose(*(np.asarray(jax.tree.leaves(p.batch_stats)[0]) for p in parts))  # the halves differ
 
 
 def test_weight_decay_mask_excludes_biases_and_norm_scales():
   cfg = tiny_config()
-  model = train.create_model(cfg, 10)
+  model = wd.create_model(cfg, 10)
   params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1))))["params"]
   paths = jax.tree.leaves(optim.param_paths(params))
   mask = jax.tree.leaves(optim.decay_mask(cfg)(params))
@@ -89,8 +112,6 @@ def test_weight_decay_really_shrinks_only_masked_params():
   tx, _ = optim.make(cfg, 10, 10)
   params = {"conv": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}}
   zeros = jax.tree.map(jnp.zeros_like, params)
-  updates, _ = tx.update(zeros, tx.init(params), params)
-  new = optax.apply_updates(params, updates)
   # Step 0 of the cosine schedule with warm-up has lr 0: use a constant schedule.
   cfg.optim.schedule, cfg.optim.warmup_epochs = "constant", 0.0
   tx, _ = optim.make(cfg, 10, 10)
@@ -115,11 +136,19 @@ def test_freeze_regex_keeps_params_fixed():
 
 @pytest.mark.parametrize("name", ["sgd", "adam", "lamb", "lion", "rmsprop"])
 def test_any_optax_optimiser_by_name(name):
+  import optax
   cfg = tiny_config()
   cfg.optim.name = name
+  cfg.optim.schedule, cfg.optim.warmup_epochs = "constant", 0.0  # lr > 0 at step 0
   tx, lr = optim.make(cfg, 100, 10)
   params = {"w": jnp.ones((3, 3))}
-  tx.update(params, tx.init(params), params)
+  grads = {"w": jnp.arange(9.0).reshape(3, 3) - 4}
+  new = optax.apply_updates(params, tx.update(grads, tx.init(params), params)[0])
+  assert float(lr(0)) == cfg.optim.lr
+  # Every weight with a gradient moved against it (the sign-based ones too).
+  delta = np.asarray(new["w"] - params["w"]).ravel()
+  g = np.asarray(grads["w"]).ravel()
+  assert np.all(np.sign(delta[g != 0]) == -np.sign(g[g != 0])), delta
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "constant", "linear", "step", "onecycle"])

@@ -12,22 +12,22 @@ from tests.helpers import ROOT, run_python
 EIGHT_VS_ONE = r"""
 import jax, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from imgrec import train
+from imgrec import steps, train, workdir as wd
 from imgrec.errors import UserError
 from imgrec.data import sources
 from tests.conftest import tiny_config
 assert jax.device_count() == 8
 cfg = tiny_config()
 ds = sources.load(cfg.data)
-info = train.data_info(cfg, ds)
+info = wd.data_info(cfg, ds)
 images, labels = ds.split("train").get(np.arange(32))
 results = []
 for devices in (jax.devices()[:1], jax.devices()):
   mesh = Mesh(np.array(devices), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  model, tx, _, init, _, shardings = train.build(cfg, info, mesh)
+  model, tx, _, init, _, shardings = wd.build(cfg, info, mesh)
   state = jax.jit(init, out_shardings=shardings)()
   batch_sharding = NamedSharding(mesh, P("data"))
-  step = jax.jit(train.make_train_step(model, tx, info["mean"], info["std"], cfg),
+  step = jax.jit(steps.make_train_step(model, tx, info["mean"], info["std"], cfg),
                  in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None))
   batch = jax.device_put({"image": images, "label": labels}, batch_sharding)
   assert len(batch["image"].sharding.device_set) == len(devices)
@@ -65,9 +65,9 @@ np.savez("{workdir}/params8.npz", *[np.asarray(x) for x in jax.tree.leaves(state
 
 def test_checkpoint_from_8_devices_restores_on_1(tmp_path):
   import jax
-  from imgrec import train
+  from imgrec import workdir as wd
   run_python(WRITE_ON_8.format(workdir=tmp_path), devices=8)
-  _, _, _, state = train.restore(str(tmp_path))
+  _, _, _, state = wd.restore(str(tmp_path))
   assert jax.device_count() == 1 and int(state.step) == 10
   saved = np.load(tmp_path / "params8.npz")
   leaves = jax.tree.leaves(state.params)

@@ -7,6 +7,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from imgrec import robustness
+from tests.helpers import assert_png
 
 
 def _images():
@@ -42,6 +43,7 @@ def test_robustness_report_and_fgsm_lowers_accuracy(trained_workdir):
                                     epsilons=(8,), pgd_steps=3)
   out = os.path.join(trained_workdir, "robustness")
   assert os.path.getsize(os.path.join(out, "robustness.png")) > 10000
+  assert_png(os.path.join(out, "robustness.png"), 1000, 400)
   with open(os.path.join(out, "robustness.json")) as f:
     assert json.load(f)["corruptions"] == r["corruptions"]
   table = open(os.path.join(out, "robustness.md")).read()

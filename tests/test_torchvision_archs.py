@@ -17,8 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from imgrec import models, transfer
-from imgrec import torchvision_import as tvi
+from imgrec import models, torchvision_import as tvi, transfer, workdir as wd
 from imgrec.errors import UserError
 from tests.helpers import ROOT
 
@@ -247,13 +246,13 @@ def check(arch, make, size, tmp_path, num_classes=7):
   assert json.loads((tmp_path / "w" / "import.json").read_text())["model"] == info["model"]
   assert info["num_classes"] == num_classes and len(flat) == n_keys  # every torch tensor became one imgrec tensor
   model = models.create(info["model"]["name"], num_classes, **info["model"]["kwargs"])
-  target = transfer.flatten(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x[:1], train=False)))
+  target = wd.flatten(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x[:1], train=False)))
   with np.load(tmp_path / "w" / "params.npz") as f:  # what was written (its values are `flat`'s)
     assert sorted(f.files) == sorted(flat)
   merged, rows = transfer.merge({k: np.zeros(v.shape, v.dtype) for k, v in target.items()}, flat)
   del flat
   assert {r[1] for r in rows} == {"loaded"}, [r for r in rows if r[1] != "loaded"]  # every name, both ways
-  got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(transfer.unflatten(merged), x))
+  got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(wd.unflatten(merged), x))
   err, scale = float(np.abs(got - expected).max()), float(np.abs(expected).max())
   print(f"{arch}: max |diff| {err:.2e}, max |logit| {scale:.3g}")
   assert np.abs(expected[0] - expected[1]).max() > 0.05 * scale  # the logits depend on the image

@@ -7,8 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from imgrec import models, transfer
-from imgrec import torchvision_import as tvi
+from imgrec import models, torchvision_import as tvi, transfer, workdir as wd
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -100,10 +99,10 @@ def test_converted_resnet_matches_torch(arch, block, layers, tmp_path):
     expected = ref(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
 
   model = models.create(arch, 7, stem="imagenet")
-  target = transfer.flatten(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x[:1], train=False)))
+  target = wd.flatten(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x[:1], train=False)))
   loaded = transfer.load_source(str(tmp_path / "w"))
   merged, rows = transfer.merge({k: np.zeros(v.shape, v.dtype) for k, v in target.items()}, loaded)
   assert {r[1] for r in rows} == {"loaded"}, [r for r in rows if r[1] != "loaded"]  # every name, both ways
-  got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(transfer.unflatten(merged), x))
+  got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(wd.unflatten(merged), x))
   assert got.shape == (2, 7) and len(flat) == len(target)
   np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)

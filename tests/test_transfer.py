@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from imgrec import train, transfer
+from imgrec import train, transfer, workdir as wd
 from imgrec.data import sources
 from imgrec.errors import UserError
 from tests.conftest import tiny_config
@@ -61,7 +61,7 @@ def test_class_subset_and_k_shot():
 
 def test_init_from_new_head_and_freeze(trained_workdir, tmp_path, capsys):
   """Fine-tunes the 10-class digits run on 3 classes with the convolutions frozen."""
-  _, _, _, source = train.restore(trained_workdir)
+  _, _, _, source = wd.restore(trained_workdir)
   cfg = tiny_config(steps=6, eval_every=6, checkpoint_every=6)
   cfg.data.classes = (0, 1, 2)
   cfg.transfer.init_from = trained_workdir

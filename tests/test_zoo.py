@@ -11,7 +11,7 @@ import optax
 import pytest
 import flax.linen as nn
 
-from imgrec import losses, models
+from imgrec import losses, models, workdir as wd
 from imgrec.errors import UserError
 from imgrec.models import profile, vit
 from imgrec.models.blocks import drop_path
@@ -194,14 +194,14 @@ def test_models_cli_lists_names_params_and_flops():
 @pytest.mark.parametrize("family", ["cnn", "vgg", "inception", "resnet", "densenet", "mobilenet", "efficientnet",
                                     "vit", "rnn"])
 def test_fashion_mnist_config_builds_its_model(family, monkeypatch):
-  from imgrec import config, train
+  from imgrec import config
   monkeypatch.chdir(ROOT)
   monkeypatch.syspath_prepend(ROOT)  # configs import configs.common
   full = config.load(f"configs/fashion_mnist_{family}.py")
   assert full.data.source == "fashion_mnist" and models.family(full.model.name) == family
-  train.create_model(full, 10)  # the model accepts the config's kwargs (traced at full size: too slow here)
+  wd.create_model(full, 10)  # the model accepts the config's kwargs (traced at full size: too slow here)
   cfg = config.load(f"configs/fashion_mnist_{family}.py:quick=True")
-  model = train.create_model(cfg, 10)
+  model = wd.create_model(cfg, 10)
   out = jax.eval_shape(lambda x: model.init_with_output(jax.random.PRNGKey(0), x)[0],
                        jax.ShapeDtypeStruct((2, 28, 28, 1), jnp.float32))
   assert out.shape == (2, 10) and cfg.steps == 300
@@ -211,7 +211,7 @@ def test_fashion_mnist_config_builds_its_model(family, monkeypatch):
 @pytest.mark.parametrize("spec", ["fashion_mnist_cnn", "fashion_mnist_fast", "fashion_mnist_fast:quick=True",
                                   "fashion_mnist_best", "fashion_mnist_best:quick=True"])
 def test_recipe_configs_validate_and_build(spec, monkeypatch):
-  from imgrec import config, train
+  from imgrec import config
   from imgrec.data import augment
   monkeypatch.chdir(ROOT)
   monkeypatch.syspath_prepend(ROOT)
@@ -219,7 +219,7 @@ def test_recipe_configs_validate_and_build(spec, monkeypatch):
   cfg = config.load(f"configs/{name}.py" + (f":{arg}" if arg else ""))
   config.validate(cfg)
   augment.parse(cfg.data.augment)
-  model = train.create_model(cfg, 10)
+  model = wd.create_model(cfg, 10)
   out = jax.eval_shape(lambda x: model.init_with_output(jax.random.PRNGKey(0), x)[0],
                        jax.ShapeDtypeStruct((2, 28, 28, 1), jnp.float32))
   assert out.shape == (2, 10)

@@ -19,7 +19,10 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from imgrec import plots
+from imgrec.data import sources
 from imgrec.errors import UserError
 
 
@@ -292,12 +295,6 @@ def apply(ops, key, images, labels):
 
 def preview(cfg, out_path, n=8, copies=6):
   """Writes a PNG grid: n training images (rows), the original then `copies` augmented draws."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  import numpy as np
-
-  from imgrec.data import sources
   ds = sources.load(cfg.data)
   split = ds.split(cfg.data.train_split)
   idx = np.random.default_rng(cfg.seed).choice(len(split), n, replace=False)
@@ -306,19 +303,6 @@ def preview(cfg, out_path, n=8, copies=6):
   x = jnp.asarray(images, jnp.float32) / 255.0
   y = jax.nn.one_hot(jnp.asarray(labels), ds.num_classes)
   draws = [apply(ops, jax.random.key(cfg.seed + i), x, y)[0] for i in range(copies)]
-  fig, axes = plt.subplots(n, copies + 1, figsize=(1.3 * (copies + 1), 1.3 * n), squeeze=False)
-  for r in range(n):
-    for c in range(copies + 1):
-      im = np.asarray(x[r] if c == 0 else draws[c - 1][r])
-      ax = axes[r, c]
-      ax.imshow(im[..., 0] if im.shape[-1] == 1 else im, cmap="gray", vmin=0, vmax=1)
-      ax.set_xticks([])
-      ax.set_yticks([])
-      if r == 0:
-        ax.set_title("original" if c == 0 else f"draw {c}", fontsize=8)
-    axes[r, 0].set_ylabel(ds.class_names[labels[r]], fontsize=8)
-  fig.suptitle(f"augment: {cfg.data.augment or '(none)'}", fontsize=9)
-  fig.tight_layout()
-  fig.savefig(out_path, dpi=100)
-  plt.close(fig)
+  plots.plot_augment_grid(x, draws, [ds.class_names[label] for label in labels],
+                          f"augment: {cfg.data.augment or '(none)'}", out_path)
   return out_path

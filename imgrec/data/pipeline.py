@@ -100,11 +100,15 @@ def train_batches(split, global_batch, seed, start_step, end_step, sharding, pre
   return prefetch(produce(), prefetch_size)
 
 
-def eval_batches(split, global_batch, sharding, prefetch_size=2):
-  """Yields {"image", "label", "mask"} global device arrays covering the split once."""
+def eval_batches(split, global_batch, sharding, prefetch_size=2, transform=None):
+  """Yields {"image", "label", "mask"} global device arrays covering the split once.
+
+  `transform(images, batch_index) -> images` alters each process-local uint8 batch first (corruptions)."""
   def produce():
-    for idx, mask in eval_indices(len(split), global_batch):
+    for i, (idx, mask) in enumerate(eval_indices(len(split), global_batch)):
       images, labels = split.get(local_slice(idx))
+      if transform is not None:
+        images = transform(images, i)
       yield to_global(sharding, {"image": images, "label": labels, "mask": local_slice(mask)})
   return prefetch(produce(), prefetch_size)
 

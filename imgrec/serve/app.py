@@ -14,6 +14,7 @@ import threading
 import time
 
 import anyio
+import jax
 import numpy as np
 import prometheus_client as prom
 from starlette.applications import Starlette
@@ -21,6 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from imgrec import steps, workdir as wd
 from imgrec.errors import UserError
 from imgrec.serve import auth, page, protocol
 from imgrec.serve.batcher import Batcher, QueueFull
@@ -61,10 +63,8 @@ def parse_model_arg(arg):
 
 def make_predict(model, mean, std):
   """The pure predict functions: uint8 pixels (normalised on device) or already-normalised floats -> logits."""
-  from imgrec import train
-
   def predict_uint8(variables, images):
-    return model.apply(variables, train.normalize(images, mean, std), train=False)
+    return steps.predict(model, variables, images, mean, std)
 
   def predict_float(variables, x):
     return model.apply(variables, x, train=False)
@@ -79,12 +79,11 @@ class ServedModel:
     self.spec, self.batchers, self.ready = None, {}, False
 
   def load(self, options, metrics):
-    import jax
-    from imgrec import train
-    cfg, info, model, state = train.restore(self.workdir)
-    self.version = self.version or int(state.step)
+    run = wd.restore(self.workdir, params_only=True)
+    info, model = run.info, run.model
+    self.version = self.version or int(run.state.step)
     self.spec = protocol.ModelSpec(tuple(info["image_shape"]), tuple(info["class_names"]))
-    variables = train.variables(state)
+    variables = run.variables
     fns = dict(zip(("uint8", "float32"), make_predict(model, info["mean"], info["std"])))
     if not options.float_inputs:
       del fns["float32"]

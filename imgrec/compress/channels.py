@@ -15,16 +15,14 @@ in their original order. The smaller network is the same architecture with per-c
 its kwargs (`conv_widths` for small_cnn, `inner_widths` for ResNets), so config.json rebuilds it
 and every tool that restores a workdir (eval, serve, export) works on it unchanged.
 """
-import json
-import os
 from typing import NamedTuple, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from imgrec import transfer
+from imgrec import parallel, workdir as wd
 from imgrec.errors import UserError
+from imgrec.models import cnn, resnet
 
 
 class Group(NamedTuple):
@@ -37,7 +35,6 @@ class Group(NamedTuple):
 
 def groups(model):
   """(prunable Groups in kwarg order, the model kwarg that holds their widths)."""
-  from imgrec.models import cnn, resnet
   if isinstance(model, cnn.SmallCNN):
     names = [f"conv{i}_{j}" for i in range(len(model.widths)) for j in range(model.convs_per_stage)]
     out = []
@@ -101,7 +98,7 @@ def prune(model, variables, sparsity, criterion="bn"):
   if not 0 <= sparsity < 1:
     raise UserError(f"channel sparsity is the fraction of channels removed per conv, in [0, 1); got {sparsity}")
   todo, kwarg = groups(model)
-  flat = transfer.flatten(jax.device_get(variables))
+  flat = wd.flatten(jax.device_get(variables))
   widths, rows = [], []
   for g in todo:
     score = importance(flat, g, criterion)
@@ -110,30 +107,28 @@ def prune(model, variables, sparsity, criterion="bn"):
     flat = slice_group(flat, g, keep)
     widths.append(len(keep))
     rows.append((g.conv, n, len(keep)))
-  return transfer.unflatten(flat), {kwarg: tuple(widths)}, rows
+  return wd.unflatten(flat), {kwarg: tuple(widths)}, rows
 
 
 def shrunk_model(cfg, num_classes, kwargs):
   """The model of `cfg` with the per-conv widths `kwargs` (what `prune` returned)."""
-  from imgrec import train
   cfg = cfg.copy_and_resolve_references()
   cfg.model.kwargs.update(kwargs)
-  return cfg, train.create_model(cfg, num_classes)
+  return cfg, wd.create_model(cfg, num_classes)
 
 
-def prune_workdir(workdir, out, sparsity, steps=200, lr_scale=0.3, criterion="bn"):
-  """Channel-prunes `workdir`'s model into a new workdir `out`, then fine-tunes it `steps` steps.
+def prepare(source, out, sparsity, steps=200, lr_scale=0.3, criterion="bn"):
+  """Channel-prunes `source`'s model into a new workdir `out`, ready to be fine-tuned `steps` steps by the trainer.
 
   `out` gets config.json (the smaller model's kwargs; lr x `lr_scale`, no warm-up, `steps` steps),
-  dataset.json and a step-0 checkpoint of the sliced network; `train.train` then resumes from that
-  checkpoint, so the fine-tuning is an ordinary run (metrics.jsonl, curves.png, checkpoints).
-  Returns {"rows", "params_before", "params_after", "accuracy" (None when steps == 0)}.
+  dataset.json and a step-0 checkpoint of the sliced network; training `out` resumes from it, so the
+  fine-tuning is an ordinary run (metrics.jsonl, curves.png, checkpoints).
+  Returns (that config, {"rows", "params_before", "params_after", "kwargs"}).
   """
-  from imgrec import checkpoint, config as config_lib, parallel, train
-  cfg, info, model, state = train.restore(workdir)
-  variables = jax.device_get(train.variables(state))
-  pruned, kwargs, rows = prune(model, variables, sparsity, criterion)
-  new_cfg, _ = shrunk_model(cfg, len(info["class_names"]), kwargs)
+  run = wd.restore(source, params_only=True)
+  variables = jax.device_get(run.variables)
+  pruned, kwargs, rows = prune(run.model, variables, sparsity, criterion)
+  new_cfg, _ = shrunk_model(run.cfg, len(run.info["class_names"]), kwargs)
   new_cfg.transfer.init_from = ""
   new_cfg.distill.teacher = ""
   if steps > 0:
@@ -141,31 +136,15 @@ def prune_workdir(workdir, out, sparsity, steps=200, lr_scale=0.3, criterion="bn
     new_cfg.optim.lr *= lr_scale
     new_cfg.optim.warmup_epochs, new_cfg.optim.warmup_steps = 0.0, 0
     new_cfg.eval_every = new_cfg.checkpoint_every = int(steps)
-  mesh = parallel.make_mesh()
-  _, tx, _, _, abstract, shardings = train.build(new_cfg, info, mesh)
   params, batch_stats = pruned["params"], pruned.get("batch_stats", {})
+  mesh = parallel.make_mesh()
+  _, _, _, _, abstract, _ = wd.build(new_cfg, run.info, mesh)
   shapes = lambda t: jax.tree.map(np.shape, t)
   if shapes(params) != shapes(abstract.params) or shapes(batch_stats) != shapes(abstract.batch_stats):
-    raise AssertionError("pruned variables do not fit the smaller model: a bug in imgrec.channel_prune")
-  params = jax.tree.map(jnp.asarray, params)
-  new_state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                               batch_stats=jax.tree.map(jnp.asarray, batch_stats), opt_state=tx.init(params),
-                               rng=jnp.asarray(jax.device_get(state.rng)),
-                               ema_params=jax.tree.map(jnp.copy, params) if new_cfg.optim.ema_decay > 0 else {})
-  os.makedirs(out, exist_ok=True)
-  config_lib.save(new_cfg, os.path.join(out, "config.json"))
-  with open(os.path.join(out, "dataset.json"), "w") as f:
-    json.dump(info, f, indent=2)
-  mngr = checkpoint.manager(out, new_cfg.keep_checkpoints)
-  checkpoint.save(mngr, 0, jax.device_put(new_state, shardings))
-  mngr.wait_until_finished()
-  mngr.close()
+    raise AssertionError("pruned variables do not fit the smaller model: a bug in imgrec.compress.channels")
+  wd.write(out, new_cfg, run.info, wd.initial_state(new_cfg, run.info, mesh, params, batch_stats))
   count = lambda t: sum(int(np.prod(np.shape(v))) for v in jax.tree.leaves(t))
   before, after = count(variables["params"]), count(params)
   print(f"channel pruning {sparsity:.0%} ({criterion}): {before} -> {after} params, "
         + ", ".join(f"{c} {a}/{b}" for c, b, a in rows), flush=True)
-  accuracy = None
-  if steps > 0:
-    print(f"fine-tuning the pruned network for {steps} steps (resumes from its step-0 checkpoint)", flush=True)
-    accuracy = train.train(new_cfg, out)[1]["accuracy"]
-  return {"rows": rows, "params_before": before, "params_after": after, "accuracy": accuracy, "kwargs": kwargs}
+  return new_cfg, {"rows": rows, "params_before": before, "params_after": after, "kwargs": kwargs}

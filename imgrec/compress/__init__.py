@@ -1,0 +1,74 @@
+"""Compression of a trained run: int8 and bf16 weights (quantize.py), magnitude pruning (prune.py),
+structured channel pruning (channels.py).
+
+`compress_workdir(W, method, out)` runs one method and measures the result against W on its test split.
+The two pruning methods fine-tune through the ordinary trainer, which the caller hands in as
+`finetune(cfg, workdir)` (the CLI passes `imgrec.train.train`): commands on a trained run sit below
+the trainer and never import it.
+"""
+import os
+import tempfile
+
+import jax
+import jax.numpy as jnp
+
+from imgrec import parallel, steps, workdir as wd
+from imgrec.compress import channels, prune, quantize
+from imgrec.data import sources
+from imgrec.errors import UserError
+
+METHODS = ("int8", "bf16", "prune", "channels")
+
+
+def accuracy(model, variables, split, mean, std, batch_size=256):
+  """Top-1 accuracy of `model` (any object with a Linen-style `.apply`, e.g. `quantize.Int8Model`) on a split."""
+  fn = lambda v, b: jnp.argmax(steps.predict(model, v, b["image"], mean, std), -1) == b["label"]
+  return float(steps.stream(fn, variables, split, batch_size, parallel.make_mesh(), desc="accuracy").mean())
+
+
+def _npz_bytes(variables):
+  with tempfile.TemporaryDirectory() as tmp:
+    wd.save_params(os.path.join(tmp, "v.npz"), variables)
+    return os.path.getsize(os.path.join(tmp, "v.npz"))
+
+
+def compress_workdir(source, method, out, sparsity=0.9, steps=200, finetune=None):
+  """One compression method on a workdir; returns {method, accuracy, accuracy_fp32, bytes, bytes_fp32, ...}.
+
+  int8 / bf16 write a variables .npz to `out`; prune (magnitude) and channels (structured) write a new
+  workdir to `out`, fine-tuned `steps` steps by `finetune(cfg, workdir)`, with its variables also as
+  out/params.npz.
+  """
+  if method not in METHODS:
+    raise UserError(f"unknown compression method {method!r}; use {', '.join(METHODS)}")
+  if method in ("prune", "channels") and steps > 0 and finetune is None:
+    raise ValueError(f"compress_workdir(method={method!r}) fine-tunes: pass finetune=imgrec.train.train")
+  run = wd.restore(source, params_only=True)
+  variables = jax.device_get(run.variables)
+  test = sources.load(run.cfg.data).split(run.cfg.data.eval_split)
+  acc = lambda model, v: accuracy(model, v, test, run.info["mean"], run.info["std"])
+  result = {"method": method, "accuracy_fp32": acc(run.model, variables), "bytes_fp32": _npz_bytes(variables)}
+  if method == "int8":
+    q = quantize.quantize_workdir(source, out)
+    result["accuracy"] = acc(quantize.Int8Model(run.model), q)
+  elif method == "bf16":
+    wd.save_params(out, quantize.cast_bf16(variables))
+    result["accuracy"] = acc(run.model, quantize.to_float32(wd.unflatten(wd.load_params(out))))
+  else:
+    if method == "prune":
+      cfg = prune.prepare(source, out, sparsity, steps)
+    else:
+      cfg, r = channels.prepare(source, out, sparsity, steps)
+      result.update(params=r["params_after"], params_fp32=r["params_before"], widths=r["kwargs"])
+    if steps > 0:
+      finetune(cfg, out)
+    small = wd.restore(out, params_only=True)
+    small_vars = jax.device_get(small.variables)
+    result["accuracy"] = acc(small.model, small_vars)
+    if method == "prune":
+      result["sparsity"] = prune.sparsity_of(small_vars["params"])
+    out = os.path.join(out, wd.PARAMS_FILE)
+    # Pruned zeros deflate; channel pruning is stored uncompressed, like the fp32 reference, so its saving is real.
+    wd.save_params(out, small_vars, compressed=method == "prune")
+  result["bytes"] = os.path.getsize(out)
+  return result

@@ -1,0 +1,156 @@
+"""The pure functions of a model, and the one loop that streams a split through one of them.
+
+  train_step(state, batch[, teacher]) -> (state, metrics)     make_train_step(...)
+  eval_outputs(variables, batch) -> per-example nll, correct  make_eval_step(...)
+  predict(model, variables, uint8 images, mean, std) -> logits: the one predict, used by training
+      evaluation, `imgrec eval`, robustness, explain, compress, export and the server
+  stream(fn, variables, split, ...) -> fn's per-example outputs over a whole split, in order
+
+Images arrive as uint8 NHWC; conversion to float, normalisation and augmentation happen here, on
+device, inside the jitted function.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+
+from imgrec import config, losses, optim, parallel
+from imgrec.data import augment, pipeline
+from imgrec.state import variables
+
+
+def to_float(images):
+  """uint8 -> float32 in [0, 1]."""
+  return images.astype(jnp.float32) / 255.0
+
+
+def standardize(x, mean, std, dtype=jnp.float32):
+  return ((x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)).astype(dtype)
+
+
+def normalize(images, mean, std, dtype=jnp.float32):
+  """uint8 NHWC -> standardised float, on device (host work and transfers stay uint8)."""
+  return standardize(to_float(images), mean, std, dtype)
+
+
+def predict(model, variables, images, mean, std, tta=False):
+  """uint8 NHWC images -> float32 logits in eval mode. With `tta`, the log of the mean softmax over
+  each image and its horizontal mirror."""
+  logits = lambda im: model.apply(variables, normalize(im, mean, std), train=False).astype(jnp.float32)
+  if not tta:
+    return logits(images)
+  probs = jax.nn.softmax(logits(images)) + jax.nn.softmax(logits(images[:, :, ::-1]))
+  return jnp.log(probs / 2)
+
+
+def make_train_step(model, tx, mean, std, cfg=None, objective=None):
+  """The pure training step. `cfg` adds augmentation, label smoothing, penalties, accumulation and EMA;
+  without it the step is plain cross-entropy.
+
+  `objective(logits, soft_targets, x, teacher) -> scalar` replaces cross-entropy; the step then takes
+  `teacher` (the distillation teacher's variables) as a third argument, so they are an input of the
+  compiled program rather than constants baked into it.
+
+  With `optim.accum_steps` > 1 the batch runs as that many micro-batches and their gradients are
+  averaged. BatchNorm normalises each micro-batch by its own statistics (as any accumulation does); the
+  running statistics are updated once per step, with the mean of the micro-batches' statistics.
+  """
+  cfg = cfg or config.defaults()
+  ops = augment.parse(cfg.data.augment)
+  smoothing, accum, ema_decay = cfg.optim.label_smoothing, cfg.optim.accum_steps, cfg.optim.ema_decay
+  objective = objective or (lambda logits, targets, x, teacher: losses.soft_cross_entropy(logits, targets))
+
+  def loss_fn(params, batch_stats, x, targets, rng, teacher):
+    logits, updates = model.apply(variables(params, batch_stats), x, train=True,
+                                  rngs={"dropout": rng}, mutable=["batch_stats"])
+    loss = objective(logits, targets, x, teacher)
+    return loss + optim.penalty(cfg, params), (loss, logits, updates.get("batch_stats", batch_stats))
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def train_step(state, batch, teacher=None):
+    rng = jax.random.fold_in(state.rng, state.step)
+    aug_rng, drop_rng = jax.random.split(rng)
+    num_classes = model.num_classes
+    x, targets = augment.apply(ops, aug_rng, to_float(batch["image"]),
+                               jax.nn.one_hot(batch["label"], num_classes))
+    targets = targets * (1.0 - smoothing) + smoothing / num_classes
+    x = standardize(x, mean, std)
+    if accum == 1:
+      (_, (loss, logits, batch_stats)), grads = grad_fn(state.params, state.batch_stats, x, targets, drop_rng,
+                                                        teacher)
+      correct = jnp.sum(jnp.argmax(logits, -1) == batch["label"])
+    else:
+      # Micro-batch i takes every accum-th example, so each stays spread over all devices.
+      split = lambda a: jnp.swapaxes(a.reshape((a.shape[0] // accum, accum) + a.shape[1:]), 0, 1)
+      micro = (split(x), split(targets), split(batch["label"]), jnp.arange(accum))
+
+      def body(carry, inputs):
+        grads, stats, loss, correct = carry
+        mx, mt, ml, i = inputs
+        (_, (l, logits, new_stats)), g = grad_fn(state.params, state.batch_stats, mx, mt,
+                                                 jax.random.fold_in(drop_rng, i), teacher)
+        add = lambda a, b: jax.tree.map(jnp.add, a, b)
+        return (add(grads, g), add(stats, new_stats), loss + l,
+                correct + jnp.sum(jnp.argmax(logits, -1) == ml)), None
+
+      zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)
+      (grads, batch_stats, loss, correct), _ = jax.lax.scan(
+          body, (zeros(state.params), zeros(state.batch_stats), 0.0, 0), micro)
+      grads, batch_stats = (jax.tree.map(lambda a: a / accum, t) for t in (grads, batch_stats))
+      loss = loss / accum
+    param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, param_updates)
+    ema_params, ema_stats = state.ema_params, state.ema_batch_stats
+    if ema_decay:
+      decay = optim.ema_decay_at(state.step, ema_decay)
+      ema_params, ema_stats = optim.ema_update(ema_params, params, decay), optim.ema_update(ema_stats, batch_stats,
+                                                                                            decay)
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
+                              ema_params=ema_params, ema_batch_stats=ema_stats)
+    metrics = {"loss": loss, "accuracy": correct / batch["label"].shape[0], "grad_norm": optax.tree.norm(grads)}
+    return new_state, metrics
+  return train_step
+
+
+def make_eval_step(model, mean, std):
+  """`eval_outputs(variables, batch) -> {"nll", "correct"}` per example: what training evaluates."""
+  def eval_outputs(variables, batch):
+    logits = predict(model, variables, batch["image"], mean, std)
+    return {"nll": optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]),
+            "correct": jnp.argmax(logits, -1) == batch["label"]}
+  return eval_outputs
+
+
+def summarize(outputs):
+  """The headline of `make_eval_step`'s outputs over a split: accuracy, loss, examples."""
+  n = len(outputs["nll"])
+  return {"accuracy": float(np.mean(outputs["correct"])), "loss": float(np.mean(outputs["nll"])), "examples": n}
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted(fn, mesh):
+  """One compiled program per function (robustness streams the same one over many corruptions); the outputs
+  come back replicated, so every process holds the whole split's."""
+  return jax.jit(lambda v, b: (fn(v, b), b["mask"]), out_shardings=parallel.replicated(mesh))
+
+
+def stream(fn, variables, split, batch_size, mesh, prefetch=2, transform=None, desc="eval"):
+  """`fn(variables, batch)`'s per-example outputs (a host numpy pytree) over every example of `split`, in order.
+
+  `batch` is {"image", "label", "mask"} with the global batch sharded over the devices like training's; the
+  last batch is padded and its padding dropped here. `transform(images, batch_index) -> images` alters each
+  process-local uint8 batch on the host first (corruptions), on the prefetch thread.
+  """
+  step = _jitted(fn, mesh)
+  batches = pipeline.eval_batches(split, batch_size, parallel.batch_sharding(mesh), prefetch, transform)
+  outs = []
+  for batch in tqdm.tqdm(batches, total=-(-len(split) // batch_size), desc=desc, unit="batch", leave=False,
+                         disable=jax.process_index() != 0):
+    outs.append(step(variables, batch))
+  outs, masks = zip(*jax.device_get(outs))
+  mask = np.concatenate(masks)
+  return jax.tree.map(lambda *xs: np.concatenate(xs)[mask], *outs)

@@ -1,0 +1,219 @@
+"""A run on disk, and the only way back to a trained model.
+
+  W/config.json      the full config of the run          W/dataset.json   class names, image shape, mean/std
+  W/checkpoints/N/   Orbax checkpoints of the TrainState  W/best/N/        the selected one (with a val split)
+  W/metrics.jsonl    one JSON record per log interval and evaluation (the source of truth for curves)
+  W/params.npz       variables by name (imported, pruned or compressed weights)
+
+`build(cfg, info, mesh)` makes the model, optimiser and the state's abstract shapes from a config and a
+dataset.json; `restore(W)` loads a run through it (`params_only=True` for inference: no optimiser state
+is read or held); `write(W, cfg, info, state)` writes one (training, pruning and channel pruning alike).
+"""
+import functools
+import json
+import os
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from imgrec import checkpoint, config as config_lib, models, optim, parallel
+from imgrec.data import pipeline
+from imgrec.errors import UserError
+from imgrec.state import TrainState, init_state, variables
+
+CONFIG_FILE, INFO_FILE, METRICS_FILE, PARAMS_FILE = "config.json", "dataset.json", "metrics.jsonl", "params.npz"
+BF16_SUFFIX = "@bf16"  # .npz has no bfloat16: such arrays are stored as their uint16 bits under NAME@bf16
+
+
+# ---------------------------------------------------------------------------- model and state from a config
+
+def create_model(cfg, num_classes):
+  return models.create(cfg.model.name, num_classes, dtype=jnp.dtype(cfg.model.dtype), **cfg.model.kwargs.to_dict())
+
+
+def schedule_lengths(cfg, num_train):
+  """(steps per epoch, total steps) for a config and training-set size."""
+  per_epoch = pipeline.steps_per_epoch(num_train, cfg.batch_size)
+  total = cfg.steps if cfg.steps > 0 else max(1, int(round(cfg.epochs * per_epoch)))
+  return per_epoch, total
+
+
+def build(cfg, info, mesh, fsdp=None):
+  """Model, optimiser, learning-rate schedule, `init()` and the state's abstract shapes with their target
+  shardings: `(model, tx, lr, init, abstract, shardings)`.
+
+  The one recipe shared by training and everything that restores a checkpoint. The state is sharded
+  FSDP-style when `fsdp` (default: `cfg.parallel.fsdp`), else replicated.
+  """
+  model = create_model(cfg, len(info["class_names"]))
+  per_epoch, total = schedule_lengths(cfg, info["num_train"])
+  tx, lr = optim.make(cfg, total, per_epoch)
+  init = functools.partial(init_state, model, tx, cfg.seed, tuple(info["image_shape"]), cfg.optim.ema_decay > 0)
+  abstract = jax.eval_shape(init)
+  fsdp = cfg.parallel.fsdp if fsdp is None else fsdp
+  shardings = parallel.state_shardings(abstract, mesh, fsdp, cfg.parallel.fsdp_min_size)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  return model, tx, lr, init, abstract, shardings
+
+
+def initial_state(cfg, info, mesh, params=None, batch_stats=None):
+  """The step-0 TrainState of `cfg`, placed in its shardings; with `params` (and `batch_stats`), starting from
+  those weights instead of a fresh initialisation (its optimiser state and EMA then start from them)."""
+  _, tx, _, init, _, shardings = build(cfg, info, mesh)
+  state = jax.jit(init, out_shardings=shardings)()  # initialised already in place
+  if params is None:
+    return state
+  params, batch_stats = jax.device_put((params, batch_stats or {}), (shardings.params, shardings.batch_stats))
+  ema = cfg.optim.ema_decay > 0
+  state = state.replace(params=params, batch_stats=batch_stats, opt_state=tx.init(params),
+                        ema_params=jax.tree.map(jnp.copy, params) if ema else {},
+                        ema_batch_stats=jax.tree.map(jnp.copy, batch_stats) if ema else {})
+  return jax.device_put(state, shardings)
+
+
+def data_info(cfg, ds):
+  """What dataset.json records of the data a run trained on (read back by every command on the run)."""
+  train_split = ds.split(cfg.data.train_split)
+  mean, std = pipeline.image_stats(train_split)
+  return {"source": ds.name, "class_names": list(ds.class_names), "image_shape": list(ds.image_shape),
+          "mean": mean, "std": std, "num_train": len(train_split)}
+
+
+# ---------------------------------------------------------------------------- reading and writing a run
+
+class Run(NamedTuple):
+  """A restored run. With `params_only`, `state` holds no optimiser state (`opt_state` and `rng` are None)."""
+  cfg: Any
+  info: dict
+  model: Any
+  state: TrainState
+
+  @property
+  def variables(self):
+    """What inference uses: {"params", "batch_stats"}, the EMA pair when the run keeps one."""
+    return variables(self.state)
+
+
+def read_info(workdir):
+  path = os.path.join(workdir, INFO_FILE)
+  if not os.path.isfile(path):
+    raise UserError(f"{path} not found: is {workdir} a workdir written by `imgrec train`?")
+  with open(path) as f:
+    return json.load(f)
+
+
+def write(workdir, cfg, info, state=None, keep=None):
+  """Writes config.json and dataset.json, and `state` as the checkpoint of its step when given."""
+  os.makedirs(workdir, exist_ok=True)
+  config_lib.save(cfg, os.path.join(workdir, CONFIG_FILE))
+  with open(os.path.join(workdir, INFO_FILE), "w") as f:
+    json.dump(info, f, indent=2)
+  if state is not None:
+    mngr = checkpoint.manager(workdir, keep or cfg.keep_checkpoints)
+    checkpoint.save(mngr, int(state.step), state)
+    mngr.wait_until_finished()
+    mngr.close()
+
+
+def restore(workdir, mesh=None, params_only=False):
+  """Loads a trained workdir on this process's devices: a `Run`.
+
+  The checkpoint may have been written on any number of devices; it is restored replicated on `mesh`
+  (default: all devices here). The selected model (W/best) when the run kept one, else the latest.
+  """
+  cfg = config_lib.load_saved(os.path.join(workdir, CONFIG_FILE))
+  info = read_info(workdir)
+  mesh = mesh or parallel.make_mesh()
+  model, _, _, _, abstract, _ = build(cfg, info, mesh, fsdp=False)  # replicated, whatever wrote it
+  if params_only:  # the optimiser state is neither read nor held
+    abstract = {"step": abstract.step, "params": abstract.params, "batch_stats": abstract.batch_stats,
+                "ema_params": abstract.ema_params, "ema_batch_stats": abstract.ema_batch_stats}
+  found = None
+  for sub in ("best", "checkpoints"):
+    if os.path.isdir(os.path.join(workdir, sub)):
+      mngr = checkpoint.manager(workdir, cfg.keep_checkpoints, sub)
+      found = checkpoint.restore_latest(mngr, abstract, partial=params_only)
+      mngr.close()
+      if found is not None:
+        break
+  if found is None:
+    raise UserError(f"no readable checkpoint in {os.path.join(workdir, 'checkpoints')}; train first with "
+                    f"`imgrec train --workdir {workdir}`")
+  if params_only:
+    found = TrainState(step=found["step"], params=found["params"], batch_stats=found["batch_stats"], opt_state=None,
+                       rng=None, ema_params=found["ema_params"], ema_batch_stats=found["ema_batch_stats"])
+  return Run(cfg, info, model, found)
+
+
+# ---------------------------------------------------------------------------- metrics.jsonl
+
+def append_metrics(workdir, record):
+  with open(os.path.join(workdir, METRICS_FILE), "a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(workdir):
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def trim_metrics(workdir, last_step):
+  """On resume, drops the records written after the checkpoint the run resumes from."""
+  kept = [r for r in read_metrics(workdir) if r["step"] <= last_step]
+  with open(os.path.join(workdir, METRICS_FILE), "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in kept)
+
+
+# ---------------------------------------------------------------------------- variables by name (.npz)
+
+def flatten(tree, prefix=""):
+  """Nested dicts -> {"a/b/c": leaf}."""
+  out = {}
+  for k, v in tree.items():
+    name = f"{prefix}{k}"
+    if isinstance(v, dict) or hasattr(v, "items"):
+      out.update(flatten(v, name + "/"))
+    else:
+      out[name] = v
+  return out
+
+
+def unflatten(flat):
+  tree = {}
+  for name, v in flat.items():
+    node = tree
+    *parents, last = name.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[last] = v
+  return tree
+
+
+def save_params(path, variables_, compressed=False):
+  """Writes a variables tree ({"params": ..., "batch_stats": ...}) as a flat .npz by name
+  (zip-deflated when `compressed`: what makes pruned zeros smaller on disk)."""
+  flat = {}
+  for k, v in flatten(jax.device_get(variables_)).items():
+    v = np.asarray(v)
+    if v.dtype == jnp.bfloat16:
+      k, v = k + BF16_SUFFIX, v.view(np.uint16)
+    flat[k] = v
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  (np.savez_compressed if compressed else np.savez)(path, **flat)
+
+
+def load_params(path):
+  """The flat {name: array} of a params .npz (or of a directory holding params.npz)."""
+  if os.path.isdir(path):
+    path = os.path.join(path, PARAMS_FILE)
+  try:
+    with np.load(path) as f:
+      return {k.removesuffix(BF16_SUFFIX): f[k].view(jnp.bfloat16) if k.endswith(BF16_SUFFIX) else f[k]
+              for k in f.files}
+  except (OSError, ValueError) as e:
+    raise UserError(f"{path!r} is not a readable params .npz: {e}") from None
