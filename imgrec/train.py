@@ -20,7 +20,7 @@ import numpy as np
 import optax
 import tqdm
 
-from imgrec import checkpoint, compile_cache, config as config_lib, losses, models, optim, parallel
+from imgrec import checkpoint, compile_cache, config as config_lib, losses, models, optim, parallel, tracking
 from imgrec.data import augment, pipeline, sources
 from imgrec.errors import UserError
 
@@ -239,6 +239,7 @@ def train(cfg, workdir):
   batch_sharding = parallel.batch_sharding(mesh)
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
+  profiler = tracking.Profiler(cfg.profile, os.path.join(workdir, tracking.PROFILE_DIR))
 
   # ---------------------------------------------------------------- data
   ds = sources.load(cfg.data)
@@ -268,6 +269,7 @@ def train(cfg, workdir):
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   if is_main:
     _trim_metrics(metrics_path, start_step)
+  tracker = tracking.Tracker(workdir, cfg, start_step, enabled=is_main)
   n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
   print(f"imgrec: {cfg.model.name} ({n_params / 1e6:.3f}M params) on {ds.name} "
         f"{tuple(ds.image_shape)}, {len(train_split)} train / {len(ds.split(monitor))} {monitor}, "
@@ -322,6 +324,7 @@ def train(cfg, workdir):
     pending.clear()
     if is_main:
       _append_jsonl(metrics_path, rec)
+      tracker.train(rec)
     bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['img_per_sec']:.0f}")
 
   result = None
@@ -333,7 +336,7 @@ def train(cfg, workdir):
                                    batch_sharding, cfg.data.prefetch)
   try:
     for step, batch in batches:
-      state, metrics = train_step(state, batch)
+      state, metrics = profiler.step(train_step, step, state, batch)
       pending.append((step, metrics))
       bar.update(1)
       done = step + 1
@@ -344,6 +347,7 @@ def train(cfg, workdir):
         result = run_eval(monitor)
         if is_main:
           _append_jsonl(metrics_path, {"step": done, **result})
+          tracker.eval({"step": done, **result})
           plot_curves(metrics_path, os.path.join(workdir, "curves.png"))
         note = ""
         if best_mngr is not None:
@@ -365,6 +369,7 @@ def train(cfg, workdir):
         break
   finally:
     bar.close()
+    profiler.close()
   mngr.wait_until_finished()
   mngr.close()
 
@@ -379,6 +384,8 @@ def train(cfg, workdir):
     result = run_eval(cfg.data.eval_split)
   print(f"{cfg.data.eval_split} accuracy: {result['accuracy']:.4f} (loss {result['loss']:.4f}, "
         f"{result['examples']} examples)", flush=True)
+  tracker.end(result)
+  tracker.close()
   return state, result
 
 
