@@ -23,11 +23,11 @@ import glob
 import io
 import json
 import os
+import sys
 import time
 
 import jax
 import numpy as np
-import tensorboardX
 from PIL import Image
 
 from imgrec.data import augment
@@ -62,6 +62,21 @@ def render(plot, *args):
   return np.asarray(Image.open(buf).convert("RGB"))
 
 
+def _writer(workdir, suffix="", purge_step=None):
+  # Imported when a run writes events, not with imgrec.train. tensorboardX also imports torch whenever it
+  # is installed (2-3 s here), only to accept torch tensors: we pass numpy, so it is kept from loading.
+  block = "torch" not in sys.modules
+  if block:
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError, which tensorboardX expects
+  try:
+    import tensorboardX
+  finally:
+    if block:
+      del sys.modules["torch"]
+  return tensorboardX.SummaryWriter(os.path.join(workdir, TB_DIR), filename_suffix=_suffix() + suffix,
+                                    purge_step=purge_step)
+
+
 def _suffix():
   # TensorBoard reads a run's event files in name order, and purges by that order. tensorboardX names
   # files after the second they were opened: nanoseconds keep two writers of one second apart, in order.
@@ -79,8 +94,7 @@ class Tracker:
     self.cfg, self.start_step, self.step = cfg, start_step, start_step
     self.writer, self.logged = None, set()  # (prefix, step) written by this process
     if enabled:
-      self.writer = tensorboardX.SummaryWriter(os.path.join(workdir, TB_DIR), filename_suffix=_suffix(),
-                                               purge_step=start_step + 1 if start_step else None)
+      self.writer = _writer(workdir, purge_step=start_step + 1 if start_step else None)
     # The augmented examples go with the run's first evaluation: done already if one is on record.
     self.examples_due = not any(r["split"] != "train" and r["step"] <= start_step for r in read_metrics(workdir))
 
@@ -135,7 +149,7 @@ def log_report(workdir, summary, plot_confusion, plot_reliability):
     return
   names = [c["class"] for c in summary["per_class"]]
   split = summary["split"]
-  writer = tensorboardX.SummaryWriter(os.path.join(workdir, TB_DIR), filename_suffix=_suffix() + ".report")
+  writer = _writer(workdir, ".report")
   step = last_step(workdir)
   for tag, image in ((f"{split}/confusion_matrix", render(plot_confusion, summary["confusion"], names)),
                      (f"{split}/reliability", render(plot_reliability, summary["reliability"], summary["ece"]))):
