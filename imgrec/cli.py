@@ -126,18 +126,21 @@ def _models(args, overrides):
   import tqdm
   from imgrec import models
   from imgrec.models import profile
-  for name in args.names:
+  flops = args.flops if args.flops is not None else []
+  for name in args.names + flops:
     models.family(name)  # unknown names fail before any work
   names = args.names or models.names()
-  rows = []
-  for name in tqdm.tqdm(names, desc="models", unit="model", disable=args.json or len(names) == 1):
-    rows.append(profile.describe(name, args.num_classes, flops=not args.no_flops))
+  names += [n for n in flops if n not in names]
+  flops = flops or (names if args.flops is not None else [])  # a bare --flops: every listed model
+  with tqdm.tqdm(total=len(names), desc="models", unit="model", disable=args.json or len(names) == 1) as bar:
+    rows = profile.describe_all(names, args.num_classes, flops, progress=bar.update)
   if args.json:
     print(json.dumps([{k: r[k] for k in ("name", "family", "input_shape", "params", "gflops")} for r in rows]))
   else:
     print(profile.table(rows))
-    print(f"params at {args.num_classes} classes; GFLOPs: XLA cost analysis of the compiled forward pass, "
-          "batch 1, a multiply-add = 2 FLOPs")
+    print(f"params at {args.num_classes} classes" + (
+        "; GFLOPs: XLA cost analysis of the compiled forward pass, batch 1, a multiply-add = 2 FLOPs "
+        f"(cached in {profile.flops_cache_path()})" if flops else "; GFLOPs with --flops [NAME ...]"))
 
 
 def parser():
@@ -226,10 +229,11 @@ def parser():
   w.add_argument("--heartbeat", type=int, default=10,
                  help="seconds between trial heartbeats; a trial silent for twice that is retried")
   w.set_defaults(func=_sweep)
-  m = sub.add_parser("models", help="list registered models with parameter count and forward GFLOPs")
+  m = sub.add_parser("models", help="list registered models: family, parameters, input size (GFLOPs with --flops)")
   m.add_argument("names", nargs="*", help="models to describe (default: all)")
   m.add_argument("--num-classes", type=int, default=1000)
-  m.add_argument("--no-flops", action="store_true", help="skip compiling for FLOPs (parameter counts only)")
+  m.add_argument("--flops", nargs="*", metavar="NAME",
+                 help="also forward GFLOPs (a compile each, then cached): of NAMEs, or of every listed model")
   m.add_argument("--json", action="store_true", help="print the rows as JSON")
   m.set_defaults(func=_models)
   return p

@@ -45,6 +45,7 @@ PRUNERS = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPrun
            "hyperband": optuna.pruners.HyperbandPruner, "halving": optuna.pruners.SuccessiveHalvingPruner}
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 POLL_S = 0.5
+MAX_RETRY = 3  # a trial killed this often is given up
 MAX_FAILURES_IN_A_ROW = 3
 
 
@@ -130,7 +131,7 @@ def open_study(study_dir, storage, name, direction, pruner, sampler, heartbeat, 
   engine = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else None
   with _quiet_experimental():
     rdb = optuna.storages.RDBStorage(storage, engine_kwargs=engine, heartbeat_interval=heartbeat,
-                                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+                                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
   study = optuna.create_study(storage=rdb, study_name=name, direction=direction, pruner=pruner,
                               sampler=sampler, load_if_exists=True)
   saved = study.user_attrs.get("sweep")
@@ -143,10 +144,13 @@ def open_study(study_dir, storage, name, direction, pruner, sampler, heartbeat, 
   return study
 
 
+_LIBC = ctypes.CDLL(None) if sys.platform == "linux" else None  # loaded before any fork
+
+
 def _die_with_parent():
   """In the trial's process, before exec: SIGKILL it when the sweep dies, even by SIGKILL (Linux)."""
-  if sys.platform == "linux":
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+  if _LIBC is not None:
+    _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _stop(proc):
@@ -211,11 +215,11 @@ class Sweep:
                               stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
       try:
         rc = self._follow(trial, proc, workdir)
-      finally:
+      finally:  # finished, pruned or interrupted: the trial's processes end with it
         _stop(proc)
-    records = tracking.read_metrics(workdir)
-    trial.set_user_attr("steps", max((r["step"] for r in records if r["split"] == "train"), default=0))
-    trial.set_user_attr("wall_s", time.perf_counter() - start)
+        records = tracking.read_metrics(workdir)
+        trial.set_user_attr("steps", max((r["step"] for r in records if r["split"] == "train"), default=0))
+        trial.set_user_attr("wall_s", time.perf_counter() - start)
     if rc != 0:
       with open(os.path.join(workdir, "train.log"), "rb") as f:
         last = (f.read()[-4000:].decode(errors="replace").strip().splitlines() or ["(no output)"])[-1]
@@ -274,7 +278,7 @@ class Sweep:
           last = self._last()
           if last is not None and last.state == TrialState.FAIL:
             with _quiet_experimental():
-              RetryHeartbeatStaleTrialCallback(max_retry=3)(self.study, last)
+              RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(self.study, last)
           raise
         last = self._last()
         if last is not None:
