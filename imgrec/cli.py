@@ -133,14 +133,14 @@ def _models(args, overrides):
   names += [n for n in flops if n not in names]
   flops = flops or (names if args.flops is not None else [])  # a bare --flops: every listed model
   with tqdm.tqdm(total=len(names), desc="models", unit="model", disable=args.json or len(names) == 1) as bar:
-    rows = profile.describe_all(names, args.num_classes, flops, progress=bar.update)
+    rows = profile.describe_all(names, args.num_classes, flops, bar.update)
   if args.json:
     print(json.dumps([{k: r[k] for k in ("name", "family", "input_shape", "params", "gflops")} for r in rows]))
   else:
     print(profile.table(rows))
     print(f"params at {args.num_classes} classes" + (
         "; GFLOPs: XLA cost analysis of the compiled forward pass, batch 1, a multiply-add = 2 FLOPs "
-        f"(cached in {profile.flops_cache_path()})" if flops else "; GFLOPs with --flops [NAME ...]"))
+        f"(cached in {profile.cache_path()})" if flops else "; GFLOPs with --flops [NAME ...]"))
 
 
 def parser():

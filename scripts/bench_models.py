@@ -2,11 +2,11 @@
 
   python scripts/bench_models.py [--repeats 5] [--flops resnet50]
 
-Times, as medians over --repeats runs (alternated, each in a fresh process):
-  `imgrec models`                       every registered model: family, parameters, input size
-  `imgrec models NAME --flops NAME`     with an empty FLOPs cache (a compile) and with the cache filled
-Each run gets its own empty XDG_CACHE_HOME, so neither FLOPs nor compiled executables carry over,
-except the "cached" FLOPs runs, which share one filled by a first run.
+Times, as medians over --repeats runs (alternated, each in a fresh process), each case cold (its own
+empty XDG_CACHE_HOME: nothing traced, compiled or measured before) and cached (a cache filled by a
+first run, as a user's second call finds it):
+  `imgrec models`                  every registered model: family, parameters, input size
+  `imgrec models NAME --flops`     the same for one model, plus its forward GFLOPs (a compile)
 """
 import argparse
 import os
@@ -32,11 +32,14 @@ def main():
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--flops", default="resnet50", help="the model whose FLOPs are timed")
   args = p.parse_args()
-  cases = {"all models, no FLOPs": [], f"{args.flops} --flops, cold": [args.flops, "--flops"],
-           f"{args.flops} --flops, cached": [args.flops, "--flops"]}
+  cases = {f"{what}, {state}": args_ for what, args_ in (("all models", []),
+                                                          (f"{args.flops} --flops", [args.flops, "--flops"]))
+           for state in ("cold", "cached")}
   times = {name: [] for name in cases}
   with tempfile.TemporaryDirectory() as shared:
-    timed(cases[f"{args.flops} --flops, cached"], shared)  # fills the shared cache
+    for name, case in cases.items():
+      if name.endswith("cached"):
+        timed(case, shared)  # fills the shared cache
     for _ in range(args.repeats):
       for name, case in cases.items():
         with tempfile.TemporaryDirectory() as fresh:

@@ -190,26 +190,32 @@ def test_models_cli_lists_params_at_once_and_flops_on_request(tmp_path):
   assert rows["lenet5"]["gflops"] is None  # FLOPs only for the names asked
   # LSTM on 28 rows of 28 pixels, hidden 128: 28 steps x 4 gates x (28 + 128) x 128 MACs, at least
   assert rows["lstm"]["gflops"] * 1e9 > 28 * 4 * 156 * 128 * 2
-  cache_path = tmp_path / "imgrec" / "flops.json"
+  cache_path = tmp_path / "imgrec" / "models.json"
   cache = json.loads(cache_path.read_text())
-  key, = cache
-  assert key.startswith("lstm|1000|28x28x1|") and cache[key] == rows["lstm"]["gflops"]
-  cache_path.write_text(json.dumps({key: 123.0}))  # the cache is what answers next time
+  assert sorted(k.split("|")[:3] for k in cache) == [["gflops", "lstm", "1000"], ["row", "lenet5", "1000"],
+                                                       ["row", "lstm", "1000"]]
+  flops_key, = [k for k in cache if k.startswith("gflops|")]
+  assert cache[flops_key] == rows["lstm"]["gflops"]
+  cache[flops_key] = 123.0  # the cache is what answers next time
+  cache[flops_key.replace("gflops|lstm", "row|lstm")]["params"] = 7
+  cache_path.write_text(json.dumps(cache))
   again = {r["name"]: r for r in json.loads(run("lstm", "--flops", "--json").stdout.strip().splitlines()[-1])}
-  assert again["lstm"]["gflops"] == 123.0
+  assert again["lstm"]["gflops"] == 123.0 and again["lstm"]["params"] == 7
   bad = run("resnet19")
   assert bad.returncode == 2 and "unknown model" in bad.stderr
   assert run("--flops", "resnet19").returncode == 2
 
 
-def test_describe_all_matches_describe_over_worker_processes():
+def test_describe_all_matches_describe_over_worker_processes(tmp_path, monkeypatch):
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
   names = ["lenet5", "small_cnn", "lstm", "gru"]
   rows = profile.describe_all(names, 10)  # 4 names: one spawned process per core
   assert [r["name"] for r in rows] == names
   for r in rows:
     one = profile.describe(r["name"], 10, flops=False)
-    assert (r["params"], r["input_shape"], r["family"], r["gflops"]) == (one["params"], one["input_shape"],
-                                                                          one["family"], None)
+    assert (r["params"], tuple(r["input_shape"]), r["family"], r["gflops"]) == (
+        one["params"], one["input_shape"], one["family"], None)
+  assert profile.describe_all(names, 10) == rows  # the second time from the cache
 
 
 @pytest.mark.parametrize("family", ["cnn", "vgg", "inception", "resnet", "densenet", "mobilenet", "efficientnet",

@@ -2,9 +2,9 @@
 analysis of the compiled forward pass (batch 1, eval mode; a multiply-add counts as 2 FLOPs).
 
 Parameter counts trace the model abstractly (`jax.eval_shape`, nothing compiled or allocated), one
-process per core for the whole zoo. FLOPs need a compile each, so they are asked for by name and kept
-in the user cache ($XDG_CACHE_HOME/imgrec/flops.json, else ~/.cache/imgrec/), keyed by the model,
-its input, the jax version and the source of imgrec/models.
+process per core for the whole zoo. FLOPs need a compile each, so they are asked for by name. Both are
+kept in the user cache ($XDG_CACHE_HOME/imgrec/models.json, else ~/.cache/imgrec/), keyed by model,
+classes, the jax/flax versions, the backend and the source of imgrec/models.
 """
 import concurrent.futures
 import contextlib
@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import time
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,13 +70,13 @@ def describe(name, num_classes=1000, input_shape=None, flops=True):
           "seconds": time.perf_counter() - start}
 
 
-def flops_cache_path():
-  return os.path.join(os.path.dirname(compile_cache.default_dir()), "flops.json")
+def cache_path():
+  return os.path.join(os.path.dirname(compile_cache.default_dir()), "models.json")
 
 
 def _source_hash():
-  """Changes whenever any model's code does, so that no cached FLOPs outlive the model they measured."""
-  h = hashlib.sha256(jax.__version__.encode())
+  """Changes with the jax/flax versions and any model's code, so that no cached figure outlives its model."""
+  h = hashlib.sha256(f"{jax.__version__} {flax.__version__} {jax.default_backend()}".encode())
   for path in sorted(glob.glob(os.path.join(os.path.dirname(models.__file__), "*.py"))):
     with open(path, "rb") as f:
       h.update(f.read())
@@ -94,33 +95,42 @@ def _workers(n):
   return max(1, min(n, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
-def describe_all(names, num_classes=1000, flops=(), progress=None):
-  """`describe` rows for `names`, in order: parameter counts traced in a process per core; GFLOPs for
-  the names in `flops` only, from the cache or compiled (then cached). `progress(n)` is called as rows come."""
-  rows = {}
+def _abstract_rows(names, num_classes, progress):
+  """describe(flops=False) of each name: in a process per core when there are many."""
   n_procs = _workers(len(names)) if len(names) > 2 else 1  # a worker's start-up (~1 s) only pays for many
   if n_procs == 1:
     for name in names:
-      rows[name] = describe(name, num_classes, flops=False)
-      progress and progress(1)
-  else:
-    # spawn: jax is multithreaded, a forked copy of it may deadlock.
-    with concurrent.futures.ProcessPoolExecutor(n_procs, mp_context=multiprocessing.get_context("spawn")) as pool:
-      futures = {pool.submit(describe, name, num_classes, None, False): name for name in names}
-      for future in concurrent.futures.as_completed(futures):
-        rows[futures[future]] = future.result()
-        progress and progress(1)
-  if flops:
-    path, version = flops_cache_path(), _source_hash()
-    cache = _read_cache(path)
-    for name in flops:
-      r = rows[name]
-      key = f"{name}|{num_classes}|{'x'.join(map(str, r['input_shape']))}|{jax.default_backend()}|{version}"
-      if key not in cache:
-        model = models.create(name, num_classes)
-        shape = tuple(r["input_shape"])
-        cache[key] = forward_flops(model, abstract_variables(model, shape), shape) / 1e9
-      r["gflops"] = cache[key]
+      yield describe(name, num_classes, flops=False)
+      progress(1)
+    return
+  # spawn: jax is multithreaded, a forked copy of it may deadlock.
+  with concurrent.futures.ProcessPoolExecutor(n_procs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    for future in concurrent.futures.as_completed([pool.submit(describe, n, num_classes, None, False) for n in names]):
+      yield future.result()
+      progress(1)
+
+
+def describe_all(names, num_classes=1000, flops=(), progress=lambda n: None):
+  """Rows like `describe`'s for `names`, in order, GFLOPs only for the names in `flops`.
+
+  Every figure is kept in the user cache (`cache_path()`): the listing is traced once per version of
+  the models' code, each FLOPs figure compiled once. `progress(n)` is called as rows come."""
+  path, version = cache_path(), _source_hash()
+  cache = _read_cache(path)
+  key = lambda what, name: f"{what}|{name}|{num_classes}|{version}"
+  rows = {n: dict(cache[key("row", n)], gflops=None) for n in names if key("row", n) in cache}
+  progress(len(rows))
+  missing = [n for n in names if n not in rows] + [n for n in flops if key("gflops", n) not in cache]
+  for r in _abstract_rows([n for n in names if n not in rows], num_classes, progress):
+    cache[key("row", r["name"])] = {"name": r["name"], "family": r["family"], "input_shape": list(r["input_shape"]),
+                                    "params": r["params"]}
+    rows[r["name"]] = dict(cache[key("row", r["name"])], gflops=None)
+  for name in flops:
+    if key("gflops", name) not in cache:
+      model, shape = models.create(name, num_classes), tuple(rows[name]["input_shape"])
+      cache[key("gflops", name)] = forward_flops(model, abstract_variables(model, shape), shape) / 1e9
+    rows[name]["gflops"] = cache[key("gflops", name)]
+  if missing:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + f".{os.getpid()}.tmp", "w") as f:
       json.dump(cache, f, indent=1, sort_keys=True)
