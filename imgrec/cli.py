@@ -23,14 +23,14 @@ from imgrec.errors import UserError
 
 
 def _train(args, overrides):
-  from imgrec import checkpoint, config, evaluate, tracking, train
+  from imgrec import config, evaluate, tracking, train
   cfg = config.load(args.config)
   config.override(cfg, overrides)
   workdir = args.workdir or os.path.join(
       "runs", os.path.splitext(os.path.basename(args.config.partition(":")[0]))[0] if args.config else "default")
-  resumes_at = checkpoint.manager(workdir).latest_step()
+  resumes_at = tracking.checkpoint_step(workdir)
   train.train(cfg, workdir)
-  if checkpoint.manager(workdir).latest_step() != resumes_at:  # it trained: the selected model's figures to TensorBoard
+  if tracking.checkpoint_step(workdir) != resumes_at:  # it trained: the selected model's figures to TensorBoard
     tracking.log_report(workdir, evaluate.evaluate_workdir(workdir, report=False), evaluate.plot_confusion,
                         evaluate.plot_reliability)
   print(f"workdir: {workdir} (metrics.jsonl, curves.png, checkpoints/, tensorboard/)")

@@ -30,6 +30,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from imgrec import checkpoint
 from imgrec.data import augment
 from imgrec.errors import UserError
 
@@ -52,6 +53,17 @@ def read_metrics(workdir):
 def last_step(workdir):
   """The highest step `W/metrics.jsonl` records (0 for a new run)."""
   return max((r["step"] for r in read_metrics(workdir)), default=0)
+
+
+def checkpoint_step(workdir):
+  """The step of the newest checkpoint in W/checkpoints/ (None: none yet), to tell whether a call trained."""
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return None
+  mngr = checkpoint.manager(workdir)
+  try:
+    return mngr.latest_step()
+  finally:
+    mngr.close()
 
 
 def render(plot, *args):

@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from helpers import ROOT
+from tests.helpers import ROOT
 from imgrec import sweep
 from imgrec.errors import UserError
 

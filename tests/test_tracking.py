@@ -9,8 +9,9 @@ import shutil
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from imgrec import cli, tracking
+from imgrec import cli, tracking, train
 from imgrec.errors import UserError
+from tests.conftest import tiny_config
 
 TINY = ["--config.model.kwargs.widths=(8,16)", "--config.model.kwargs.hidden=32", "--config.batch_size=32",
         "--config.data.prefetch=0"]
@@ -70,8 +71,6 @@ def test_resumed_run_shows_each_step_once_with_eval_metrics_and_images(tmp_path)
 
 
 def test_profile_window_traces_those_steps(tmp_path, capsys):
-  from imgrec import train
-  from conftest import tiny_config
   w = str(tmp_path / "w")
   train.train(tiny_config(steps=5, log_every=5, eval_every=5, checkpoint_every=5, profile="2:4"), w)
   out = capsys.readouterr().out
