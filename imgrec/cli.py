@@ -9,7 +9,9 @@
   imgrec import-torchvision ARCH WEIGHTS.pth --workdir W   (then --config.transfer.init_from=W)
   imgrec compress --workdir W --method int8|bf16|prune|channels --out PATH [--sparsity 0.9 --steps 200]
   imgrec serve --workdir W [--workdir NAME:VERSION=W2 ...] [--host H --port P] [--api-keys-file F]
-  imgrec models [NAME ...] [--no-flops] [--json]
+  imgrec sweep --config C --study DIR --trials N --space 'optim.lr=loguniform(1e-4,1e-1)' [--space ...]
+               [--storage URL] [--metric val.accuracy] [--direction maximize] [--pruner median] [--config.KEY=VALUE ...]
+  imgrec models [NAME ...] [--flops [NAME ...]] [--json]
 """
 import argparse
 import json
@@ -27,7 +29,7 @@ def _train(args, overrides):
   workdir = args.workdir or os.path.join(
       "runs", os.path.splitext(os.path.basename(args.config.partition(":")[0]))[0] if args.config else "default")
   train.train(cfg, workdir)
-  print(f"workdir: {workdir} (metrics.jsonl, curves.png, checkpoints/)")
+  print(f"workdir: {workdir} (metrics.jsonl, curves.png, checkpoints/, tensorboard/)")
 
 
 def _eval(args, overrides):
@@ -109,22 +111,33 @@ def _serve(args, overrides):
   app.serve(args.workdir, args.host, args.port, args.api_keys_file, options)
 
 
+def _sweep(args, overrides):
+  from imgrec import sweep
+  path = sweep.sweep(args.config, overrides, args.space, args.study, args.trials, storage=args.storage,
+                     study_name=args.study_name, metric=args.metric, direction=args.direction, pruner=args.pruner,
+                     sampler=args.sampler, heartbeat=args.heartbeat)
+  print(f"results: {path}")
+
+
 def _models(args, overrides):
   import tqdm
   from imgrec import models
   from imgrec.models import profile
-  for name in args.names:
+  flops = args.flops if args.flops is not None else []
+  for name in args.names + flops:
     models.family(name)  # unknown names fail before any work
   names = args.names or models.names()
-  rows = []
-  for name in tqdm.tqdm(names, desc="models", unit="model", disable=args.json or len(names) == 1):
-    rows.append(profile.describe(name, args.num_classes, flops=not args.no_flops))
+  names += [n for n in flops if n not in names]
+  flops = flops or (names if args.flops is not None else [])  # a bare --flops: every listed model
+  with tqdm.tqdm(total=len(names), desc="models", unit="model", disable=args.json or len(names) == 1) as bar:
+    rows = profile.describe_all(names, args.num_classes, flops, bar.update)
   if args.json:
     print(json.dumps([{k: r[k] for k in ("name", "family", "input_shape", "params", "gflops")} for r in rows]))
   else:
     print(profile.table(rows))
-    print(f"params at {args.num_classes} classes; GFLOPs: XLA cost analysis of the compiled forward pass, "
-          "batch 1, a multiply-add = 2 FLOPs")
+    print(f"params at {args.num_classes} classes" + (
+        "; GFLOPs: XLA cost analysis of the compiled forward pass, batch 1, a multiply-add = 2 FLOPs "
+        f"(cached in {profile.cache_path()})" if flops else "; GFLOPs with --flops [NAME ...]"))
 
 
 def parser():
@@ -195,10 +208,29 @@ def parser():
   s.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds (504 after)")
   s.add_argument("--no-float-inputs", action="store_true", help="do not compile the FP32 (normalised) input path")
   s.set_defaults(func=_serve)
-  m = sub.add_parser("models", help="list registered models with parameter count and forward GFLOPs")
+  w = sub.add_parser("sweep", help="hyper-parameter search on Optuna; each trial an `imgrec train` workdir",
+                     epilog="--config.KEY=VALUE overrides apply to every trial. Rerun the same command to continue "
+                     "a killed sweep; run it in several processes (same --storage) to share the trials.")
+  w.add_argument("--config", help="configs/FILE.py[:ARGS] (default: small CNN on digits)")
+  w.add_argument("--study", required=True, help="directory of the study: trial-N/ workdirs, results.md, PNGs")
+  w.add_argument("--trials", type=int, required=True, help="finished (complete or pruned) trials to reach")
+  w.add_argument("--space", action="append", default=[], metavar="KEY=DIST",
+                 help="a searched config key: loguniform(a,b), uniform(a,b), int(a,b), logint(a,b), "
+                 "choice(x,y,...); repeat for more keys")
+  w.add_argument("--storage", help="Optuna storage URL (default: sqlite:///STUDY/study.db)")
+  w.add_argument("--study-name", help="study name in the storage (default: the --study folder's name)")
+  w.add_argument("--metric", default="val.accuracy", help="val.accuracy or val.loss (needs data.val_fraction > 0)")
+  w.add_argument("--direction", choices=("maximize", "minimize"), help="default: minimize a loss, else maximize")
+  w.add_argument("--pruner", default="median", help="median, hyperband, halving or none")
+  w.add_argument("--sampler", default="tpe", help="tpe, random or grid (grid: every --space a choice)")
+  w.add_argument("--heartbeat", type=int, default=10,
+                 help="seconds between trial heartbeats; a trial silent for twice that is retried")
+  w.set_defaults(func=_sweep)
+  m = sub.add_parser("models", help="list registered models: family, parameters, input size (GFLOPs with --flops)")
   m.add_argument("names", nargs="*", help="models to describe (default: all)")
   m.add_argument("--num-classes", type=int, default=1000)
-  m.add_argument("--no-flops", action="store_true", help="skip compiling for FLOPs (parameter counts only)")
+  m.add_argument("--flops", nargs="*", metavar="NAME",
+                 help="also forward GFLOPs (a compile each, then cached): of NAMEs, or of every listed model")
   m.add_argument("--json", action="store_true", help="print the rows as JSON")
   m.set_defaults(func=_models)
   return p
@@ -210,8 +242,9 @@ def main(argv=None):
   overrides = [a[len("--config."):] for a in argv if a.startswith("--config.")]
   rest = [a for a in argv if not a.startswith("--config.")]
   args = parser().parse_args(rest)
-  if overrides and args.command not in ("train", "augment-preview"):
-    print(f"imgrec: error: --config.KEY=VALUE overrides apply to `imgrec train` only", file=sys.stderr)
+  if overrides and args.command not in ("train", "augment-preview", "sweep"):
+    print(f"imgrec: error: --config.KEY=VALUE overrides apply to `imgrec train` and `imgrec sweep` only",
+          file=sys.stderr)
     return 2
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
   try:

@@ -83,6 +83,7 @@ def defaults():
   c.checkpoint_every = 0      # steps between checkpoints (0: once per epoch); always at the end
   c.keep_checkpoints = 3
 
+  c.profile = ""              # "START:STOP": jax.profiler trace of train steps [START, STOP) into WORKDIR/profile/
   c.compile_cache = ""        # persistent compilation cache dir ("": $IMGREC_COMPILE_CACHE or ~/.cache/imgrec/jax; "off")
 
   c.parallel = ml_collections.ConfigDict()

@@ -11,8 +11,8 @@ import jax
 import numpy as np
 import tqdm
 
-from imgrec import checkpoint, compile_cache, config as config_lib, losses, parallel, plots, steps, transfer
-from imgrec import workdir as wd
+from imgrec import checkpoint, compile_cache, config as config_lib, evaluate as evaluate_lib, losses, metrics
+from imgrec import parallel, plots, steps, tracking, transfer, workdir as wd
 from imgrec.data import pipeline, sources
 from imgrec.errors import UserError
 from imgrec.state import variables
@@ -48,31 +48,33 @@ def train(cfg, workdir):
 
   # ---------------------------------------------------------------- compiled steps
   train_step = compile_train_step(cfg, model, tx, info, shardings, batch_sharding)
-  eval_outputs = steps.make_eval_step(model, info["mean"], info["std"])
+  logits_fn = evaluate_lib.logits_fn(model, info["mean"], info["std"])
 
-  def evaluate(state, split):
-    out = steps.stream(eval_outputs, variables(state), ds.split(split), cfg.batch_size, mesh, cfg.data.prefetch,
+  def evaluate(state, split):  # -> (the record metrics.jsonl keeps, the full `metrics.summary`)
+    out = steps.stream(logits_fn, variables(state), ds.split(split), cfg.batch_size, mesh, cfg.data.prefetch,
                        desc=f"eval {split}")
-    return {**steps.summarize(out), "split": split}
+    summary = metrics.summary(out["logits"], out["label"], info["class_names"])
+    return {"split": split, **{k: summary[k] for k in EVAL_RECORD}}, summary
 
   # ---------------------------------------------------------------- model selection
   best = Selection(cfg, workdir, enabled=monitor == "val")
 
   # ---------------------------------------------------------------- loop
   log = TrainLog(cfg, workdir, lr_fn, total_steps, start_step, is_main)
+  profiler = tracking.Profiler(cfg.profile, os.path.join(workdir, tracking.PROFILE_DIR))
   eval_every, ckpt_every = cfg.eval_every or per_epoch, cfg.checkpoint_every or per_epoch
   batches = pipeline.train_batches(train_split, cfg.batch_size, cfg.seed, start_step,
                                    start_step if best.stop_early() else total_steps, batch_sharding, cfg.data.prefetch)
   result = None
-  with log:
+  with log, profiler:
     for step, batch in batches:
-      state, metrics = train_step(state, batch)
-      done = log.add(step, metrics)
+      state, step_metrics = profiler.step(train_step, step, state, batch)
+      done = log.add(step, step_metrics)
       if done % cfg.log_every == 0 or done == total_steps:
         log.flush(done)
       if done % eval_every == 0 or done == total_steps:
         log.flush(done)
-        result = evaluate(state, monitor)
+        result, summary = evaluate(state, monitor)
         log.evaluation(done, result, best.update(done, result, state))
       if done % ckpt_every == 0 or done == total_steps or best.stop_early():
         log.flush(done)
@@ -87,13 +89,15 @@ def train(cfg, workdir):
   # ---------------------------------------------------------------- final evaluation
   state = best.restore(abstract) or state  # the selected model, when there is one
   if best.enabled or result is None:  # test once on the selected model; or resumed an already finished run
-    result = evaluate(state, cfg.data.eval_split)
-  print(f"{cfg.data.eval_split} accuracy: {result['accuracy']:.4f} (loss {result['loss']:.4f}, "
-        f"{result['examples']} examples)", flush=True)
+    result, summary = evaluate(state, cfg.data.eval_split)
+  log.finish(result, summary)
   return state, result
 
 
 # ---------------------------------------------------------------------------- the sections' helpers
+
+EVAL_RECORD = ("accuracy", "loss", "examples", "top5_accuracy", "ece")  # what metrics.jsonl keeps of an evaluation
+
 
 def open_data(cfg):
   """(data set, its dataset.json info, the split evaluated during training). Evaluations during training,
@@ -182,12 +186,14 @@ class Selection:
 
 
 class TrainLog:
-  """The progress bar, and per-step metrics kept on device until a flush writes their mean to metrics.jsonl,
-  so the loop never waits on them. A context manager: the bar closes however the loop ends."""
+  """The progress bar, metrics.jsonl (the source of truth) and TensorBoard. Per-step metrics stay on device
+  until a flush writes their mean, so the loop never waits on them. A context manager around the loop: the
+  bar closes however it ends; `finish` records the final evaluation and closes the TensorBoard writer."""
 
   def __init__(self, cfg, workdir, lr_fn, total_steps, start_step, is_main):
     self.cfg, self.workdir, self.lr_fn, self.is_main = cfg, workdir, lr_fn, is_main
     self.pending = []
+    self.tracker = tracking.Tracker(workdir, cfg, start_step, enabled=is_main)
     self.bar = tqdm.tqdm(total=total_steps, initial=start_step, desc="train", unit="step", disable=not is_main,
                          dynamic_ncols=True)
     self.t0 = time.perf_counter()
@@ -195,8 +201,17 @@ class TrainLog:
   def __enter__(self):
     return self
 
-  def __exit__(self, *exc):
+  def __exit__(self, exc_type, *_):
     self.bar.close()
+    if exc_type is not None:
+      self.tracker.close()
+
+  def finish(self, result, summary):
+    """The final evaluation: a line on stdout, TensorBoard scalars and the confusion / reliability images."""
+    print(f"{result['split']} accuracy: {result['accuracy']:.4f} (loss {result['loss']:.4f}, "
+          f"{result['examples']} examples)", flush=True)
+    self.tracker.end(result, summary)
+    self.tracker.close()
 
   def add(self, step, metrics):
     """Keeps step `step`'s metrics; returns the number of steps done."""
@@ -219,6 +234,7 @@ class TrainLog:
     self.pending.clear()
     if self.is_main:
       wd.append_metrics(self.workdir, rec)
+    self.tracker.train(rec)
     self.bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['img_per_sec']:.0f}")
 
   def evaluation(self, step, result, is_best):
@@ -226,6 +242,7 @@ class TrainLog:
     if self.is_main:
       wd.append_metrics(self.workdir, {"step": step, **result})
       plots.plot_curves(wd.read_metrics(self.workdir), os.path.join(self.workdir, "curves.png"))
+    self.tracker.eval({"step": step, **result})
     self.write(f"step {step}: {result['split']} accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}"
                + (" (best so far)" if is_best else ""))
     self.t0 = time.perf_counter()  # evaluation time is not training throughput

@@ -155,11 +155,13 @@ def append_metrics(workdir, record):
 
 
 def read_metrics(workdir):
+  """The records of `W/metrics.jsonl` (a partly written last line, from a live run, is left out)."""
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f]
+    lines = f.read().split("\n")
+  return [json.loads(line) for line in lines[:-1] if line.strip()]  # text after the last "\n" is incomplete
 
 
 def trim_metrics(workdir, last_step):

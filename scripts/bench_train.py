@@ -6,7 +6,7 @@
   python scripts/bench_train.py --model small_cnn --size 28 --channels 1 --batch 128 --pipeline fashion_mnist
   python scripts/bench_train.py --compile-cache --model small_cnn --size 8 --channels 1 --batch 32
 
-Each model: `train.build` (state initialised sharded) + `train.make_train_step` (optimiser, BatchNorm,
+Each model: `workdir.build` (state initialised sharded) + `steps.make_train_step` (optimiser, BatchNorm,
 normalisation of uint8 on device) jitted with donation exactly as `train.train` does, fed one synthetic
 uint8 batch that stays on the devices. Prints, per model: img/s (median over windows of timed steps after
 warm-up), compile time (lower + compile of the train step, persistent cache off unless --cache-dir),
@@ -17,6 +17,10 @@ device memory (where the device reports it).
 --pipeline SOURCE also runs the real input pipeline (imgrec.data.pipeline.train_batches on any
 `data.source`: fashion_mnist, folder:DIR, ...) into the same compiled step, and reports it as a fraction
 of the synthetic figure at that source's image shape.
+
+--profile DIR traces --profile-steps more steps of each model after the timed ones (jax.profiler, one
+StepTraceAnnotation per step, as `imgrec train --config.profile=START:STOP` does) into DIR/MODEL/: open it
+in TensorBoard's Profile tab (tensorboard --logdir DIR) or perfetto_trace.json.gz in ui.perfetto.dev.
 
 --compile-cache runs two fresh processes one after the other on an empty temporary cache directory and
 prints each one's time to its first finished train step (since launch, and since its imports finished),
@@ -158,6 +162,11 @@ def bench_model(args, name, size, batch, kwargs):
   batch_arrays = synthetic_batch(cfg, info, sharding)
   state, img_s, rates = timed_loop(step, state, itertools.repeat(batch_arrays), args.warmup, args.windows,
                                    args.window, batch)
+  if args.profile:
+    from imgrec import tracking
+    profiler = tracking.Profiler(f"0:{args.profile_steps}", os.path.join(args.profile, name))
+    for i in range(args.profile_steps):
+      state, _ = profiler.step(step, i, state, batch_arrays)
   device = jax.devices()[0]
   peak = peak_flops(device, args.dtype, args.peak_flops)
   row = {"model": name, "kwargs": kwargs, "input": info["image_shape"], "batch": batch, "dtype": args.dtype,
@@ -256,6 +265,8 @@ def main(argv=None):
   p.add_argument("--peak-flops", type=float, help="peak FLOP/s per device for MFU (default: known-device table)")
   p.add_argument("--pipeline", help="also run the real input pipeline on this data.source (fashion_mnist, folder:DIR)")
   p.add_argument("--prefetch", type=int, default=2)
+  p.add_argument("--profile", metavar="DIR", help="trace --profile-steps steps per model with jax.profiler into DIR")
+  p.add_argument("--profile-steps", type=int, default=3)
   p.add_argument("--compile-cache", action="store_true", help="cold vs warm persistent cache, two processes")
   p.add_argument("--cache-dir", default="off", help="persistent compilation cache for the timed runs (default off, "
                                                    "so compile_s is a real compile)")

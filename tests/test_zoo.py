@@ -1,6 +1,7 @@
 """The model zoo: published parameter counts, XLA FLOPs, and one tiny model per family through
 init, forward, a train step, BatchNorm train/eval behaviour and eval determinism."""
 import json
+import os
 import subprocess
 import sys
 
@@ -177,18 +178,44 @@ def test_smallest_inputs_and_clear_errors():
     models.create("resnet19", 10)
 
 
-def test_models_cli_lists_names_params_and_flops():
-  proc = subprocess.run([sys.executable, "-m", "imgrec", "models", "lenet5", "lstm", "--json"], cwd=ROOT,
-                        capture_output=True, text=True, timeout=120)
+def test_models_cli_lists_params_at_once_and_flops_on_request(tmp_path):
+  env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path))
+  run = lambda *args: subprocess.run([sys.executable, "-m", "imgrec", "models", *args], cwd=ROOT, env=env,
+                                     capture_output=True, text=True, timeout=120)
+  proc = run("lenet5", "--flops", "lstm", "--json")
   assert proc.returncode == 0, proc.stderr
   rows = {r["name"]: r for r in json.loads(proc.stdout.strip().splitlines()[-1])}
   conv, fc = (5 * 5 * 1 + 1) * 6 + (5 * 5 * 6 + 1) * 16, (400 + 1) * 120 + (120 + 1) * 84 + (84 + 1) * 1000
   assert rows["lenet5"]["params"] == conv + fc and rows["lenet5"]["input_shape"] == [28, 28, 1]
+  assert rows["lenet5"]["gflops"] is None  # FLOPs only for the names asked
   # LSTM on 28 rows of 28 pixels, hidden 128: 28 steps x 4 gates x (28 + 128) x 128 MACs, at least
   assert rows["lstm"]["gflops"] * 1e9 > 28 * 4 * 156 * 128 * 2
-  bad = subprocess.run([sys.executable, "-m", "imgrec", "models", "resnet19"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120)
+  cache_path = tmp_path / "imgrec" / "models.json"
+  cache = json.loads(cache_path.read_text())
+  assert sorted(k.split("|")[:3] for k in cache) == [["gflops", "lstm", "1000"], ["row", "lenet5", "1000"],
+                                                       ["row", "lstm", "1000"]]
+  flops_key, = [k for k in cache if k.startswith("gflops|")]
+  assert cache[flops_key] == rows["lstm"]["gflops"]
+  cache[flops_key] = 123.0  # the cache is what answers next time
+  cache[flops_key.replace("gflops|lstm", "row|lstm")]["params"] = 7
+  cache_path.write_text(json.dumps(cache))
+  again = {r["name"]: r for r in json.loads(run("lstm", "--flops", "--json").stdout.strip().splitlines()[-1])}
+  assert again["lstm"]["gflops"] == 123.0 and again["lstm"]["params"] == 7
+  bad = run("resnet19")
   assert bad.returncode == 2 and "unknown model" in bad.stderr
+  assert run("--flops", "resnet19").returncode == 2
+
+
+def test_describe_all_matches_describe_over_worker_processes(tmp_path, monkeypatch):
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  names = ["lenet5", "small_cnn", "lstm", "gru"]
+  rows = profile.describe_all(names, 10)  # 4 names: one spawned process per core
+  assert [r["name"] for r in rows] == names
+  for r in rows:
+    one = profile.describe(r["name"], 10, flops=False)
+    assert (r["params"], tuple(r["input_shape"]), r["family"], r["gflops"]) == (
+        one["params"], one["input_shape"], one["family"], None)
+  assert profile.describe_all(names, 10) == rows  # the second time from the cache
 
 
 @pytest.mark.parametrize("family", ["cnn", "vgg", "inception", "resnet", "densenet", "mobilenet", "efficientnet",
