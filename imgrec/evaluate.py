@@ -46,21 +46,14 @@ def predict_split(predict, state, split, batch_size, mesh, prefetch=2, transform
 
   `predict(state, images)` -> logits, or `predict(state, images, labels)` with `with_labels` (attacks).
   `transform(images, batch_index) -> images` alters each process-local uint8 batch on the host
-  first (corruptions); it runs on the prefetch thread, overlapping the device work.
+  first (corruptions; pipeline.eval_batches runs it on its background thread, overlapping the device work).
   """
   sharding = parallel.batch_sharding(mesh)
   step = _jitted(predict, parallel.replicated(mesh), with_labels)
-
-  def produce():
-    for i, (idx, mask) in enumerate(pipeline.eval_indices(len(split), batch_size)):
-      images, labels = split.get(pipeline.local_slice(idx))
-      if transform is not None:
-        images = transform(images, i)
-      yield pipeline.to_global(sharding, {"image": images, "label": labels, "mask": pipeline.local_slice(mask)})
-
   outs = []
   n_batches = -(-len(split) // batch_size)
-  for batch in tqdm.tqdm(pipeline.prefetch(produce(), prefetch), total=n_batches, desc=desc, unit="batch",
+  for batch in tqdm.tqdm(pipeline.eval_batches(split, batch_size, sharding, prefetch, transform=transform),
+                         total=n_batches, desc=desc, unit="batch",
                          leave=False, disable=jax.process_index() != 0):
     outs.append(step(state, batch))
   logits, labels, mask = (np.concatenate(x) for x in zip(*jax.device_get(outs)))

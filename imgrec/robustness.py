@@ -142,17 +142,6 @@ def _accuracy(predict, state, data, batch_size, mesh, prefetch, transform=None, 
   return float(np.mean(logits.argmax(-1) == labels))
 
 
-class _Subset:
-  def __init__(self, split, indices):
-    self.split, self.indices = split, indices
-
-  def __len__(self):
-    return len(self.indices)
-
-  def get(self, idx):
-    return self.split.get(self.indices[idx])
-
-
 def robustness_workdir(workdir, split=None, batch_size=None, limit=0, corruptions=CORRUPTIONS, epsilons=EPSILONS,
                        pgd_steps=10, seed=0):
   """Clean, corrupted and adversarial accuracy of the workdir's latest checkpoint; writes W/robustness/.
@@ -166,7 +155,7 @@ def robustness_workdir(workdir, split=None, batch_size=None, limit=0, corruption
   parallel.check_batch(batch_size)
   data = sources.load(cfg.data).split(split)
   if 0 < limit < len(data):
-    data = _Subset(data, np.sort(np.random.default_rng(seed).choice(len(data), limit, replace=False)))
+    data = sources.subset(data, np.sort(np.random.default_rng(seed).choice(len(data), limit, replace=False)))
   for name in corruptions:
     corrupt(np.zeros((1, 2, 2, 1), np.uint8), name, 0)  # validates the names before any work
   mean, std, prefetch = info["mean"], info["std"], cfg.data.prefetch

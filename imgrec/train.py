@@ -171,9 +171,9 @@ def build(cfg, info, mesh, fsdp=None):
 
 def data_info(cfg, ds):
   train_split = ds.split(cfg.data.train_split)
-  mean, std = pipeline.image_stats(train_split)
+  mean, std = pipeline.normalization(cfg.data, train_split)
   return {"source": ds.name, "class_names": list(ds.class_names), "image_shape": list(ds.image_shape),
-          "mean": mean, "std": std, "num_train": len(train_split)}
+          "mean": mean, "std": std, "num_train": len(train_split), "pp_eval": ds.pp_eval}
 
 
 def evaluate(eval_step, state, split, global_batch, sharding, prefetch=2):

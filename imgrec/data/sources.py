@@ -1,29 +1,44 @@
-"""Data sources by name. Each gives uint8 NHWC images, int32 labels and class names.
+"""Data sources by name: random-access splits of uint8 HWC images, int32 labels and class names.
 
   digits          scikit-learn's bundled 8x8 digits: the embedded default, no download
   fashion_mnist   Fashion-MNIST IDX files from Debian's `dataset-fashion-mnist`
   mnist           MNIST IDX files (set data.dir)
   idx:DIR         any MNIST-format IDX files in DIR (`.gz` or raw)
-  folder:DIR      one subfolder per class of PNG/JPEG files; DIR/train + DIR/test, or a split
+  folder:DIR      one subfolder per class of image files: DIR/train plus DIR/val, DIR/validation
+                  or DIR/test (the ImageNet layout `train/<wnid>/*.JPEG`), or one flat set that is
+                  split with data.test_fraction
   tfds:NAME       tensorflow-datasets by name, through `tfds.data_source` (random access,
                   no TensorFlow needed; works under `tfds.testing.mock_data`)
 
-A split is random-access (`len(split)`, `split.get(indices)`), so the pipeline shuffles and
-shards any source the same way, and big tfds sets are never loaded whole.
+digits and IDX live in memory (`ArraySplit`). Folders and tfds are indexes: a folder is scanned
+for file names only (no image is opened at start-up but a small sample for the channel count and
+sizes), tfds records are read when asked for. Their images are decoded and preprocessed per
+example (imgrec/data/preprocess.py: `data.pp_train`, `data.pp_eval`), in the data workers during
+training. Every split has `len(split)`, `split.labels` (read without decoding any image) and
+`split.get(indices)` -> (uint8 [N, H, W, C], int32 [N]) with the eval preprocessing.
 """
 import dataclasses
+import functools
 import gzip
+import logging
 import os
 import struct
 
 import numpy as np
 
+from imgrec.data import preprocess
 from imgrec.errors import UserError
+
+log = logging.getLogger("imgrec")
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                          "Sneaker", "Bag", "Ankle boot")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+SPLIT_DIRS = ("train", "val", "validation", "test")  # folder:DIR subfolders read as splits
+HEADER_SAMPLE = 32    # files whose headers give a folder's channel count and sizes
+SMALL_IMAGE = 256     # a folder whose sampled images share one size up to this is "small fixed-size", not photos
+SUBSTITUTE_TRIES = 100  # unreadable training images skipped in a row before giving up
 # The held-out split of sources without one is drawn with this fixed seed, so that the
 # test set never changes with the training seed.
 SPLIT_SEED = 1234
@@ -42,12 +57,170 @@ class ArraySplit:
     return self.images[indices], self.labels[indices]
 
 
+@dataclasses.dataclass(frozen=True)
+class Reading:
+  """How an encoded split's examples become images; shared by its subsets and sent to the workers."""
+  image_shape: tuple     # (H, W, C) after preprocessing
+  pp_train: str
+  pp_eval: str
+  on_bad_image: str = "error"  # error | skip
+  workers: int = -1            # data worker processes for the pipeline (-1: one per core)
+
+  @functools.cached_property
+  def ops(self):
+    return {True: preprocess.parse(self.pp_train), False: preprocess.parse(self.pp_eval)}
+
+
+class EncodedSplit:
+  """Base of splits whose examples are decoded when read: subclasses give `reading`, `__len__`,
+  `labels`, `raw(i) -> (encoded bytes or array, label)` and `describe(i)` (the file, for errors)."""
+
+  def example(self, i, train, rng):
+    """(uint8 [H, W, C] after the train or eval preprocessing, label); (None, label) for an
+    unreadable image under data.on_bad_image="skip"."""
+    r = self.reading
+    try:
+      data, label = self.raw(i)
+      image = preprocess.process(r.ops[train], data, r.image_shape[2], rng)
+    except preprocess.BadImage as e:
+      if r.on_bad_image == "skip":
+        return None, -1
+      raise UserError(f"unreadable image {self.describe(i)}: {e}; remove or replace it, "
+                      "or set --config.data.on_bad_image=skip") from None
+    if image.shape != tuple(r.image_shape):
+      raise UserError(f"image {self.describe(i)} is {image.shape[1]}x{image.shape[0]} after "
+                      f"{r.pp_train if train else r.pp_eval!r}, but this data set's images are "
+                      f"{r.image_shape[1]}x{r.image_shape[0]}: add resize(N) or central_crop(N) to data.pp_train "
+                      "and data.pp_eval, or set data.image_size")
+    return image, label
+
+  def get(self, indices):
+    """Eval-preprocessed images (black for an unreadable one under skip) and labels."""
+    indices = np.asarray(indices).reshape(-1)
+    images = np.zeros((len(indices), *self.reading.image_shape), np.uint8)
+    for k, i in enumerate(indices):
+      image, _ = self.example(int(i), False, np.random.default_rng([0, int(i)]))
+      if image is not None:
+        images[k] = image
+    return images, self.labels[indices]
+
+
+class FileSplit(EncodedSplit):
+  """Image files by index. Only the names are in memory (one utf-8 blob plus offsets: a million
+  ImageNet names take ~40 MB), so the index is cheap to build and to send to each worker."""
+
+  def __init__(self, root, names, labels, reading):
+    encoded = [n.encode() for n in names]
+    self.root, self.reading = root, reading
+    self.blob = b"".join(encoded)
+    self.offsets = np.zeros(len(encoded) + 1, np.int64)
+    np.cumsum([len(e) for e in encoded], out=self.offsets[1:])
+    self.labels = np.asarray(labels, np.int32)
+
+  def __len__(self):
+    return len(self.labels)
+
+  def describe(self, i):
+    return os.path.join(self.root, self.blob[self.offsets[i]:self.offsets[i + 1]].decode())
+
+  def raw(self, i):
+    try:
+      with open(self.describe(i), "rb") as f:
+        return f.read(), self.labels[i]
+    except OSError as e:
+      raise preprocess.BadImage(str(e)) from None
+
+
+class TfdsSplit(EncodedSplit):
+  """Random access into a tfds data source; decodes only the records asked for."""
+
+  def __init__(self, source, reading, name=""):
+    self.source, self.reading, self.name = source, reading, name
+
+  def __len__(self):
+    return len(self.source)
+
+  def describe(self, i):
+    return f"{self.name} record {i}"
+
+  def raw(self, i):
+    try:
+      record = self.source[int(i)]
+    except Exception as e:  # tfds raises many types for a record it cannot decode
+      raise preprocess.BadImage(f"{type(e).__name__}: {e}") from None
+    return np.asarray(record["image"]), int(record["label"])
+
+  @functools.cached_property
+  def labels(self):
+    """Every record's label, parsed from the serialized records: no image is decoded."""
+    raw = self.source.data_source  # the serialized records, under tfds' decoding
+    return np.array([record_label(raw[i]) for i in range(len(self))], np.int32)
+
+
+def record_label(record):
+  """The "label" of one tfds record: a serialized tf.train.Example, or the generated example dict
+  that `tfds.testing.mock_data` hands out in its place."""
+  if isinstance(record, dict):
+    return int(record["label"])
+  from tensorflow_datasets.proto import tf_example_pb2  # tfds' own copy of the proto: no TensorFlow
+  return int(tf_example_pb2.Example.FromString(record).features.feature["label"].int64_list.value[0])
+
+
+class Subset:
+  """Some examples of another split, by index, optionally relabelled (`relabel[old] -> new`)."""
+
+  def __init__(self, split, indices, relabel=None):
+    indices = np.asarray(indices, np.int64)
+    if isinstance(split, Subset):  # flatten: one level of indirection whatever the nesting
+      inner = split.relabel
+      if inner is not None and relabel is not None:
+        relabel = np.where(inner >= 0, relabel[np.maximum(inner, 0)], -1)
+      else:
+        relabel = inner if relabel is None else relabel
+      split, indices = split.split, split.indices[indices]
+    self.split, self.indices, self.relabel = split, indices, relabel
+
+  def __len__(self):
+    return len(self.indices)
+
+  @property
+  def reading(self):
+    return self.split.reading
+
+  @functools.cached_property
+  def labels(self):
+    labels = self.split.labels[self.indices]
+    return labels if self.relabel is None else self.relabel[labels]
+
+  def get(self, indices):
+    images, labels = self.split.get(self.indices[np.asarray(indices)])
+    return images, labels if self.relabel is None else self.relabel[labels]
+
+  def example(self, i, train, rng):
+    image, label = self.split.example(int(self.indices[i]), train, rng)
+    return image, label if self.relabel is None else int(self.relabel[label])
+
+  def describe(self, i):
+    return self.split.describe(int(self.indices[i]))
+
+
+def subset(split, indices, relabel=None):
+  """The examples `indices` of `split` (relabelled by `relabel[old]`); in memory stays in memory."""
+  indices = np.asarray(indices, np.int64)
+  if isinstance(split, ArraySplit):
+    labels = split.labels[indices]
+    return ArraySplit(split.images[indices], labels if relabel is None else relabel[labels].astype(np.int32))
+  return Subset(split, indices, relabel)
+
+
 @dataclasses.dataclass
 class Dataset:
   name: str
   splits: dict
   class_names: tuple
-  image_shape: tuple  # (H, W, C)
+  image_shape: tuple  # (H, W, C) after preprocessing
+  pp_train: str = ""  # host preprocessing ("" for in-memory sources: their arrays are used as they are)
+  pp_eval: str = ""
 
   @property
   def num_classes(self):
@@ -57,19 +230,6 @@ class Dataset:
     if name not in self.splits:
       raise UserError(f"data set {self.name!r} has no split {name!r}; it has: {', '.join(self.splits)}")
     return self.splits[name]
-
-
-@dataclasses.dataclass
-class Subset:
-  """Some examples of another split, by index."""
-  split: object
-  indices: np.ndarray
-
-  def __len__(self):
-    return len(self.indices)
-
-  def get(self, indices):
-    return self.split.get(self.indices[np.asarray(indices)])
 
 
 def _held_out(labels, fraction, what="data.test_fraction"):
@@ -85,20 +245,21 @@ def _held_out(labels, fraction, what="data.test_fraction"):
   return held
 
 
-def _holdout(images, labels, test_fraction):
+def _holdout(split, test_fraction):
   """Deterministic stratified train/test split for sources that ship none."""
-  is_test = _held_out(labels, test_fraction)
-  return {"train": ArraySplit(images[~is_test], labels[~is_test]),
-          "test": ArraySplit(images[is_test], labels[is_test])}
+  is_test = _held_out(split.labels, test_fraction)
+  return {"train": subset(split, np.flatnonzero(~is_test)), "test": subset(split, np.flatnonzero(is_test))}
 
 
 def with_validation(ds, train_split, fraction):
   """Carves a stratified "val" split out of `train_split` (fixed seed, independent of the run's)."""
+  if "val" in ds.splits:
+    raise UserError(f"data set {ds.name!r} already has a val split; set data.val_fraction=0 and "
+                    "data.eval_split=val to use it")
   split = ds.split(train_split)
-  labels = split.labels if isinstance(split, ArraySplit) else split.get(np.arange(len(split)))[1]
-  is_val = _held_out(labels, fraction, "data.val_fraction")
-  splits = dict(ds.splits, **{train_split: Subset(split, np.flatnonzero(~is_val)),
-                               "val": Subset(split, np.flatnonzero(is_val))})
+  is_val = _held_out(split.labels, fraction, "data.val_fraction")
+  splits = dict(ds.splits, **{train_split: subset(split, np.flatnonzero(~is_val)),
+                               "val": subset(split, np.flatnonzero(is_val))})
   return dataclasses.replace(ds, splits=splits)
 
 
@@ -120,7 +281,7 @@ def _load_digits(cfg):
   # Pixel values are 0..16; spread them over the uint8 range like any other image.
   images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
   labels = d.target.astype(np.int32)
-  splits = _holdout(_resize(images, cfg.image_size), labels, cfg.test_fraction)
+  splits = _holdout(ArraySplit(_resize(images, cfg.image_size), labels), cfg.test_fraction)
   return Dataset("digits", splits, tuple(str(i) for i in range(10)), splits["train"].images.shape[1:])
 
 
@@ -176,83 +337,97 @@ def _load_idx(directory, cfg, name, class_names=None):
   return Dataset(name, splits, tuple(class_names), splits["train"].images.shape[1:])
 
 
-def _read_image(path, size, mode):
-  from PIL import Image, UnidentifiedImageError
-  try:
-    with Image.open(path) as im:
-      im = im.convert(mode)
-      if size:
-        im = im.resize((size, size), Image.BILINEAR)
-      return np.asarray(im).reshape(im.size[1], im.size[0], -1)
-  except (UnidentifiedImageError, OSError, ValueError) as e:
-    raise UserError(f"unreadable image {path}: {e}; remove it or replace it") from None
+def _image_files(path, rel):
+  """Sorted image file names under `path` (recursively), as `rel/...`; names only, no stat calls."""
+  files, subdirs = [], []
+  with os.scandir(path) as entries:
+    for e in entries:
+      if e.is_dir():
+        subdirs.append(e.name)
+      elif e.name.lower().endswith(IMAGE_EXTENSIONS):
+        files.append(f"{rel}/{e.name}")
+  files.sort()
+  for d in sorted(subdirs):
+    files += _image_files(os.path.join(path, d), f"{rel}/{d}")
+  return files
 
 
 def _scan_classes(directory):
-  classes = sorted(d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d)))
-  files = []
-  for label, c in enumerate(classes):
-    for root, _, names in sorted(os.walk(os.path.join(directory, c))):
-      files += [(os.path.join(root, n), label) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS)]
-  return classes, files
+  """(class names, file names relative to `directory`, per-file class index)."""
+  with os.scandir(directory) as entries:
+    classes = sorted(e.name for e in entries if e.is_dir())
+  names, counts = [], []
+  for c in classes:
+    found = _image_files(os.path.join(directory, c), c)
+    names += found
+    counts.append(len(found))
+  return classes, names, np.repeat(np.arange(len(classes), dtype=np.int32), counts)
+
+
+def _sample_headers(paths, on_bad_image):
+  """(width, height, channels) of a few files; unreadable ones are errors, or left out under skip."""
+  out = []
+  for path in paths:
+    try:
+      with open(path, "rb") as f:
+        out.append(preprocess.header(f.read()))
+    except (OSError, preprocess.BadImage) as e:
+      if on_bad_image != "skip":
+        raise UserError(f"unreadable image {path}: {e}; remove or replace it, "
+                        "or set --config.data.on_bad_image=skip") from None
+  return out
+
+
+def _reading(cfg, channels, photo, size):
+  """The Reading of an encoded source: its pp strings (the config's, or the defaults) and image shape.
+  `size` (h, w) is the source's image size when fixed, else None."""
+  pp_train, pp_eval = preprocess.defaults(photo, cfg.image_size)
+  pp_train, pp_eval = cfg.get("pp_train") or pp_train, cfg.get("pp_eval") or pp_eval
+  out_train, out_eval = (preprocess.output_size(preprocess.parse(p)) for p in (pp_train, pp_eval))
+  if out_train and out_eval and out_train != out_eval:
+    raise UserError(f"data.pp_train {pp_train!r} makes {out_train[1]}x{out_train[0]} images but data.pp_eval "
+                    f"{pp_eval!r} makes {out_eval[1]}x{out_eval[0]}: the model needs one input size")
+  hw = out_eval or out_train or size
+  if hw is None:
+    raise UserError(f"the images have different sizes and {pp_eval!r} keeps them: add resize(N) or "
+                    "central_crop(N) to data.pp_train and data.pp_eval, or set data.image_size")
+  return Reading((*hw, channels), pp_train, pp_eval, cfg.get("on_bad_image", "error"), cfg.get("workers", -1))
 
 
 def _load_folder(directory, cfg):
-  from PIL import Image
   if not os.path.isdir(directory):
     raise UserError(f"image folder {directory} not found; data.source=folder:DIR needs one subfolder per class")
-  has_splits = all(os.path.isdir(os.path.join(directory, s)) for s in ("train", "test"))
-  parts = {s: _scan_classes(os.path.join(directory, s)) for s in ("train", "test")} if has_splits else {
+  present = [s for s in SPLIT_DIRS if os.path.isdir(os.path.join(directory, s))]
+  has_splits = "train" in present and len(present) > 1
+  parts = {s: _scan_classes(os.path.join(directory, s)) for s in present} if has_splits else {
       "all": _scan_classes(directory)}
   classes = parts["train" if has_splits else "all"][0]
-  if has_splits and parts["test"][0] != classes:
-    raise UserError(f"{directory}/train and {directory}/test have different class subfolders")
-  all_files = [f for _, files in parts.values() for f, _ in files]
-  if not classes or not all_files:
+  if not classes or not sum(len(p[1]) for p in parts.values()):
     raise UserError(f"no class subfolders with {'/'.join(IMAGE_EXTENSIONS)} files found in {directory}")
-  # One channel only if every image is grayscale; colour otherwise.
-  modes = set()
-  for f in all_files:
-    try:
-      with Image.open(f) as im:
-        modes.add(im.mode)
-    except Exception as e:
-      raise UserError(f"unreadable image {f}: {e}; remove it or replace it") from None
-  mode = "L" if modes <= {"L", "1", "I;16", "I"} else "RGB"
-  size = cfg.image_size
-
-  def load(files):
-    images = [_read_image(f, size, mode) for f, _ in files]
-    shapes = {im.shape for im in images}
-    if len(shapes) > 1:
-      raise UserError(f"images in {directory} have different sizes {sorted(shapes)[:3]}...; "
-                      "set --config.data.image_size=N to resize them")
-    return np.stack(images).astype(np.uint8), np.array([l for _, l in files], np.int32)
-
-  if has_splits:
-    splits = {s: ArraySplit(*load(parts[s][1])) for s in ("train", "test")}
-  else:
-    splits = _holdout(*load(parts["all"][1]), cfg.test_fraction)
-  return Dataset(f"folder:{directory}", splits, tuple(classes), splits["train"].images.shape[1:])
-
-
-class TfdsSplit:
-  """Random access into a tfds data source; decodes only the records asked for."""
-
-  def __init__(self, source, image_size):
-    self.source = source
-    self.image_size = image_size
-
-  def __len__(self):
-    return len(self.source)
-
-  def get(self, indices):
-    records = [self.source[int(i)] for i in np.asarray(indices).reshape(-1)]
-    images = np.stack([np.asarray(r["image"]) for r in records])
-    if images.ndim == 3:
-      images = images[..., None]
-    images = _resize(images.astype(np.uint8), self.image_size)
-    return images, np.array([r["label"] for r in records], np.int32)
+  roots = {s: os.path.join(directory, s) if has_splits else directory for s in parts}
+  everything = [os.path.join(roots[s], n) for s, p in parts.items() for n in p[1]]
+  on_bad = cfg.get("on_bad_image", "error")
+  sample = _sample_headers([everything[i] for i in np.unique(
+      np.linspace(0, len(everything) - 1, HEADER_SAMPLE).astype(int))], on_bad)
+  if not sample:
+    raise UserError(f"none of the sampled images in {directory} could be read")
+  channels = cfg.get("channels", 0) or (1 if all(c == 1 for _, _, c in sample) else 3)
+  sizes = {(h, w) for w, h, _ in sample}
+  photo = len(sizes) > 1 or max(max(s) for s in sizes) > SMALL_IMAGE
+  reading = _reading(cfg, channels, photo, None if len(sizes) > 1 else next(iter(sizes)))
+  splits = {}
+  for s, (split_classes, names, labels) in parts.items():
+    unknown = sorted(set(split_classes) - set(classes))
+    if unknown:
+      raise UserError(f"{roots[s]} has class folders that {directory}/train lacks: {', '.join(unknown[:5])}")
+    to_train = np.array([classes.index(c) for c in split_classes] or [0], np.int32)
+    splits[s] = FileSplit(roots[s], names, to_train[labels], reading)
+  if not has_splits:
+    splits = _holdout(splits["all"], cfg.test_fraction)
+  log.info("folder %s: %s; preprocessing train %r, eval %r", directory,
+           ", ".join(f"{s} {len(v)}" for s, v in splits.items()), reading.pp_train, reading.pp_eval)
+  return Dataset(f"folder:{directory}", splits, tuple(classes), reading.image_shape, reading.pp_train,
+                 reading.pp_eval)
 
 
 def _load_tfds(name, cfg):
@@ -264,18 +439,21 @@ def _load_tfds(name, cfg):
     builder = tfds.builder(name, data_dir=cfg.dir or None)
     info = builder.info
     # Only the splits the run uses: opening one costs a file scan on big data sets.
-    splits = {split: TfdsSplit(tfds.data_source(name, split=split, data_dir=cfg.dir or None), cfg.image_size)
-              for split in dict.fromkeys((cfg.train_split, cfg.eval_split))}
+    sources = {split: tfds.data_source(name, split=split, data_dir=cfg.dir or None)
+               for split in dict.fromkeys((cfg.train_split, cfg.eval_split))}
   except Exception as e:  # tfds raises many types for unknown or not-prepared data sets
     raise UserError(f"tensorflow-datasets could not open {name!r}: {type(e).__name__}: {str(e)[:300]} "
                     "(prepare it with `tfds build` or set data.dir to its data_dir)") from None
   features = info.features
   if "image" not in features or "label" not in features:
     raise UserError(f"tfds data set {name!r} needs 'image' and 'label' features; it has {list(features)}")
-  class_names = tuple(features["label"].names)
-  first = next(iter(splits.values()))
-  shape = first.get([0])[0].shape[1:]
-  return Dataset(f"tfds:{name}", splits, class_names, shape)
+  shape = tuple(features["image"].shape)  # (H, W, C), None where it varies
+  channels = cfg.get("channels", 0) or shape[-1] or 3
+  photo = None in shape[:2]
+  reading = _reading(cfg, channels, photo, None if photo else shape[:2])
+  splits = {split: TfdsSplit(src, reading, f"tfds:{name}/{split}") for split, src in sources.items()}
+  return Dataset(f"tfds:{name}", splits, tuple(features["label"].names), reading.image_shape, reading.pp_train,
+                 reading.pp_eval)
 
 
 def load(cfg):
@@ -283,15 +461,10 @@ def load(cfg):
   return _select(_open(cfg), tuple(cfg.get("classes", ())), cfg.get("train_per_class", 0))
 
 
-def _labels(split):
-  if isinstance(split, ArraySplit):
-    return split.labels
-  return np.concatenate([split.get(np.arange(i, min(i + 1024, len(split))))[1] for i in range(0, len(split), 1024)])
-
-
 def _select(ds, classes, train_per_class):
   """Keeps `classes` (relabelled 0..k-1 in the order given) and at most `train_per_class`
-  training examples per class, drawn with a fixed seed so runs compare on the same examples."""
+  training examples per class, drawn with a fixed seed so runs compare on the same examples.
+  Works on labels only: no image is decoded."""
   if not classes and not train_per_class:
     return ds
   classes = tuple(int(c) for c in classes) or tuple(range(ds.num_classes))
@@ -303,7 +476,7 @@ def _select(ds, classes, train_per_class):
   rng = np.random.default_rng(SPLIT_SEED + 1)
   splits = {}
   for name, split in ds.splits.items():
-    labels = _labels(split)
+    labels = split.labels
     keep = []
     for c in classes:
       idx = np.flatnonzero(labels == c)
@@ -312,10 +485,8 @@ def _select(ds, classes, train_per_class):
           raise UserError(f"data.train_per_class={train_per_class} but class {c} has {len(idx)} training examples")
         idx = np.sort(rng.choice(idx, train_per_class, replace=False))
       keep.append(idx)
-    keep = np.sort(np.concatenate(keep))
-    images, old = split.get(keep)
-    splits[name] = ArraySplit(images, relabel[old])
-  return Dataset(ds.name, splits, tuple(ds.class_names[c] for c in classes), ds.image_shape)
+    splits[name] = subset(split, np.sort(np.concatenate(keep)), relabel)
+  return dataclasses.replace(ds, splits=splits, class_names=tuple(ds.class_names[c] for c in classes))
 
 
 def _open(cfg):

@@ -83,7 +83,7 @@ class ServedModel:
     from imgrec import train
     cfg, info, model, state = train.restore(self.workdir)
     self.version = self.version or int(state.step)
-    self.spec = protocol.ModelSpec(tuple(info["image_shape"]), tuple(info["class_names"]))
+    self.spec = protocol.ModelSpec(tuple(info["image_shape"]), tuple(info["class_names"]), info.get("pp_eval", ""))
     variables = train.variables(state)
     fns = dict(zip(("uint8", "float32"), make_predict(model, info["mean"], info["std"])))
     if not options.float_inputs:
