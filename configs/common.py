@@ -49,7 +49,7 @@ def imagenet(arg, model, kwargs, tiny_kwargs, batch_size, epochs, pp_train_crop=
                         or tfds:imagenet2012 (the default; eval on validation)
     size=224            the crop; eval resizes the short side to size / 0.875 first (256 for 224)
     batch=N, steps=N    another global batch (the learning rate scales with it) or a fixed length
-    tiny=True           a CPU smoke variant: `tiny_kwargs` (narrow model), 32 px, batch 16, 20 steps
+    tiny=True           a CPU smoke variant: `tiny_kwargs` (a narrow, shallow model), 32 px, batch 16, 20 steps
   """
   from imgrec.config import defaults
   a = parse_arg(arg, source="tfds:imagenet2012", size=224, batch=batch_size, steps=0, tiny=False)

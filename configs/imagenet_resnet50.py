@@ -18,7 +18,7 @@ from configs.common import imagenet
 
 
 def get_config(arg=None):
-  c = imagenet(arg, "resnet50", {}, {"width": 8}, batch_size=1024, epochs=100.0)
+  c = imagenet(arg, "resnet50", {}, {"width": 8, "stage_sizes": (1, 1, 1, 1)}, batch_size=1024, epochs=100.0)
   c.data.norm = "imagenet"
   c.optim.name = "sgd"
   c.optim.momentum = 0.9

@@ -16,7 +16,11 @@ device memory (where the device reports it).
 
 --pipeline SOURCE also runs the real input pipeline (imgrec.data.pipeline.train_batches on any
 `data.source`: fashion_mnist, folder:DIR, ...) into the same compiled step, and reports it as a fraction
-of the synthetic figure at that source's image shape.
+of the synthetic figure at that source's image shape. `--pipeline jpeg` generates scripts/bench_data.py's
+ImageNet-like JPEG folder (--jpeg-images, not kept) and feeds it with decode|random_resized_crop(SIZE)|flip
+decoded in --workers processes:
+
+  python scripts/bench_train.py --model resnet50 --size 224 --batch 128 --pipeline jpeg --workers 2
 
 --compile-cache runs two fresh processes one after the other on an empty temporary cache directory and
 prints each one's time to its first finished train step (since launch, and since its imports finished),
@@ -33,6 +37,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import bench_data  # noqa: E402  (scripts/ is on sys.path when run as a script)
 
 REFERENCE = [  # (model, size, batch, kwargs): the reference table
     ("resnet50", 224, 256, {}),
@@ -149,7 +155,11 @@ def bench_model(args, name, size, batch, kwargs):
     from imgrec import train
     from imgrec.data import sources
     cfg.data.source = args.pipeline
-    cfg.data.image_size = size if args.pipeline.startswith("folder:") else 0
+    if args.pipeline == "jpeg":
+      cfg.data.source = "folder:" + bench_data.generate(os.path.join(args.jpeg_dir, "photos"), args.jpeg_images, 10)
+      cfg.data.norm = "imagenet"
+    cfg.data.image_size = size if cfg.data.source.startswith("folder:") else 0
+    cfg.data.workers = args.workers
     ds = sources.load(cfg.data)
     info = {**train.data_info(cfg, ds), "num_train": info["num_train"]}
     info["class_names"] = list(ds.class_names)
@@ -170,8 +180,10 @@ def bench_model(args, name, size, batch, kwargs):
     from imgrec.data import pipeline
     split = ds.split(cfg.data.train_split)
     total = args.warmup + args.windows * args.window
-    batches = (b for _, b in pipeline.train_batches(split, batch, cfg.seed, 0, total, sharding, args.prefetch))
+    stream = pipeline.train_batches(split, batch, cfg.seed, 0, total, sharding, args.prefetch)
+    batches = (b for _, b in stream)
     state, pipe_img_s, pipe_rates = timed_loop(step, state, batches, args.warmup, args.windows, args.window, batch)
+    stream.close()
     row.update(pipeline=args.pipeline, pipeline_img_per_sec=pipe_img_s,
                pipeline_img_per_sec_windows=[round(r, 1) for r in pipe_rates],
                pipeline_fraction=pipe_img_s / img_s)
@@ -256,6 +268,8 @@ def main(argv=None):
   p.add_argument("--peak-flops", type=float, help="peak FLOP/s per device for MFU (default: known-device table)")
   p.add_argument("--pipeline", help="also run the real input pipeline on this data.source (fashion_mnist, folder:DIR)")
   p.add_argument("--prefetch", type=int, default=2)
+  p.add_argument("--workers", type=int, default=-1, help="decode processes for folder: sources (-1: one per core)")
+  p.add_argument("--jpeg-images", type=int, default=1000, help="--pipeline jpeg: JPEGs to generate")
   p.add_argument("--compile-cache", action="store_true", help="cold vs warm persistent cache, two processes")
   p.add_argument("--cache-dir", default="off", help="persistent compilation cache for the timed runs (default off, "
                                                    "so compile_s is a real compile)")
@@ -278,6 +292,8 @@ def main(argv=None):
 
   from imgrec import compile_cache
   compile_cache.enable(args.cache_dir)
+  jpeg_dir = tempfile.TemporaryDirectory(prefix="imgrec_bench_jpeg_") if args.pipeline == "jpeg" else None
+  args.jpeg_dir = jpeg_dir.name if jpeg_dir else None
   rows = []
   for name, size, batch, kwargs in args.runs:
     row = bench_model(args, name, size, batch, kwargs)

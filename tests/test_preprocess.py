@@ -153,3 +153,18 @@ def test_bad_bytes_raise_bad_image():
   for data in (b"not an image", good[:len(good) // 3]):
     with pytest.raises(preprocess.BadImage):
       preprocess.process(preprocess.parse("decode|resize(8)"), data, 3, None)
+
+
+def test_server_applies_the_eval_preprocessing_to_uploads():
+  from imgrec.serve import protocol
+  photo = smooth_image(640, 480, seed=2)
+  data = encode(photo, "JPEG", quality=95)
+  pp = "decode|resize_small(73)|central_crop(64)"
+  spec = protocol.ModelSpec((64, 64, 3), ("a", "b"), pp)
+  got = protocol.decode_image(data, spec, protocol.Limits())
+  np.testing.assert_array_equal(got, preprocess.process(preprocess.parse(pp), data, 3, None))
+  squash = protocol.decode_image(data, protocol.ModelSpec((64, 64, 3), ("a", "b")), protocol.Limits())
+  assert np.abs(got.astype(int) - squash).mean() > 5  # a central crop, not the whole photo squashed
+  small = protocol.decode_image(encode(photo, "PNG"), protocol.ModelSpec((8, 8, 3), ("a",), "decode"),
+                                protocol.Limits())
+  assert small.shape == (8, 8, 3)  # a pp without a fixed size is fitted to the model's input

@@ -121,6 +121,9 @@ def prefetch(iterator, size):
       yield item
   finally:
     stop.set()
+    # Let the thread close `iterator` (and stop any worker processes) before the caller goes on:
+    # at interpreter exit Grain's own finaliser would race with it.
+    thread.join(timeout=60)
 
 
 # ----------------------------------------------------------------------------- worker side
