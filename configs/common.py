@@ -48,7 +48,7 @@ def imagenet(arg, model, kwargs, tiny_kwargs, batch_size, epochs, pp_train_crop=
     source=folder:DIR   an ImageNet folder (DIR/train/<wnid>/*.JPEG, DIR/val/<wnid>/*.JPEG; eval on val),
                         or tfds:imagenet2012 (the default; eval on validation)
     size=224            the crop; eval resizes the short side to size / 0.875 first (256 for 224)
-    batch=N, steps=N    another global batch (the learning rate scales with it) or a fixed length
+    batch=N, steps=N    another global batch (ResNet-50 scales its learning rate with it) or a fixed length
     tiny=True           a CPU smoke variant: `tiny_kwargs` (a narrow, shallow model), 32 px, batch 16, 20 steps
   """
   from imgrec.config import defaults

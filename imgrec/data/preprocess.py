@@ -316,3 +316,10 @@ def fit(image, image_shape):
     return image
   im = Image.fromarray(image[..., 0] if c == 1 else image).resize((w, h), Image.Resampling.BILINEAR)
   return np.asarray(im).reshape(h, w, c)
+
+
+def for_model(data, pp_eval, image_shape):
+  """An encoded image -> uint8 `image_shape` as the run's evaluation saw it: its eval preprocessing
+  (dataset.json's pp_eval), fitted to the model's input; a plain resize for runs without one
+  (in-memory sets). What `imgrec serve` and `imgrec explain --images` apply to any image."""
+  return fit(process(parse(pp_eval or "decode"), data, image_shape[2], None), image_shape)

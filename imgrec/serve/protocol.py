@@ -230,8 +230,7 @@ def decode_image(data, spec, limits):
   H, W, C = spec.image_shape
   if spec.pp_eval:  # exactly as the run evaluated: e.g. resize_small + central_crop, not a squash
     try:
-      return preprocess.fit(preprocess.process(preprocess.parse(spec.pp_eval), data, C, np.random.default_rng(0)),
-                            spec.image_shape)
+      return preprocess.for_model(data, spec.pp_eval, spec.image_shape)
     except preprocess.BadImage as e:
       raise RequestError(400, f"cannot decode the {fmt} image: {e}")
   try:
