@@ -16,8 +16,9 @@ compress like photos (~100 KB each), in --classes class folders. Measured in one
   1 core    per-image ceilings in this process: PIL decode; PIL decode + crop + resize + flip (the peer's
             work); imgrec's decode (libjpeg-turbo through simplejpeg); imgrec's whole per-image op
 
-img/s is measured from the first batch to the last (worker start-up excluded; time to first batch is
-reported separately); each figure is the median over --rounds rounds. --index-files N,... builds
+Each measurement runs in a fresh process; img/s is measured from the first batch to the last (worker
+start-up excluded; time to first batch is reported separately); each figure is the median over
+--rounds rounds. --index-files N,... builds
 folders of N hard links to the same JPEGs and runs, in a fresh process each (alternating sizes,
 --rounds times), index + first batch: time since launch, and peak RSS of the main process and of the
 workers.
@@ -271,9 +272,16 @@ def main(argv=None):
   p.add_argument("--json", help="also write the results here")
   p.add_argument("--child-first-batch", help=argparse.SUPPRESS)
   p.add_argument("--child-workers", type=int, default=2, help=argparse.SUPPRESS)
+  p.add_argument("--child-run", choices=("imgrec", "torch"), help=argparse.SUPPRESS)
+  p.add_argument("--child-dir", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   if args.child_first_batch:
     return child_first_batch(args)
+  if args.child_run:
+    files = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(args.child_dir) for f in fs if f.endswith(".JPEG"))
+    run = bench_imgrec(args.child_dir, args.child_workers, args.batch, args.batches) if args.child_run == "imgrec" \
+        else bench_torch(files, args.child_workers, args.batch, args.batches)
+    return print(json.dumps(run))
   tmp = None
   if not args.dir:
     tmp = tempfile.TemporaryDirectory(prefix="imgrec_bench_data_")
@@ -287,8 +295,13 @@ def main(argv=None):
   cores = []
   for r in range(args.rounds):
     for w in workers:
-      runs[("imgrec", w)].append(bench_imgrec(root, w, args.batch, args.batches))
-      runs[("torch", w)].append(bench_torch(files, w, args.batch, args.batches))
+      for who in ("imgrec", "torch"):  # each in a fresh process: no JAX threads under torch's fork
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child-run", who, "--child-workers", str(w),
+                               "--child-dir", root, "--batch", str(args.batch), "--batches", str(args.batches)],
+                              capture_output=True, text=True)
+        if proc.returncode:
+          raise SystemExit(f"{who} child failed:\n{proc.stderr[-4000:]}")
+        runs[(who, w)].append(tuple(json.loads(proc.stdout.strip().splitlines()[-1])))
     cores.append(single_core(files, args.single))
     print(f"round {r + 1}: " + ", ".join(f"{who}@{w} {v[-1][1]:.0f} img/s" for (who, w), v in runs.items()), flush=True)
   result = {"images": len(files), "batch": args.batch, "batches": args.batches, "rounds": args.rounds,

@@ -117,6 +117,28 @@ def test_process_equals_crop_then_resize_in_pil():
   assert np.abs(out.astype(int) - two_step).mean() < 2.0
 
 
+def test_resample_is_bilinear_on_the_exact_box_below_2x():
+  rng = np.random.default_rng(3)
+  a = rng.integers(0, 256, (7, 9, 1)).astype(np.uint8)
+  box, (h, w) = (1.5, 0.5, 7.5, 5.5), (4, 4)  # 6 x 5 source pixels to 4 x 4: under 2x
+  out = preprocess.resample(a, box, h, w)[..., 0].astype(float)
+  # Independently: output pixel centre (i + 0.5) sits at x0 + (i + 0.5) * scale in the source, whose
+  # pixel j has its centre at j + 0.5; interpolate the four neighbours, clamped at the border.
+  ys = np.clip(box[1] + (np.arange(h) + 0.5) * (box[3] - box[1]) / h - 0.5, 0, 6)
+  xs = np.clip(box[0] + (np.arange(w) + 0.5) * (box[2] - box[0]) / w - 0.5, 0, 8)
+  y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+  y1, x1 = np.minimum(y0 + 1, 6), np.minimum(x0 + 1, 8)
+  fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
+  g = a[..., 0].astype(float)
+  ref = (g[y0][:, x0] * (1 - fy) * (1 - fx) + g[y0][:, x1] * (1 - fy) * fx + g[y1][:, x0] * fy * (1 - fx)
+         + g[y1][:, x1] * fy * fx)
+  assert np.abs(out - ref).max() <= 1.0
+  # From 2x up the reduction is antialiased (Pillow): a 1-px checkerboard averages to grey, not aliased.
+  board = (np.indices((64, 64)).sum(0) % 2 * 255).astype(np.uint8)[..., None]
+  small = preprocess.resample(board, (0.0, 0.0, 64.0, 64.0), 8, 8)
+  assert np.abs(small.astype(int) - 128).max() <= 2
+
+
 def test_jpeg_draft_decoding_when_the_target_is_much_smaller():
   src = smooth_image(800, 600, seed=1)
   data = encode(src, "JPEG", quality=95)
