@@ -269,6 +269,7 @@ def main(argv=None):
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--single", type=int, default=300, help="images for the one-core ceilings")
   p.add_argument("--index-files", default="", help="e.g. 20000,200000: time to first batch and RSS per index size")
+  p.add_argument("--only-index", action="store_true", help="only the --index-files measurement")
   p.add_argument("--json", help="also write the results here")
   p.add_argument("--child-first-batch", help=argparse.SUPPRESS)
   p.add_argument("--child-workers", type=int, default=2, help=argparse.SUPPRESS)
@@ -290,6 +291,8 @@ def main(argv=None):
   files = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(root) for f in fs if f.endswith(".JPEG"))
   print(f"{len(files)} JPEGs, {sum(os.path.getsize(f) for f in files) / len(files) / 1024:.0f} KB on average, "
         f"in {root}", flush=True)
+  if args.only_index:
+    return index_bench(args, root)
   workers = [int(w) for w in args.workers.split(",")]
   runs = {(who, w): [] for w in workers for who in ("imgrec", "torch")}
   cores = []

@@ -275,3 +275,18 @@ def test_prefetch_reraises_errors():
   assert next(it) == 1
   with pytest.raises(RuntimeError, match="boom"):
     next(it)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(pp_train="decode|resize(8)"), "held in memory"),
+    (dict(source="folder:/x", pp_eval="decode|resize(8)", image_size=8), "not both"),
+    (dict(channels=2), "data.channels"), (dict(on_bad_image="ignore"), "error or skip"),
+    (dict(workers=-2), "data.workers"), (dict(norm="cifar"), "data.norm"),
+    (dict(norm="imagenet", mean=(0.5,), std=(0.5,)), "not both"), (dict(mean=(0.5, 0.5), std=(0.5,)), "same number"),
+    (dict(mean=(0.5,), std=(0.0,)), "std > 0"), (dict(stats_examples=0), "stats_examples")])
+def test_data_config_errors(overrides, message):
+  cfg = config.defaults()
+  for k, v in overrides.items():
+    cfg.data[k] = v
+  with pytest.raises(UserError, match=message):
+    config.validate(cfg)
