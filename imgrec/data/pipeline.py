@@ -13,6 +13,7 @@ over `data.workers` processes. Each worker makes whole batches; Grain hands them
 order through shared memory, and a background thread turns them into global jax arrays.
 """
 import dataclasses
+import functools
 import logging
 import os
 import queue
@@ -202,10 +203,10 @@ class EvalBatch:
     return {"image": images, "label": labels, "mask": mask, "bad": bad}
 
 
-def _watch_parent(worker_index, worker_count):
-  """Grain worker init: exit when the training process dies (kill -9 leaves no orphans)."""
+def _watch_parent(parent, worker_index, worker_count):
+  """Grain worker init: exit when the process that started the pipeline (pid `parent`) dies, also
+  when it died while this worker was still starting (kill -9 leaves no orphans)."""
   del worker_index, worker_count
-  parent = os.getppid()
 
   def watch():
     while os.getppid() == parent:
@@ -241,7 +242,7 @@ def _grain(fn, start, stop, workers, buffer):
       grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
   if workers > 0:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=max(1, buffer)),
-                        worker_init_fn=_watch_parent)
+                        worker_init_fn=functools.partial(_watch_parent, os.getpid()))
   it = iter(ds)
   try:
     for item in it:
