@@ -34,6 +34,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's constants, for weights tr
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LUMA = (0.299, 0.587, 0.114)  # the ImageNet constants of a 1-channel image: their luma
 ARRAY_STATS_EXAMPLES = 10000  # in-memory splits are cheap to read: normalisation uses this many
+SUBSTITUTE_TRIES = 100  # unreadable training images skipped in a row before giving up
 
 
 def steps_per_epoch(num_examples, global_batch):
@@ -160,14 +161,14 @@ class TrainBatch:
     for k in range(local):
       pos = i * self.global_batch + first + k
       rng = np.random.default_rng([self.seed, int(step), first + k])
-      for attempt in range(sources.SUBSTITUTE_TRIES):
+      for attempt in range(SUBSTITUTE_TRIES):
         index = int(perm[(pos + attempt) % n])
         image, label = self.split.example(index, True, rng)
         if image is not None:
           break
         bad.append(self.split.describe(index))
       else:
-        raise UserError(f"{sources.SUBSTITUTE_TRIES} unreadable images in a row (last: {bad[-1]}); "
+        raise UserError(f"{SUBSTITUTE_TRIES} unreadable images in a row (last: {bad[-1]}); "
                         "is the data set damaged?")
       images[k], labels[k] = image, label
     return {"image": images, "label": labels, "bad": bad}
