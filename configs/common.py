@@ -40,3 +40,31 @@ def fashion_mnist_zoo(arg, model, kwargs, quick_kwargs, epochs=10.0, lr=3e-3, ba
   c.log_every = 50
   c.eval_every = c.checkpoint_every = c.steps if a.quick else 0
   return c
+
+
+def imagenet(arg, model, kwargs, tiny_kwargs, batch_size, epochs, pp_train_crop="random_resized_crop({size})"):
+  """The data, batch and length part of an ImageNet recipe. Config arguments:
+
+    source=folder:DIR   an ImageNet folder (DIR/train/<wnid>/*.JPEG, DIR/val/<wnid>/*.JPEG; eval on val),
+                        or tfds:imagenet2012 (the default; eval on validation)
+    size=224            the crop; eval resizes the short side to size / 0.875 first (256 for 224)
+    batch=N, steps=N    another global batch (ResNet-50 scales its learning rate with it) or a fixed length
+    tiny=True           a CPU smoke variant: `tiny_kwargs` (a narrow, shallow model), 32 px, batch 16, 20 steps
+  """
+  from imgrec.config import defaults
+  a = parse_arg(arg, source="tfds:imagenet2012", size=224, batch=batch_size, steps=0, tiny=False)
+  size = 32 if a.tiny and a.size == 224 else a.size
+  c = defaults()
+  c.data.source = a.source
+  c.data.eval_split = "validation" if a.source.startswith("tfds:") else "val"
+  c.data.pp_train = f"decode|{pp_train_crop.format(size=size)}|flip"
+  c.data.pp_eval = f"decode|resize_small({int(round(size / 0.875))})|central_crop({size})"
+  c.model.name = model
+  c.model.kwargs.update(dict(tiny_kwargs if a.tiny else kwargs))
+  c.model.dtype = "float32" if a.tiny else "bfloat16"
+  c.batch_size = 16 if a.tiny and a.batch == batch_size else a.batch
+  c.epochs = epochs
+  c.steps = a.steps or (20 if a.tiny else 0)
+  c.log_every = 10 if a.tiny else 100
+  c.eval_every = c.checkpoint_every = c.steps if a.tiny else 0
+  return c

@@ -22,12 +22,25 @@ def defaults():
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "digits"    # digits | fashion_mnist | mnist | idx:DIR | folder:DIR | tfds:NAME
-  c.data.dir = ""             # overrides the directory of fashion_mnist / mnist
-  c.data.image_size = 0       # resize to this square size (0: keep the source's size)
+  c.data.dir = ""             # overrides the directory of fashion_mnist / mnist; tfds: its data_dir
+  c.data.image_size = 0       # resize to this square size (0: keep the source's size); photos: the crop size
   c.data.test_fraction = 0.2  # for sources without a test split (digits, flat folders)
   c.data.train_split = "train"
   c.data.eval_split = "test"
-  c.data.prefetch = 2         # batches prepared ahead on a background thread
+  # Host preprocessing at decode time for folder: and tfds: (imgrec/data/preprocess.py), e.g.
+  # "decode|random_resized_crop(224)|flip" / "decode|resize_small(256)|central_crop(224)".
+  # "": the source's default (that ImageNet recipe for photos; decode, or resize(image_size), for small
+  # fixed-size sets). digits and IDX are arrays in memory: they take data.image_size only.
+  c.data.pp_train = ""
+  c.data.pp_eval = ""         # also what `imgrec serve` applies to uploaded images (saved in dataset.json)
+  c.data.channels = 0         # folder:/tfds: 1 or 3; 0: from a sample of the images (all grayscale: 1)
+  c.data.on_bad_image = "error"  # error | skip: an unreadable image stops the run naming it, or is skipped and counted
+  c.data.workers = -1         # processes decoding folder:/tfds: images (-1: one per core, up to 16; 0: none)
+  c.data.prefetch = 2         # batches prepared ahead (per worker, and on the background thread)
+  c.data.norm = ""            # "imagenet": torchvision's ImageNet mean/std (imported torchvision weights need it)
+  c.data.mean = ()            # per-channel mean of [0, 1] pixels, with data.std; (): estimated on the train split
+  c.data.std = ()
+  c.data.stats_examples = 2000  # images of a folder:/tfds: train split (decoded in the workers) for that estimate
   c.data.augment = ""         # on-device augmentation, e.g. "crop(pad=4)|flip|mixup(0.2)" (imgrec/data/augment.py)
   c.data.val_fraction = 0.0   # > 0: hold out this stratified fraction of train as "val" for model selection
   c.data.classes = ()         # keep only these class indices, relabelled 0..k-1 in this order (): all
@@ -203,9 +216,37 @@ def validate(cfg):
     raise UserError(f"select_metric must be accuracy or loss, got {cfg.select_metric!r}")
   if not 0 <= cfg.data.val_fraction < 1:
     raise UserError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
+  _validate_data(cfg.data)
   if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
     raise UserError(f"model.dtype must be float32, bfloat16 or float16, got {cfg.model.dtype!r}")
   return cfg
+
+
+def _validate_data(d):
+  encoded = d.source.startswith(("folder:", "tfds:"))
+  if (d.pp_train or d.pp_eval) and not encoded:
+    raise UserError(f"data.pp_train / data.pp_eval preprocess encoded images (folder:, tfds:); {d.source!r} is "
+                    "held in memory as arrays: use data.image_size, and data.augment on device")
+  if (d.pp_train or d.pp_eval) and d.image_size:
+    raise UserError("set data.image_size or data.pp_train / data.pp_eval, not both: the op strings give the size, "
+                    "e.g. decode|resize_small(146)|central_crop(128)")
+  if d.channels not in (0, 1, 3):
+    raise UserError(f"data.channels must be 0 (from the images), 1 or 3, got {d.channels}")
+  if d.on_bad_image not in ("error", "skip"):
+    raise UserError(f"data.on_bad_image must be error or skip, got {d.on_bad_image!r}")
+  if d.workers < -1:
+    raise UserError(f"data.workers must be -1 (one per core), 0 (decode in the main process) or more, got {d.workers}")
+  if d.prefetch < 0:
+    raise UserError(f"data.prefetch must be >= 0, got {d.prefetch}")
+  if d.norm not in ("", "imagenet"):
+    raise UserError(f"data.norm must be '' (data.mean/std, or estimated) or 'imagenet', got {d.norm!r}")
+  if d.norm and (d.mean or d.std):
+    raise UserError("set data.norm=imagenet or data.mean / data.std, not both")
+  if bool(d.mean) != bool(d.std) or len(d.mean) != len(d.std) or any(s <= 0 for s in d.std):
+    raise UserError(f"data.mean {tuple(d.mean)} and data.std {tuple(d.std)} need the same number of values, "
+                    "std > 0")
+  if d.stats_examples < 1:
+    raise UserError(f"data.stats_examples must be positive, got {d.stats_examples}")
 
 
 def save(cfg, path):

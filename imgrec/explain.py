@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from imgrec import plots, steps, workdir as wd
-from imgrec.data import sources
+from imgrec.data import preprocess, sources
 from imgrec.errors import UserError
 
 
@@ -204,20 +204,16 @@ def make_explainer(model, variables, mean, std, method="gradcam", layer=None, la
 # ---------------------------------------------------------------------------- workdir driver
 
 
-def load_images(paths, image_shape):
-  """Image files -> uint8 [N, H, W, C] at the model's size and channel count."""
-  from PIL import Image
-  h, w, c = image_shape
+def load_images(paths, image_shape, pp_eval=""):
+  """Image files -> uint8 [N, H, W, C] at the model's size and channel count, through the run's eval
+  preprocessing (`pp_eval` from dataset.json; a plain resize without one)."""
   out = []
   for p in paths:
     try:
-      img = Image.open(p)
-      img.load()
-    except (OSError, ValueError) as e:
+      with open(p, "rb") as f:
+        out.append(preprocess.for_model(f.read(), pp_eval, image_shape))
+    except (OSError, preprocess.BadImage) as e:
       raise UserError(f"cannot read image {p!r}: {e}; pass PNG or JPEG files") from None
-    img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
-    a = np.asarray(img, np.uint8)
-    out.append(a[..., None] if c == 1 else a)
   return np.stack(out)
 
 
@@ -228,7 +224,7 @@ def explain_workdir(workdir, images=None, split="test", n=16, layer=None, ig_ste
   variables = jax.device_get(run.variables)
   class_names = info["class_names"]
   if images:
-    x = load_images(images, info["image_shape"])
+    x = load_images(images, info["image_shape"], info.get("pp_eval", ""))
     labels, names = None, [os.path.splitext(os.path.basename(p))[0] for p in images]
   else:
     data = sources.load(cfg.data).split(split)

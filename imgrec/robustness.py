@@ -19,7 +19,7 @@ import optax
 import tqdm
 
 from imgrec import parallel, plots, steps, workdir as wd
-from imgrec.data import sources
+from imgrec.data import sources, splits
 from imgrec.errors import UserError
 
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -154,7 +154,7 @@ def robustness_workdir(workdir, split=None, batch_size=None, limit=0, corruption
   parallel.check_batch(batch_size)
   data = sources.load(cfg.data).split(split)
   if 0 < limit < len(data):
-    data = sources.Subset(data, np.sort(np.random.default_rng(seed).choice(len(data), limit, replace=False)))
+    data = splits.subset(data, np.sort(np.random.default_rng(seed).choice(len(data), limit, replace=False)))
   for name in corruptions:
     corrupt(np.zeros((1, 2, 2, 1), np.uint8), name, 0)  # validates the names before any work
   mean, std, prefetch = info["mean"], info["std"], cfg.data.prefetch

@@ -146,7 +146,7 @@ def stream(fn, variables, split, batch_size, mesh, prefetch=2, transform=None, d
   process-local uint8 batch on the host first (corruptions), on the prefetch thread.
   """
   step = _jitted(fn, mesh)
-  batches = pipeline.eval_batches(split, batch_size, parallel.batch_sharding(mesh), prefetch, transform)
+  batches = pipeline.eval_batches(split, batch_size, parallel.batch_sharding(mesh), prefetch, transform=transform)
   outs = []
   for batch in tqdm.tqdm(batches, total=-(-len(split) // batch_size), desc=desc, unit="batch", leave=False,
                          disable=jax.process_index() != 0):

@@ -76,9 +76,9 @@ def initial_state(cfg, info, mesh, params=None, batch_stats=None):
 def data_info(cfg, ds):
   """What dataset.json records of the data a run trained on (read back by every command on the run)."""
   train_split = ds.split(cfg.data.train_split)
-  mean, std = pipeline.image_stats(train_split)
+  mean, std = pipeline.normalization(cfg.data, train_split)
   return {"source": ds.name, "class_names": list(ds.class_names), "image_shape": list(ds.image_shape),
-          "mean": mean, "std": std, "num_train": len(train_split)}
+          "mean": mean, "std": std, "num_train": len(train_split), "pp_eval": ds.pp_eval}
 
 
 # ---------------------------------------------------------------------------- reading and writing a run

@@ -16,7 +16,11 @@ device memory (where the device reports it).
 
 --pipeline SOURCE also runs the real input pipeline (imgrec.data.pipeline.train_batches on any
 `data.source`: fashion_mnist, folder:DIR, ...) into the same compiled step, and reports it as a fraction
-of the synthetic figure at that source's image shape.
+of the synthetic figure at that source's image shape. `--pipeline jpeg` generates scripts/bench_data.py's
+ImageNet-like JPEG folder (--jpeg-images, not kept) and feeds it with decode|random_resized_crop(SIZE)|flip
+decoded in --workers processes:
+
+  python scripts/bench_train.py --model resnet50 --size 224 --batch 128 --pipeline jpeg --workers 2
 
 --profile DIR traces --profile-steps more steps of each model after the timed ones (jax.profiler, one
 StepTraceAnnotation per step, as `imgrec train --config.profile=START:STOP` does) into DIR/MODEL/: open it
@@ -37,6 +41,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import bench_data  # noqa: E402  (scripts/ is on sys.path when run as a script)
 
 REFERENCE = [  # (model, size, batch, kwargs): the reference table
     ("resnet50", 224, 256, {}),
@@ -153,7 +159,11 @@ def bench_model(args, name, size, batch, kwargs):
     from imgrec import workdir as wd
     from imgrec.data import sources
     cfg.data.source = args.pipeline
-    cfg.data.image_size = size if args.pipeline.startswith("folder:") else 0
+    if args.pipeline == "jpeg":
+      cfg.data.source = "folder:" + bench_data.generate(os.path.join(args.jpeg_dir, "photos"), args.jpeg_images, 10)
+      cfg.data.norm = "imagenet"
+    cfg.data.image_size = size if cfg.data.source.startswith("folder:") else 0
+    cfg.data.workers = args.workers
     ds = sources.load(cfg.data)
     info = {**wd.data_info(cfg, ds), "num_train": info["num_train"]}
     info["class_names"] = list(ds.class_names)
@@ -179,8 +189,10 @@ def bench_model(args, name, size, batch, kwargs):
     from imgrec.data import pipeline
     split = ds.split(cfg.data.train_split)
     total = args.warmup + args.windows * args.window
-    batches = (b for _, b in pipeline.train_batches(split, batch, cfg.seed, 0, total, sharding, args.prefetch))
+    stream = pipeline.train_batches(split, batch, cfg.seed, 0, total, sharding, args.prefetch)
+    batches = (b for _, b in stream)
     state, pipe_img_s, pipe_rates = timed_loop(step, state, batches, args.warmup, args.windows, args.window, batch)
+    stream.close()
     row.update(pipeline=args.pipeline, pipeline_img_per_sec=pipe_img_s,
                pipeline_img_per_sec_windows=[round(r, 1) for r in pipe_rates],
                pipeline_fraction=pipe_img_s / img_s)
@@ -267,6 +279,8 @@ def main(argv=None):
   p.add_argument("--prefetch", type=int, default=2)
   p.add_argument("--profile", metavar="DIR", help="trace --profile-steps steps per model with jax.profiler into DIR")
   p.add_argument("--profile-steps", type=int, default=3)
+  p.add_argument("--workers", type=int, default=-1, help="decode processes for folder: sources (-1: one per core)")
+  p.add_argument("--jpeg-images", type=int, default=1000, help="--pipeline jpeg: JPEGs to generate")
   p.add_argument("--compile-cache", action="store_true", help="cold vs warm persistent cache, two processes")
   p.add_argument("--cache-dir", default="off", help="persistent compilation cache for the timed runs (default off, "
                                                    "so compile_s is a real compile)")
@@ -289,6 +303,8 @@ def main(argv=None):
 
   from imgrec import compile_cache
   compile_cache.enable(args.cache_dir)
+  jpeg_dir = tempfile.TemporaryDirectory(prefix="imgrec_bench_jpeg_") if args.pipeline == "jpeg" else None
+  args.jpeg_dir = jpeg_dir.name if jpeg_dir else None
   rows = []
   for name, size, batch, kwargs in args.runs:
     row = bench_model(args, name, size, batch, kwargs)

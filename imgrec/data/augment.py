@@ -12,17 +12,15 @@ translate(frac), salt_pepper(p), gaussian_noise(std), cutout(size), erase(p, sca
 brightness(delta), contrast(delta), randaugment(n, m).
 Batch ops: mixup(alpha), cutmix(alpha).
 """
-import ast
 import inspect
 import math
-import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from imgrec import plots
-from imgrec.data import sources
+from imgrec.data import preprocess, sources
 from imgrec.errors import UserError
 
 
@@ -216,9 +214,6 @@ BATCH_OPS = {f.__name__: f for f in (mixup, cutmix)}
 
 # ----------------------------------------------------------------------------- parsing and applying
 
-_OP = re.compile(r"^\s*([a-z_]+)\s*(?:\((.*)\))?\s*$")
-
-
 # Valid ranges of the ops' arguments, by argument name (the same meaning wherever a name recurs):
 # (low, high, integer?); POSITIVE ones must also be > low. A value outside is a config error, not a
 # silently odd augmentation (flip(3) would flip every image).
@@ -250,21 +245,11 @@ def _check_range(name, arg, value):
 def parse(spec):
   """'crop(pad=4)|flip' -> [("crop", {"pad": 4}), ("flip", {})]; errors name the bad op or argument."""
   ops = []
-  for part in filter(str.strip, (spec or "").split("|")):
-    m = _OP.match(part)
-    if not m:
-      raise UserError(f"bad augmentation {part!r}; write NAME or NAME(arg=value, ...)")
-    name, args_text = m.group(1), m.group(2) or ""
+  for name, args, kwargs, _ in preprocess.split_ops(spec, "augmentation", "crop(pad=4)"):
     fn = EXAMPLE_OPS.get(name) or BATCH_OPS.get(name)
     if fn is None:
       raise UserError(f"unknown augmentation {name!r}; known: {', '.join(sorted({**EXAMPLE_OPS, **BATCH_OPS}))}")
     params = list(inspect.signature(fn).parameters)[3 if name in BATCH_OPS else 2:]
-    try:
-      call = ast.parse(f"f({args_text})", mode="eval").body
-      args = [ast.literal_eval(a) for a in call.args]
-      kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
-    except (SyntaxError, ValueError):
-      raise UserError(f"bad arguments in augmentation {part!r}; use numbers, e.g. crop(pad=4)") from None
     if len(args) > len(params):
       raise UserError(f"augmentation {name!r} takes at most {len(params)} argument(s): {', '.join(params)}")
     kwargs.update(zip(params, args))

@@ -1,45 +1,45 @@
-"""Data sources by name. Each gives uint8 NHWC images, int32 labels and class names.
+"""Data sources by name: random-access splits of uint8 HWC images, int32 labels and class names.
 
   digits          scikit-learn's bundled 8x8 digits: the embedded default, no download
   fashion_mnist   Fashion-MNIST IDX files from Debian's `dataset-fashion-mnist`
   mnist           MNIST IDX files (set data.dir)
   idx:DIR         any MNIST-format IDX files in DIR (`.gz` or raw)
-  folder:DIR      one subfolder per class of PNG/JPEG files; DIR/train + DIR/test, or a split
+  folder:DIR      one subfolder per class of image files: DIR/train plus DIR/val, DIR/validation
+                  or DIR/test (the ImageNet layout `train/<wnid>/*.JPEG`), or one flat set that is
+                  split with data.test_fraction
   tfds:NAME       tensorflow-datasets by name, through `tfds.data_source` (random access,
                   no TensorFlow needed; works under `tfds.testing.mock_data`)
 
-A split is random-access (`len(split)`, `split.get(indices)`), so the pipeline shuffles and
-shards any source the same way, and big tfds sets are never loaded whole.
+digits and IDX live in memory (`ArraySplit`). Folders and tfds are indexes (imgrec/data/splits.py):
+a folder is scanned for file names only (no image is opened at start-up but a small sample for the
+channel count and sizes), tfds records are read when asked for. Their images are decoded and
+preprocessed per example (imgrec/data/preprocess.py: `data.pp_train`, `data.pp_eval`), in the data
+workers during training.
 """
 import dataclasses
 import gzip
+import logging
 import os
 import struct
 
 import numpy as np
 
+from imgrec.data import preprocess
+from imgrec.data.splits import ArraySplit, FileSplit, Reading, TfdsSplit, subset
 from imgrec.errors import UserError
+
+log = logging.getLogger("imgrec")
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                          "Sneaker", "Bag", "Ankle boot")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+SPLIT_DIRS = ("train", "val", "validation", "test")  # folder:DIR subfolders read as splits
+HEADER_SAMPLE = 32    # files whose headers give a folder's channel count and sizes
+SMALL_IMAGE = 256     # a folder whose sampled images share one size up to this is "small fixed-size", not photos
 # The held-out split of sources without one is drawn with this fixed seed, so that the
 # test set never changes with the training seed.
 SPLIT_SEED = 1234
-
-
-@dataclasses.dataclass
-class ArraySplit:
-  """A split held in memory."""
-  images: np.ndarray  # uint8 [N, H, W, C]
-  labels: np.ndarray  # int32 [N]
-
-  def __len__(self):
-    return len(self.labels)
-
-  def get(self, indices):
-    return self.images[indices], self.labels[indices]
 
 
 @dataclasses.dataclass
@@ -47,7 +47,9 @@ class Dataset:
   name: str
   splits: dict
   class_names: tuple
-  image_shape: tuple  # (H, W, C)
+  image_shape: tuple  # (H, W, C) after preprocessing
+  pp_train: str = ""  # host preprocessing ("" for in-memory sources: their arrays are used as they are)
+  pp_eval: str = ""
 
   @property
   def num_classes(self):
@@ -57,19 +59,6 @@ class Dataset:
     if name not in self.splits:
       raise UserError(f"data set {self.name!r} has no split {name!r}; it has: {', '.join(self.splits)}")
     return self.splits[name]
-
-
-@dataclasses.dataclass
-class Subset:
-  """Some examples of another split, by index."""
-  split: object
-  indices: np.ndarray
-
-  def __len__(self):
-    return len(self.indices)
-
-  def get(self, indices):
-    return self.split.get(self.indices[np.asarray(indices)])
 
 
 def _held_out(labels, fraction, what="data.test_fraction"):
@@ -85,20 +74,21 @@ def _held_out(labels, fraction, what="data.test_fraction"):
   return held
 
 
-def _holdout(images, labels, test_fraction):
+def _holdout(split, test_fraction):
   """Deterministic stratified train/test split for sources that ship none."""
-  is_test = _held_out(labels, test_fraction)
-  return {"train": ArraySplit(images[~is_test], labels[~is_test]),
-          "test": ArraySplit(images[is_test], labels[is_test])}
+  is_test = _held_out(split.labels, test_fraction)
+  return {"train": subset(split, np.flatnonzero(~is_test)), "test": subset(split, np.flatnonzero(is_test))}
 
 
 def with_validation(ds, train_split, fraction):
   """Carves a stratified "val" split out of `train_split` (fixed seed, independent of the run's)."""
+  if "val" in ds.splits:
+    raise UserError(f"data set {ds.name!r} already has a val split; set data.val_fraction=0 and "
+                    "data.eval_split=val to use it")
   split = ds.split(train_split)
-  labels = split.labels if isinstance(split, ArraySplit) else split.get(np.arange(len(split)))[1]
-  is_val = _held_out(labels, fraction, "data.val_fraction")
-  splits = dict(ds.splits, **{train_split: Subset(split, np.flatnonzero(~is_val)),
-                               "val": Subset(split, np.flatnonzero(is_val))})
+  is_val = _held_out(split.labels, fraction, "data.val_fraction")
+  splits = dict(ds.splits, **{train_split: subset(split, np.flatnonzero(~is_val)),
+                               "val": subset(split, np.flatnonzero(is_val))})
   return dataclasses.replace(ds, splits=splits)
 
 
@@ -120,7 +110,7 @@ def _load_digits(cfg):
   # Pixel values are 0..16; spread them over the uint8 range like any other image.
   images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
   labels = d.target.astype(np.int32)
-  splits = _holdout(_resize(images, cfg.image_size), labels, cfg.test_fraction)
+  splits = _holdout(ArraySplit(_resize(images, cfg.image_size), labels), cfg.test_fraction)
   return Dataset("digits", splits, tuple(str(i) for i in range(10)), splits["train"].images.shape[1:])
 
 
@@ -176,83 +166,113 @@ def _load_idx(directory, cfg, name, class_names=None):
   return Dataset(name, splits, tuple(class_names), splits["train"].images.shape[1:])
 
 
-def _read_image(path, size, mode):
-  from PIL import Image, UnidentifiedImageError
-  try:
-    with Image.open(path) as im:
-      im = im.convert(mode)
-      if size:
-        im = im.resize((size, size), Image.BILINEAR)
-      return np.asarray(im).reshape(im.size[1], im.size[0], -1)
-  except (UnidentifiedImageError, OSError, ValueError) as e:
-    raise UserError(f"unreadable image {path}: {e}; remove it or replace it") from None
+def _image_files(path, prefix=""):
+  """Sorted image file names under `path` (recursively), as `prefix + name`. Names only: a name with
+  an image extension is taken as a file without a stat call, so 10^6 files index in seconds."""
+  names = os.listdir(path)
+  files = sorted(n for n in names if n.lower().endswith(IMAGE_EXTENSIONS))
+  if prefix:
+    files = [prefix + n for n in files]
+  for d in sorted(n for n in names if not n.lower().endswith(IMAGE_EXTENSIONS)):
+    if os.path.isdir(os.path.join(path, d)):
+      files += _image_files(os.path.join(path, d), f"{prefix}{d}/")
+  return files
 
 
 def _scan_classes(directory):
-  classes = sorted(d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d)))
-  files = []
-  for label, c in enumerate(classes):
-    for root, _, names in sorted(os.walk(os.path.join(directory, c))):
-      files += [(os.path.join(root, n), label) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS)]
-  return classes, files
+  """(class names, FileSplit of every image under `directory`/<class>/, reading unset). The names
+  (relative to their class folder) are packed class by class into one utf-8 blob, so no per-file
+  Python object outlives its class."""
+  with os.scandir(directory) as entries:
+    classes = sorted(e.name for e in entries if e.is_dir())
+  chunks, lengths, counts = [], [], []
+  for c in classes:
+    names = _image_files(os.path.join(directory, c))
+    data = "".join(names).encode()
+    chunks.append(data)
+    if len(data) == sum(map(len, names)):  # ASCII: characters are bytes
+      lengths.append(np.fromiter(map(len, names), np.int64, len(names)))
+    else:
+      lengths.append(np.array([len(n.encode()) for n in names], np.int64))
+    counts.append(len(names))
+  offsets = np.concatenate([[0], np.cumsum(np.concatenate(lengths or [np.zeros(0, np.int64)]))]).astype(np.int64)
+  dir_index = np.repeat(np.arange(len(classes), dtype=np.int32), counts)
+  return classes, FileSplit(directory, tuple(classes), dir_index, b"".join(chunks), offsets)
+
+
+def _sample_headers(paths, on_bad_image):
+  """(width, height, channels) of a few files; unreadable ones are errors, or left out under skip."""
+  out = []
+  for path in paths:
+    try:
+      with open(path, "rb") as f:
+        out.append(preprocess.header(f.read()))
+    except (OSError, preprocess.BadImage) as e:
+      if on_bad_image != "skip":
+        raise UserError(f"unreadable image {path}: {e}; remove or replace it, "
+                        "or set --config.data.on_bad_image=skip") from None
+  return out
+
+
+def _reading(cfg, channels, photo, size):
+  """The Reading of an encoded source: its pp strings (the config's, or the defaults) and image shape.
+  `size` (h, w) is the source's image size when fixed, else None."""
+  pp_train, pp_eval = preprocess.defaults(photo, cfg.image_size)
+  pp_train, pp_eval = cfg.get("pp_train") or pp_train, cfg.get("pp_eval") or pp_eval
+  out_train, out_eval = (preprocess.output_size(preprocess.parse(p)) for p in (pp_train, pp_eval))
+  if out_train and out_eval and out_train != out_eval:
+    raise UserError(f"data.pp_train {pp_train!r} makes {out_train[1]}x{out_train[0]} images but data.pp_eval "
+                    f"{pp_eval!r} makes {out_eval[1]}x{out_eval[0]}: the model needs one input size")
+  hw = out_eval or out_train or size
+  if hw is None:
+    raise UserError(f"the images have different sizes and {pp_eval!r} keeps them: add resize(N) or "
+                    "central_crop(N) to data.pp_train and data.pp_eval, or set data.image_size")
+  return Reading((*hw, channels), pp_train, pp_eval, cfg.get("on_bad_image", "error"), cfg.get("workers", -1))
+
+
+def _nth(parts, k):
+  """(split, index) of the k-th file over all of a folder's splits."""
+  for _, split in parts.values():
+    if k < len(split):
+      return split, k
+    k -= len(split)
+  raise IndexError(k)
 
 
 def _load_folder(directory, cfg):
-  from PIL import Image
   if not os.path.isdir(directory):
     raise UserError(f"image folder {directory} not found; data.source=folder:DIR needs one subfolder per class")
-  has_splits = all(os.path.isdir(os.path.join(directory, s)) for s in ("train", "test"))
-  parts = {s: _scan_classes(os.path.join(directory, s)) for s in ("train", "test")} if has_splits else {
+  present = [s for s in SPLIT_DIRS if os.path.isdir(os.path.join(directory, s))]
+  has_splits = "train" in present and len(present) > 1
+  parts = {s: _scan_classes(os.path.join(directory, s)) for s in present} if has_splits else {
       "all": _scan_classes(directory)}
   classes = parts["train" if has_splits else "all"][0]
-  if has_splits and parts["test"][0] != classes:
-    raise UserError(f"{directory}/train and {directory}/test have different class subfolders")
-  all_files = [f for _, files in parts.values() for f, _ in files]
-  if not classes or not all_files:
+  total = sum(len(split) for _, split in parts.values())
+  if not classes or not total:
     raise UserError(f"no class subfolders with {'/'.join(IMAGE_EXTENSIONS)} files found in {directory}")
-  # One channel only if every image is grayscale; colour otherwise.
-  modes = set()
-  for f in all_files:
-    try:
-      with Image.open(f) as im:
-        modes.add(im.mode)
-    except Exception as e:
-      raise UserError(f"unreadable image {f}: {e}; remove it or replace it") from None
-  mode = "L" if modes <= {"L", "1", "I;16", "I"} else "RGB"
-  size = cfg.image_size
-
-  def load(files):
-    images = [_read_image(f, size, mode) for f, _ in files]
-    shapes = {im.shape for im in images}
-    if len(shapes) > 1:
-      raise UserError(f"images in {directory} have different sizes {sorted(shapes)[:3]}...; "
-                      "set --config.data.image_size=N to resize them")
-    return np.stack(images).astype(np.uint8), np.array([l for _, l in files], np.int32)
-
-  if has_splits:
-    splits = {s: ArraySplit(*load(parts[s][1])) for s in ("train", "test")}
-  else:
-    splits = _holdout(*load(parts["all"][1]), cfg.test_fraction)
-  return Dataset(f"folder:{directory}", splits, tuple(classes), splits["train"].images.shape[1:])
-
-
-class TfdsSplit:
-  """Random access into a tfds data source; decodes only the records asked for."""
-
-  def __init__(self, source, image_size):
-    self.source = source
-    self.image_size = image_size
-
-  def __len__(self):
-    return len(self.source)
-
-  def get(self, indices):
-    records = [self.source[int(i)] for i in np.asarray(indices).reshape(-1)]
-    images = np.stack([np.asarray(r["image"]) for r in records])
-    if images.ndim == 3:
-      images = images[..., None]
-    images = _resize(images.astype(np.uint8), self.image_size)
-    return images, np.array([r["label"] for r in records], np.int32)
+  on_bad = cfg.get("on_bad_image", "error")
+  picks = [_nth(parts, int(k)) for k in np.unique(np.linspace(0, total - 1, min(total, HEADER_SAMPLE)).astype(int))]
+  sample = _sample_headers([split.describe(i) for split, i in picks], on_bad)
+  if not sample:
+    raise UserError(f"none of the sampled images in {directory} could be read")
+  channels = cfg.get("channels", 0) or (1 if all(c == 1 for _, _, c in sample) else 3)
+  sizes = {(h, w) for w, h, _ in sample}
+  photo = len(sizes) > 1 or max(max(s) for s in sizes) > SMALL_IMAGE
+  reading = _reading(cfg, channels, photo, None if len(sizes) > 1 else next(iter(sizes)))
+  splits = {}
+  for s, (split_classes, split) in parts.items():
+    unknown = sorted(set(split_classes) - set(classes))
+    if unknown:
+      raise UserError(f"{split.root} has class folders that {directory}/train lacks: {', '.join(unknown[:5])}")
+    to_train = np.array([classes.index(c) for c in split_classes] or [0], np.int32)
+    split.labels, split.reading = to_train[split.labels], reading
+    splits[s] = split
+  if not has_splits:
+    splits = _holdout(splits["all"], cfg.test_fraction)
+  log.info("folder %s: %s; preprocessing train %r, eval %r", directory,
+           ", ".join(f"{s} {len(v)}" for s, v in splits.items()), reading.pp_train, reading.pp_eval)
+  return Dataset(f"folder:{directory}", splits, tuple(classes), reading.image_shape, reading.pp_train,
+                 reading.pp_eval)
 
 
 def _load_tfds(name, cfg):
@@ -264,18 +284,21 @@ def _load_tfds(name, cfg):
     builder = tfds.builder(name, data_dir=cfg.dir or None)
     info = builder.info
     # Only the splits the run uses: opening one costs a file scan on big data sets.
-    splits = {split: TfdsSplit(tfds.data_source(name, split=split, data_dir=cfg.dir or None), cfg.image_size)
-              for split in dict.fromkeys((cfg.train_split, cfg.eval_split))}
+    sources = {split: tfds.data_source(name, split=split, data_dir=cfg.dir or None)
+               for split in dict.fromkeys((cfg.train_split, cfg.eval_split))}
   except Exception as e:  # tfds raises many types for unknown or not-prepared data sets
     raise UserError(f"tensorflow-datasets could not open {name!r}: {type(e).__name__}: {str(e)[:300]} "
                     "(prepare it with `tfds build` or set data.dir to its data_dir)") from None
   features = info.features
   if "image" not in features or "label" not in features:
     raise UserError(f"tfds data set {name!r} needs 'image' and 'label' features; it has {list(features)}")
-  class_names = tuple(features["label"].names)
-  first = next(iter(splits.values()))
-  shape = first.get([0])[0].shape[1:]
-  return Dataset(f"tfds:{name}", splits, class_names, shape)
+  shape = tuple(features["image"].shape)  # (H, W, C), None where it varies
+  channels = cfg.get("channels", 0) or shape[-1] or 3
+  photo = None in shape[:2]
+  reading = _reading(cfg, channels, photo, None if photo else shape[:2])
+  splits = {split: TfdsSplit(src, reading, f"tfds:{name}/{split}") for split, src in sources.items()}
+  return Dataset(f"tfds:{name}", splits, tuple(features["label"].names), reading.image_shape, reading.pp_train,
+                 reading.pp_eval)
 
 
 def load(cfg):
@@ -283,15 +306,10 @@ def load(cfg):
   return _select(_open(cfg), tuple(cfg.get("classes", ())), cfg.get("train_per_class", 0))
 
 
-def _labels(split):
-  if isinstance(split, ArraySplit):
-    return split.labels
-  return np.concatenate([split.get(np.arange(i, min(i + 1024, len(split))))[1] for i in range(0, len(split), 1024)])
-
-
 def _select(ds, classes, train_per_class):
   """Keeps `classes` (relabelled 0..k-1 in the order given) and at most `train_per_class`
-  training examples per class, drawn with a fixed seed so runs compare on the same examples."""
+  training examples per class, drawn with a fixed seed so runs compare on the same examples.
+  Works on labels only: no image is decoded."""
   if not classes and not train_per_class:
     return ds
   classes = tuple(int(c) for c in classes) or tuple(range(ds.num_classes))
@@ -303,7 +321,7 @@ def _select(ds, classes, train_per_class):
   rng = np.random.default_rng(SPLIT_SEED + 1)
   splits = {}
   for name, split in ds.splits.items():
-    labels = _labels(split)
+    labels = split.labels
     keep = []
     for c in classes:
       idx = np.flatnonzero(labels == c)
@@ -312,10 +330,8 @@ def _select(ds, classes, train_per_class):
           raise UserError(f"data.train_per_class={train_per_class} but class {c} has {len(idx)} training examples")
         idx = np.sort(rng.choice(idx, train_per_class, replace=False))
       keep.append(idx)
-    keep = np.sort(np.concatenate(keep))
-    images, old = split.get(keep)
-    splits[name] = ArraySplit(images, relabel[old])
-  return Dataset(ds.name, splits, tuple(ds.class_names[c] for c in classes), ds.image_shape)
+    splits[name] = subset(split, np.sort(np.concatenate(keep)), relabel)
+  return dataclasses.replace(ds, splits=splits, class_names=tuple(ds.class_names[c] for c in classes))
 
 
 def _open(cfg):

@@ -82,7 +82,7 @@ class ServedModel:
     run = wd.restore(self.workdir, params_only=True)
     info, model = run.info, run.model
     self.version = self.version or int(run.state.step)
-    self.spec = protocol.ModelSpec(tuple(info["image_shape"]), tuple(info["class_names"]))
+    self.spec = protocol.ModelSpec(tuple(info["image_shape"]), tuple(info["class_names"]), info.get("pp_eval", ""))
     variables = run.variables
     fns = dict(zip(("uint8", "float32"), make_predict(model, info["mean"], info["std"])))
     if not options.float_inputs:

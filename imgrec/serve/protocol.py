@@ -21,6 +21,8 @@ import struct
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from imgrec.data import preprocess
+
 INPUT_NAME = "images"
 OUTPUTS = ("logits", "probabilities")
 
@@ -55,6 +57,7 @@ class ModelSpec:
   """What the parsers need to know about a model."""
   image_shape: tuple   # (H, W, C)
   class_names: tuple
+  pp_eval: str = ""    # the run's eval preprocessing (dataset.json), applied to encoded images; "": resize
 
 
 # ---------------------------------------------------------------- JSON
@@ -225,6 +228,11 @@ def decode_image(data, spec, limits):
     raise RequestError(413, f"image is {w}x{h} = {w * h} pixels, more than the limit of {limits.max_pixels}; "
                             f"resize it first")
   H, W, C = spec.image_shape
+  if spec.pp_eval:  # exactly as the run evaluated: e.g. resize_small + central_crop, not a squash
+    try:
+      return preprocess.for_model(data, spec.pp_eval, spec.image_shape)
+    except preprocess.BadImage as e:
+      raise RequestError(400, f"cannot decode the {fmt} image: {e}")
   try:
     im = im.convert("L" if C == 1 else "RGB")
   except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt pixel data

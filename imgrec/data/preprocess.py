@@ -1,0 +1,341 @@
+"""Host-side preprocessing at decode time, described by a string (big_vision style).
+
+  train: "decode|random_resized_crop(224)|flip"           (IMAGENET_TRAIN)
+  eval:  "decode|resize_small(256)|central_crop(224)"     (IMAGENET_EVAL)
+
+Set as `data.pp_train` / `data.pp_eval`; empty means the source's default (`defaults`). These ops
+fix the image size on the host, once per example, in the data workers; the on-device
+`data.augment` ops (imgrec/data/augment.py) and normalisation run later, inside the jitted step.
+
+Ops, left to right:
+  decode                          always first: the encoded image (JPEG, PNG, ...) -> pixels
+  resize(size) | resize(h, w)     to exactly that size (aspect ratio not kept)
+  resize_small(size)              the shorter side to `size`, the longer one int(size * long / short)
+  central_crop(size) | (h, w)     the central window (an image smaller than it is enlarged first)
+  random_resized_crop(size, scale=(0.08, 1.0), ratio=(3/4, 4/3))   torchvision's RandomResizedCrop
+  flip | flip(p)                  horizontal flip with probability p (0.5)
+
+The ops are planned on the image header before any pixel is decoded, then run as one decode and
+one resample: every crop and resize composes into a single source box resampled once to the
+output size (`resample`). A JPEG whose box is at least twice the output size is decoded at 1/2,
+1/4 or 1/8 scale straight from the DCT coefficients (draft mode), which skips most of the
+decoding work and leaves less than 2x to resample. Randomness comes from the `rng` the caller
+passes (keyed by seed and example).
+"""
+import ast
+import dataclasses
+import functools
+import io
+import math
+import re
+
+import cv2
+import numpy as np
+import simplejpeg
+from PIL import Image, UnidentifiedImageError
+
+from imgrec.errors import UserError
+
+IMAGENET_TRAIN = "decode|random_resized_crop(224)|flip"
+IMAGENET_EVAL = "decode|resize_small(256)|central_crop(224)"
+EVAL_CROP_FRACTION = 0.875  # 224 / 256: the eval crop's share of the resized short side
+cv2.setNumThreads(1)  # one image per call, in one of several worker processes: no thread pool
+
+# ----------------------------------------------------------------------------- op strings
+
+_OP = re.compile(r"^\s*([a-z_]+)\s*(?:\((.*)\))?\s*$")
+
+
+def split_ops(spec, what, example):
+  """'a(1, x=2)|b' -> [("a", [1], {"x": 2}, "a(1, x=2)"), ("b", [], {}, "b")]; literal arguments only.
+
+  Shared by this module's and augment's parsers; `what` and `example` word their errors."""
+  out = []
+  for part in filter(str.strip, (spec or "").split("|")):
+    m = _OP.match(part)
+    if not m:
+      raise UserError(f"bad {what} {part!r}; write NAME or NAME(arg=value, ...)")
+    try:
+      call = ast.parse(f"f({m.group(2) or ''})", mode="eval").body
+      args = [ast.literal_eval(a) for a in call.args]
+      kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+    except (SyntaxError, ValueError):
+      raise UserError(f"bad arguments in {what} {part!r}; use numbers, e.g. {example}") from None
+    out.append((m.group(1), args, kwargs, part.strip()))
+  return out
+
+
+# name -> (parameters, defaults); sizes are one int or an (h, w) pair.
+OPS = {"decode": ((), {}),
+       "resize": (("size", "width"), {"width": None}),
+       "resize_small": (("size",), {}),
+       "central_crop": (("size", "width"), {"width": None}),
+       "random_resized_crop": (("size", "scale", "ratio"), {"scale": (0.08, 1.0), "ratio": (3 / 4, 4 / 3)}),
+       "flip": (("p",), {"p": 0.5})}
+
+
+def _number_pair(op, arg, v, low_inclusive):
+  if not (isinstance(v, tuple) and len(v) == 2 and all(isinstance(e, (int, float)) and not isinstance(e, bool)
+                                                        for e in v) and 0 < v[0] <= v[1]):
+    raise UserError(f"preprocessing {op}({arg}=...) takes a (low, high) pair with 0 < low <= high, got {v!r}")
+  if low_inclusive is not None and v[1] > low_inclusive:
+    raise UserError(f"preprocessing {op}({arg}={v!r}) is out of range: high must be <= {low_inclusive}")
+  return (float(v[0]), float(v[1]))
+
+
+def _size(op, v):
+  if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+    raise UserError(f"preprocessing {op} needs a positive whole number of pixels, got {v!r}")
+  return v
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+  name: str
+  size: tuple = ()     # (h, w) for resize, central_crop, random_resized_crop; (s,) for resize_small
+  scale: tuple = ()
+  ratio: tuple = ()
+  p: float = 0.5
+
+
+@functools.lru_cache(maxsize=64)
+def parse(spec):
+  """'decode|resize_small(256)|central_crop(224)' -> tuple of Op; errors name the bad op or argument."""
+  ops = []
+  for name, args, kwargs, part in split_ops(spec, "preprocessing op", "central_crop(224)"):
+    if name not in OPS:
+      hint = (" (augmentation runs on device: data.augment)" if name in ("crop", "resized_crop", "rotate", "mixup")
+              else " (normalisation is data.mean / data.std / data.norm)" if name in ("value_range", "normalize")
+              else "")
+      raise UserError(f"unknown preprocessing op {name!r} in {spec!r}; known: {', '.join(OPS)}{hint}")
+    params, defaults = OPS[name]
+    if len(args) > len(params):
+      raise UserError(f"preprocessing op {part!r} takes at most {len(params)} argument(s)"
+                      + (f": {', '.join(params)}" if params else ""))
+    values = dict(defaults)
+    values.update(zip(params, args))
+    unknown = set(kwargs) - set(params)
+    if unknown:
+      raise UserError(f"preprocessing op {name!r} has no argument {sorted(unknown)[0]!r}"
+                      + (f"; it takes: {', '.join(params)}" if params else "; it takes none"))
+    values.update(kwargs)
+    if "size" in params and "size" not in values:
+      raise UserError(f"preprocessing op {name!r} needs a size, e.g. {name}(224)")
+    if name in ("resize", "central_crop"):
+      h = _size(name, values["size"])
+      ops.append(Op(name, (h, _size(name, values["width"]) if values["width"] is not None else h)))
+    elif name == "resize_small":
+      ops.append(Op(name, (_size(name, values["size"]),)))
+    elif name == "random_resized_crop":
+      s = values["size"]
+      hw = (_size(name, s[0]), _size(name, s[1])) if isinstance(s, tuple) and len(s) == 2 else (_size(name, s),) * 2
+      ops.append(Op(name, hw, scale=_number_pair(name, "scale", values["scale"], 1.0),
+                    ratio=_number_pair(name, "ratio", values["ratio"], None)))
+    elif name == "flip":
+      p = values["p"]
+      if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+        raise UserError(f"preprocessing flip(p={p!r}) is out of range: p must be in [0, 1]")
+      ops.append(Op(name, p=float(p)))
+    else:
+      ops.append(Op(name))
+  if not ops or ops[0].name != "decode" or any(op.name == "decode" for op in ops[1:]):
+    raise UserError(f"preprocessing {spec!r} must start with decode, once, e.g. {IMAGENET_EVAL!r}")
+  return tuple(ops)
+
+
+def output_size(ops):
+  """(h, w) every image comes out at, or None when it follows each image's size."""
+  size = None
+  for op in ops:
+    if op.name in ("resize", "central_crop", "random_resized_crop"):
+      size = op.size
+    elif op.name == "resize_small":
+      size = None
+  return size
+
+
+def defaults(photo, image_size):
+  """(pp_train, pp_eval) for a source: the ImageNet recipe for photos (at `image_size` if set),
+  else decode at the source's size, or resized to a square `image_size` (small fixed-size sets)."""
+  if photo:
+    crop = image_size or 224
+    return (f"decode|random_resized_crop({crop})|flip",
+            f"decode|resize_small({int(round(crop / EVAL_CROP_FRACTION))})|central_crop({crop})")
+  pp = f"decode|resize({image_size})" if image_size else "decode"
+  return pp, pp
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+@dataclasses.dataclass
+class Plan:
+  """Where the ops leave the image: the source box (x0, y0, x1, y1) resampled to (h, w), then mirrored."""
+  box: tuple
+  h: int
+  w: int
+  flip: bool = False
+
+  def crop(self, top, left, height, width):
+    """The window (top, left, height, width) of the current (h, w) image, as a source box."""
+    x0, y0, x1, y1 = self.box
+    sx, sy = (x1 - x0) / self.w, (y1 - y0) / self.h
+    if self.flip:  # the current image is mirrored: its column c is source column x1 - c * sx
+      nx0, nx1 = x1 - (left + width) * sx, x1 - left * sx
+    else:
+      nx0, nx1 = x0 + left * sx, x0 + (left + width) * sx
+    self.box = (nx0, y0 + top * sy, nx1, y0 + (top + height) * sy)
+    self.h, self.w = height, width
+
+
+def random_resized_crop_window(height, width, scale, ratio, rng):
+  """(top, left, h, w) of torchvision's RandomResizedCrop: 10 tries at a random area fraction in
+  `scale` and a log-uniform aspect ratio in `ratio`, else the central crop clamped to `ratio`."""
+  area = height * width
+  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+  for _ in range(10):
+    target = area * rng.uniform(scale[0], scale[1])
+    aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+    w = int(round(math.sqrt(target * aspect)))
+    h = int(round(math.sqrt(target / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+  in_ratio = width / height
+  if in_ratio < ratio[0]:
+    w, h = width, int(round(width / ratio[0]))
+  elif in_ratio > ratio[1]:
+    h, w = height, int(round(height * ratio[1]))
+  else:
+    w, h = width, height
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+def plan(ops, width, height, rng):
+  """Runs the ops on a (height, width) image's geometry only; returns the Plan."""
+  p = Plan((0.0, 0.0, float(width), float(height)), height, width)
+  for op in ops:
+    if op.name == "resize":
+      p.h, p.w = op.size
+    elif op.name == "resize_small":
+      s = op.size[0]
+      p.h, p.w = (int(s * p.h / p.w), s) if p.w <= p.h else (s, int(s * p.w / p.h))
+    elif op.name == "central_crop":
+      ch, cw = op.size
+      if ch > p.h or cw > p.w:  # enlarge (aspect kept) until the window fits
+        k = max(ch / p.h, cw / p.w)
+        p.h, p.w = max(ch, int(round(p.h * k))), max(cw, int(round(p.w * k)))
+      p.crop(int(round((p.h - ch) / 2)), int(round((p.w - cw) / 2)), ch, cw)
+    elif op.name == "random_resized_crop":
+      p.crop(*random_resized_crop_window(p.h, p.w, op.scale, op.ratio, rng))
+      p.h, p.w = op.size
+    elif op.name == "flip":
+      if rng.random() < op.p:
+        p.flip = not p.flip
+  return p
+
+
+def draft_factor(p):
+  """The largest JPEG DCT scale-down (1, 2, 4 or 8) that leaves the box at least the output size."""
+  x0, y0, x1, y1 = p.box
+  for r in (8, 4, 2):
+    if (x1 - x0) / r >= p.w and (y1 - y0) / r >= p.h:
+      return r
+  return 1
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+class BadImage(Exception):
+  """An image that cannot be decoded; the source names the file and applies data.on_bad_image."""
+
+
+def header(data):
+  """(width, height, channels) of an encoded image, from its header only."""
+  if isinstance(data, np.ndarray):
+    return data.shape[1], data.shape[0], 1 if data.ndim == 2 else data.shape[2]
+  try:
+    if simplejpeg.is_jpeg(data):
+      h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+      return w, h, 1 if colorspace == "Gray" else 3
+    with Image.open(io.BytesIO(data)) as im:
+      return im.size[0], im.size[1], 1 if im.mode in ("1", "L", "I", "I;16", "F") else 3
+  except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    raise BadImage(str(e) or type(e).__name__) from None
+
+
+def _pil(data, channels, factor):
+  """Any format through Pillow; JPEG in draft mode at 1/factor."""
+  mode = "L" if channels == 1 else "RGB"
+  with Image.open(io.BytesIO(data)) as im:
+    if factor > 1 and im.format == "JPEG":
+      im.draft(mode, (-(-im.size[0] // factor), -(-im.size[1] // factor)))
+    return np.asarray(im.convert(mode)).reshape(im.size[1], im.size[0], channels)
+
+
+def decode(data, channels, factor=1):
+  """Encoded bytes (or an already decoded array) -> uint8 [H, W, channels] (1: grey, 3: RGB), JPEGs
+  at 1/factor of their size straight from the DCT coefficients. Raises BadImage."""
+  try:
+    if isinstance(data, np.ndarray):
+      a = data if data.ndim == 3 else data[..., None]
+      if a.shape[-1] == 1:
+        return a if channels == 1 else np.repeat(a, 3, -1)
+      a = np.ascontiguousarray(a[..., :3])
+      return a if channels == 3 else np.asarray(Image.fromarray(a).convert("L"))[..., None]
+    if simplejpeg.is_jpeg(data):
+      h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+      if colorspace not in ("CMYK", "YCCK"):  # those go through Pillow's colour conversion
+        try:
+          return simplejpeg.decode_jpeg(data, colorspace="GRAY" if channels == 1 else "RGB",
+                                        min_height=-(-h // factor), min_width=-(-w // factor))
+        except ValueError:
+          pass  # libjpeg-turbo's strict mode refuses what Pillow accepts (e.g. extraneous bytes): let Pillow decide
+    return _pil(data, channels, factor)
+  except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    raise BadImage(str(e) or type(e).__name__) from None
+
+
+def resample(a, box, h, w):
+  """The source box (x0, y0, x1, y1) of uint8 [H, W, C] resampled to [h, w, C]. Under 2x reduction:
+  bilinear at half-pixel centres on the exact (fractional) box, as TF's resize that big_vision uses
+  (OpenCV, ~4x Pillow's speed); from 2x up (PNGs and decoded arrays get no DCT scaling): Pillow's
+  antialiased bilinear, so large reductions do not alias."""
+  c = a.shape[2]
+  x0, y0, x1, y1 = box
+  sx, sy = (x1 - x0) / w, (y1 - y0) / h
+  if sx < 2 and sy < 2:
+    m = np.array([[sx, 0.0, x0 + 0.5 * sx - 0.5], [0.0, sy, y0 + 0.5 * sy - 0.5]])
+    out = cv2.warpAffine(a, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+  else:
+    out = np.asarray(Image.fromarray(a[..., 0] if c == 1 else a).resize((w, h), Image.Resampling.BILINEAR, box=box))
+  return out.reshape(h, w, c)
+
+
+def process(ops, data, channels, rng):
+  """One example: encoded bytes or a decoded array -> uint8 [h, w, channels] after `ops`."""
+  width, height, _ = header(data)
+  p = plan(ops, width, height, rng)
+  factor = draft_factor(p) if not isinstance(data, np.ndarray) else 1
+  a = decode(data, channels, factor)
+  sy, sx = a.shape[0] / height, a.shape[1] / width
+  box = (max(p.box[0] * sx, 0.0), max(p.box[1] * sy, 0.0), min(p.box[2] * sx, float(a.shape[1])),
+         min(p.box[3] * sy, float(a.shape[0])))  # clamped: float rounding must not leave the image
+  if box != (0.0, 0.0, float(a.shape[1]), float(a.shape[0])) or (p.h, p.w) != a.shape[:2]:
+    a = resample(a, box, p.h, p.w)
+  return np.ascontiguousarray(a[:, ::-1]) if p.flip else a
+
+
+def fit(image, image_shape):
+  """A processed image -> exactly `image_shape` (h, w, c): resized when its pp left another size."""
+  h, w, _ = image_shape
+  if image.shape[:2] == (h, w):
+    return image
+  return resample(image, (0.0, 0.0, float(image.shape[1]), float(image.shape[0])), h, w)
+
+
+def for_model(data, pp_eval, image_shape):
+  """An encoded image -> uint8 `image_shape` as the run's evaluation saw it: its eval preprocessing
+  (dataset.json's pp_eval), fitted to the model's input; a plain resize for runs without one
+  (in-memory sets). What `imgrec serve` and `imgrec explain --images` apply to any image."""
+  return fit(process(parse(pp_eval or "decode"), data, image_shape[2], None), image_shape)
