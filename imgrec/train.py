@@ -57,7 +57,7 @@ def train(cfg, workdir):
     return {"split": split, **{k: summary[k] for k in EVAL_RECORD}}, summary
 
   # ---------------------------------------------------------------- model selection
-  best = Selection(cfg, workdir, enabled=monitor == "val")
+  best = Selection(cfg, workdir, enabled=cfg.data.val_fraction > 0)  # a held-out val split, never the reported one
 
   # ---------------------------------------------------------------- loop
   log = TrainLog(cfg, workdir, lr_fn, total_steps, start_step, is_main)

@@ -48,6 +48,7 @@ def test_resnet50_recipe_trains_evaluates_and_resumes_on_a_folder(tmp_path):
   first = subprocess.run(train + ["--config.steps=4"], cwd=ROOT, env=env, capture_output=True, text=True)
   assert first.returncode == 0, first.stderr[-4000:]
   assert "val accuracy" in first.stdout and (workdir / "checkpoints" / "4").is_dir()
+  assert not (workdir / "best").exists()  # the folder's val/ is the reported split: no model selection on it
   info = json.loads((workdir / "dataset.json").read_text())
   assert info["image_shape"] == [32, 32, 3] and info["class_names"] == list(WNIDS)
   assert info["pp_eval"] == "decode|resize_small(37)|central_crop(32)" and info["mean"] == [0.485, 0.456, 0.406]
