@@ -97,8 +97,7 @@ def train(cfg, workdir, restart=False):
       if stop and (mngr.latest_step() or 0) < done:
         save(mngr, done, state, log)  # the step the signal found
     if stop:
-      raise Preempted(f"stopped by {stop.received} at step {done}: checkpoint "
-                      f"{checkpoint.step_dir(mngr, mngr.latest_step())} written; rerun the same command to resume")
+      raise stop.preempted(done, mngr)
 
     # -------------------------------------------------------------- final evaluation
     state = best.restore(workdir, abstract) or state  # the selected model, when there is one
@@ -217,6 +216,11 @@ class Signals:
     self.received = name
     os.write(2, f"\nimgrec: {name}: saving a checkpoint at the current step, then exiting ({name} again exits at "
                 "once)\n".encode())
+
+  def preempted(self, step, mngr):
+    latest = mngr.latest_step()
+    saved = f"checkpoint {checkpoint.step_dir(mngr, latest)} written" if latest is not None else "no checkpoint yet"
+    return Preempted(f"stopped by {self.received} at step {step}: {saved}; rerun the same command to resume")
 
   def until(self, batches):
     """`batches` until a signal comes. The input pipeline may go down with the signal (worker processes get a

@@ -13,6 +13,7 @@ is read or held); `write(W, cfg, info, state)` writes one (training, pruning and
 import contextlib
 import functools
 import json
+import logging
 import os
 from typing import Any, NamedTuple
 
@@ -24,6 +25,8 @@ from imgrec import checkpoint, config as config_lib, models, optim, parallel
 from imgrec.data import pipeline, sources
 from imgrec.errors import UserError
 from imgrec.state import TrainState, init_state, variables
+
+log = logging.getLogger("imgrec")
 
 CONFIG_FILE, INFO_FILE, METRICS_FILE, PARAMS_FILE = "config.json", "dataset.json", "metrics.jsonl", "params.npz"
 BF16_SUFFIX = "@bf16"  # .npz has no bfloat16: such arrays are stored as their uint16 bits under NAME@bf16
@@ -201,20 +204,37 @@ def append_metrics(workdir, record):
 
 
 def read_metrics(workdir):
+  """The records of metrics.jsonl. A last line cut short (the writer was killed mid-append) is left out; a bad
+  line before it is a UserError naming the file and line."""
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f]
+    lines = f.read().splitlines()
+  records = []
+  for i, line in enumerate(lines, 1):
+    try:
+      records.append(json.loads(line))
+    except ValueError:
+      if i < len(lines):
+        raise UserError(f"{path} line {i} is not a JSON record: {line[:80]!r}; fix or remove that line") from None
+      log.warning("%s: the last line is cut short (a write was interrupted); it is left out", path)
+  return records
 
 
 def trim_metrics(workdir, last_step):
   """On resume, drops the records written after the checkpoint the run resumes from (and nothing else). The
   file is replaced in one rename, so a crash here leaves the old one."""
   path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return
   records = read_metrics(workdir)
   kept = [r for r in records if r["step"] <= last_step]
-  if len(kept) == len(records):
+  with open(path, "rb") as f:  # a last line cut short is dropped too, or the next record would join it
+    f.seek(0, os.SEEK_END)
+    f.seek(max(f.tell() - 1, 0))
+    intact = f.read(1) in (b"\n", b"")
+  if len(kept) == len(records) and intact:
     return
   with writing(path):
     with open(path + ".tmp", "w") as f:

@@ -212,6 +212,25 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(run60, tmp_path):
   assert hashes(workdir) == before
 
 
+def test_a_metrics_line_cut_short_by_a_kill_is_left_out(run60, tmp_path, caplog):
+  workdir = copy_of(run60, tmp_path)
+  path = os.path.join(workdir, wd.METRICS_FILE)
+  records = wd.read_metrics(workdir)
+  with open(path, "a") as f:
+    f.write('{"step": 61, "split": "tr')  # a kill -9 in the middle of an append
+  with caplog.at_level("WARNING", logger="imgrec"):
+    train.train(tiny_config(steps=70), workdir)
+  assert any("the last line is cut short" in r.getMessage() for r in caplog.records)
+  assert wd.read_metrics(workdir)[:len(records)] == records and wd.read_metrics(workdir)[-1]["step"] == 70
+  # Control: a bad line that is not the last one is an error, not silently dropped.
+  with open(path) as f:
+    lines = f.readlines()
+  with open(path, "w") as f:
+    f.writelines(lines[:1] + ["garbage\n"] + lines[1:])
+  with pytest.raises(UserError, match=r"metrics.jsonl line 2 is not a JSON record"):
+    wd.read_metrics(workdir)
+
+
 # ---------------------------------------------------------------------------- divergence
 
 def _poison(monkeypatch, at_step, field):
