@@ -1,10 +1,10 @@
 """The `imgrec` command. Thin: parses arguments and calls library functions.
 
-  imgrec train [--config configs/FILE.py[:ARGS]] [--workdir W] [--config.KEY=VALUE ...]
+  imgrec train [--config configs/FILE.py[:ARGS]] [--workdir W] [--restart] [--config.KEY=VALUE ...]
   imgrec augment-preview [--config ...] [--config.data.augment=...] [--out F.png]
-  imgrec eval --workdir W [--split test] [--tta] [--json]
-  imgrec explain --workdir W [--images A.png B.png | --split test --n 16] [--layer NAME]
-  imgrec robustness --workdir W [--split test] [--limit N] [--corruptions a,b] [--epsilons 1,2,4,8]
+  imgrec eval --workdir W [--split test] [--tta] [--json] [--config.data.dir=NEW | --config.data.source=NEW]
+  imgrec explain --workdir W [--images A.png B.png | --split test --n 16] [--layer NAME] [--config.data.dir=...]
+  imgrec robustness --workdir W [--split test] [--limit N] [--corruptions a,b] [--epsilons 1,2,4,8] [--config.data...]
   imgrec export --workdir W --out F.zip
   imgrec import-torchvision ARCH WEIGHTS.pth --workdir W   (then --config.transfer.init_from=W)
   imgrec compress --workdir W --method int8|bf16|prune|channels --out PATH [--sparsity 0.9 --steps 200]
@@ -12,6 +12,12 @@
   imgrec sweep --config C --study DIR --trials N --space 'optim.lr=loguniform(1e-4,1e-1)' [--space ...]
                [--storage URL] [--metric val.accuracy] [--direction maximize] [--pruner median] [--config.KEY=VALUE ...]
   imgrec models [NAME ...] [--flops [NAME ...]] [--json]
+
+Exit codes: 0 done; 2 a user error (one line on stderr, no traceback); 75 (errors.EXIT_PREEMPTED) `train`
+stopped by SIGTERM/SIGINT after writing a checkpoint at the step it reached: rerun the same command to resume;
+128 + N killed by signal N (a second SIGTERM/SIGINT while that checkpoint is written exits so, at once).
+Outside train and augment-preview, --config.data.dir and --config.data.source point a trained run at data that
+moved (serve reads no data and only checks them); any other --config key is refused.
 """
 import argparse
 import json
@@ -19,7 +25,7 @@ import logging
 import os
 import sys
 
-from imgrec.errors import UserError
+from imgrec.errors import EXIT_PREEMPTED, Preempted, UserError
 
 
 def _train(args, overrides):
@@ -28,13 +34,13 @@ def _train(args, overrides):
   config.override(cfg, overrides)
   workdir = args.workdir or os.path.join(
       "runs", os.path.splitext(os.path.basename(args.config.partition(":")[0]))[0] if args.config else "default")
-  train.train(cfg, workdir)
+  train.train(cfg, workdir, restart=args.restart)
   print(f"workdir: {workdir} (metrics.jsonl, curves.png, checkpoints/, tensorboard/)")
 
 
 def _eval(args, overrides):
   from imgrec import evaluate
-  result = evaluate.evaluate_workdir(args.workdir, args.split, args.batch_size, tta=args.tta)
+  result = evaluate.evaluate_workdir(args.workdir, args.split, args.batch_size, tta=args.tta, overrides=overrides)
   if args.json:
     print(json.dumps(evaluate.headline(result)))
   else:
@@ -51,7 +57,7 @@ def _robustness(args, overrides):
   except ValueError:
     raise UserError(f"--epsilons takes comma-separated numbers in 1/255 units, e.g. 1,2,4,8; got {args.epsilons!r}")
   result = robustness.robustness_workdir(args.workdir, args.split, args.batch_size, args.limit, names, eps,
-                                         args.pgd_steps)
+                                         args.pgd_steps, overrides=overrides)
   print(robustness.table_markdown(result))
   print(f"written: {result['out']}/robustness.md, robustness.json, robustness.png")
   if args.json:
@@ -61,7 +67,8 @@ def _robustness(args, overrides):
 
 def _explain(args, overrides):
   from imgrec import explain
-  result = explain.explain_workdir(args.workdir, args.images, args.split, args.n, args.layer, args.ig_steps)
+  result = explain.explain_workdir(args.workdir, args.images, args.split, args.n, args.layer, args.ig_steps,
+                                  overrides=overrides)
   print(f"{result['method']}" + (f" on layer {result['layer']}" if result["layer"] else "") +
         f": {len(result['files'])} explanation PNGs in {os.path.dirname(result['files'][0])}"
         + (f", filters: {result['filters']}" if result["filters"] else ""))
@@ -102,7 +109,9 @@ def _import_torchvision(args, overrides):
 
 
 def _serve(args, overrides):
+  from imgrec import config, workdir as wd
   from imgrec.serve import app
+  wd.apply_data_overrides(config.defaults(), overrides)  # the server reads no data: only refuse other keys
   sizes = tuple(int(s) for s in args.batch_sizes.split(",") if s.strip())
   if not sizes or min(sizes) < 1:
     raise UserError(f"--batch-sizes {args.batch_sizes!r}: give positive integers, e.g. 1,8,32,64")
@@ -147,6 +156,8 @@ def parser():
                      epilog="Any config key can be overridden: --config.optim.lr=0.01 --config.model.name=resnet18")
   t.add_argument("--config", help="configs/FILE.py[:ARGS] (default: small CNN on digits)")
   t.add_argument("--workdir", help="output directory (default: runs/CONFIG_NAME)")
+  t.add_argument("--restart", action="store_true",
+                 help="start over in a workdir holding another run: it is moved to W/previous-<timestamp>/")
   t.set_defaults(func=_train)
   e = sub.add_parser("eval", help="evaluate a trained workdir")
   e.add_argument("--workdir", required=True)
@@ -242,18 +253,22 @@ def main(argv=None):
   overrides = [a[len("--config."):] for a in argv if a.startswith("--config.")]
   rest = [a for a in argv if not a.startswith("--config.")]
   args = parser().parse_args(rest)
-  if overrides and args.command not in ("train", "augment-preview", "sweep"):
-    print(f"imgrec: error: --config.KEY=VALUE overrides apply to `imgrec train` and `imgrec sweep` only",
-          file=sys.stderr)
+  if overrides and args.command not in ("train", "augment-preview", "sweep", "eval", "robustness", "explain", "serve"):
+    print(f"imgrec: error: --config.KEY=VALUE overrides apply to `imgrec train` and `imgrec sweep` (and "
+          "--config.data.dir/source to eval, robustness, explain and serve)", file=sys.stderr)
     return 2
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
   try:
-    from imgrec import compile_cache
+    from imgrec import checkpoint, compile_cache
+    checkpoint.quiet_background_errors()  # a failed save is one line, not Orbax's thread tracebacks
     compile_cache.enable()  # before any command compiles; `train` may point it elsewhere (compile_cache key)
     args.func(args, overrides)
   except UserError as e:
     print(f"imgrec: error: {e}", file=sys.stderr)
     return 2
+  except Preempted as e:
+    print(f"imgrec: {e}", file=sys.stderr)
+    return EXIT_PREEMPTED
   return 0
 
 

@@ -49,7 +49,7 @@ def defaults():
   c.model = ml_collections.ConfigDict()
   c.model.name = "small_cnn"
   c.model.kwargs = ml_collections.ConfigDict()  # passed to the model constructor
-  c.model.dtype = "float32"   # compute dtype; params stay float32
+  c.model.dtype = "float32"   # compute dtype: float32 | bfloat16; params stay float32
 
   c.batch_size = 64           # global batch, split over all devices of all processes
   c.epochs = 20.0             # training length; `steps` wins when > 0
@@ -217,8 +217,12 @@ def validate(cfg):
   if not 0 <= cfg.data.val_fraction < 1:
     raise UserError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
   _validate_data(cfg.data)
-  if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
-    raise UserError(f"model.dtype must be float32, bfloat16 or float16, got {cfg.model.dtype!r}")
+  if cfg.model.dtype == "float16":  # float16 training needs dynamic loss scaling, which imgrec does not do
+    raise UserError("model.dtype 'float16' is refused for training: without loss scaling, small gradients "
+                    "underflow to zero in float16; use --config.model.dtype=bfloat16 (float32's exponent range, no "
+                    "scaling needed, fast on TPUs and recent GPUs)")
+  if cfg.model.dtype not in ("float32", "bfloat16"):
+    raise UserError(f"model.dtype must be float32 or bfloat16, got {cfg.model.dtype!r}")
   return cfg
 
 

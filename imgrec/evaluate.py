@@ -14,7 +14,6 @@ import jax
 import numpy as np
 
 from imgrec import metrics, parallel, plots, steps, workdir as wd
-from imgrec.data import sources
 
 
 def logits_fn(model, mean, std, tta=False):
@@ -22,19 +21,19 @@ def logits_fn(model, mean, std, tta=False):
   return lambda v, b: {"logits": steps.predict(model, v, b["image"], mean, std, tta), "label": b["label"]}
 
 
-def evaluate_workdir(workdir, split=None, batch_size=None, tta=False, report=True, n_mistakes=24):
+def evaluate_workdir(workdir, split=None, batch_size=None, tta=False, report=True, n_mistakes=24, overrides=()):
   """Metrics of the workdir's latest checkpoint on a split (default: the config's eval split).
 
   Returns the summary dict (split, accuracy, top5_accuracy, loss, ece, examples, step, ...);
   with `report`, also writes workdir/report/.
   """
-  run = wd.restore(workdir, params_only=True)
+  run = wd.restore(workdir, params_only=True, overrides=overrides)
   cfg, info = run.cfg, run.info
   split = split or cfg.data.eval_split
   mesh = parallel.make_mesh()
   batch_size = batch_size or cfg.batch_size
   parallel.check_batch(batch_size)
-  data = sources.load(cfg.data).split(split)
+  data = wd.dataset(run).split(split)
   out = steps.stream(logits_fn(run.model, info["mean"], info["std"], tta), run.variables, data, batch_size, mesh,
                      cfg.data.prefetch, desc=f"eval {split}")
   logits, labels = out["logits"], out["label"]

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from imgrec import plots, steps, workdir as wd
-from imgrec.data import preprocess, sources
+from imgrec.data import preprocess
 from imgrec.errors import UserError
 
 
@@ -217,17 +217,18 @@ def load_images(paths, image_shape, pp_eval=""):
   return np.stack(out)
 
 
-def explain_workdir(workdir, images=None, split="test", n=16, layer=None, ig_steps=128, smooth_n=32, seed=0):
+def explain_workdir(workdir, images=None, split="test", n=16, layer=None, ig_steps=128, smooth_n=32, seed=0,
+                    overrides=()):
   """Explains `n` examples of `split` (a fixed random sample), or the files `images`. Writes W/explain/."""
-  run = wd.restore(workdir, params_only=True)
-  cfg, info, model = run.cfg, run.info, run.model
+  run = wd.restore(workdir, params_only=True, overrides=overrides)
+  info, model = run.info, run.model
   variables = jax.device_get(run.variables)
   class_names = info["class_names"]
   if images:
     x = load_images(images, info["image_shape"], info.get("pp_eval", ""))
     labels, names = None, [os.path.splitext(os.path.basename(p))[0] for p in images]
   else:
-    data = sources.load(cfg.data).split(split)
+    data = wd.dataset(run).split(split)
     if n <= 0:
       raise UserError(f"--n must be positive, got {n}")
     idx = np.sort(np.random.default_rng(seed).choice(len(data), min(n, len(data)), replace=False))

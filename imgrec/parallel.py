@@ -12,6 +12,7 @@ import os
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from imgrec.errors import UserError
@@ -26,6 +27,12 @@ def initialize(cfg):
                                num_processes=cfg.num_processes, process_id=cfg.process_id)
   elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
     jax.distributed.initialize()  # multi-host TPU VM: everything is discovered
+
+
+def sync(name):
+  """Waits until every process reaches this point (nothing to wait for with one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def make_mesh():

@@ -19,7 +19,7 @@ import optax
 import tqdm
 
 from imgrec import parallel, plots, steps, workdir as wd
-from imgrec.data import sources, splits
+from imgrec.data import splits
 from imgrec.errors import UserError
 
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -141,18 +141,18 @@ def _accuracy(fn, variables, data, batch_size, mesh, prefetch, transform=None, d
 
 
 def robustness_workdir(workdir, split=None, batch_size=None, limit=0, corruptions=CORRUPTIONS, epsilons=EPSILONS,
-                       pgd_steps=10, seed=0):
+                       pgd_steps=10, seed=0, overrides=()):
   """Clean, corrupted and adversarial accuracy of the workdir's latest checkpoint; writes W/robustness/.
 
   `limit` > 0 evaluates a fixed random subset of that many examples (the same for every corruption).
   """
-  run = wd.restore(workdir, params_only=True)
+  run = wd.restore(workdir, params_only=True, overrides=overrides)
   cfg, info, model, variables = run.cfg, run.info, run.model, run.variables
   split = split or cfg.data.eval_split
   mesh = parallel.make_mesh()
   batch_size = batch_size or cfg.batch_size
   parallel.check_batch(batch_size)
-  data = sources.load(cfg.data).split(split)
+  data = wd.dataset(run).split(split)
   if 0 < limit < len(data):
     data = splits.subset(data, np.sort(np.random.default_rng(seed).choice(len(data), limit, replace=False)))
   for name in corruptions:

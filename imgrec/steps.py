@@ -1,6 +1,8 @@
 """The pure functions of a model, and the one loop that streams a split through one of them.
 
   train_step(state, batch[, teacher]) -> (state, metrics)     make_train_step(...)
+      metrics["finite"]: loss and gradient norm are finite, checked on device (the loop reads it without waiting)
+  all_finite(tree) -> bool: every float leaf is finite (checked before a checkpoint is written)
   eval_outputs(variables, batch) -> per-example nll, correct  make_eval_step(...)
   predict(model, variables, uint8 images, mean, std) -> logits: the one predict, used by training
       evaluation, `imgrec eval`, robustness, explain, compress, export and the server
@@ -111,9 +113,18 @@ def make_train_step(model, tx, mean, std, cfg=None, objective=None):
                                                                                             decay)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
                               ema_params=ema_params, ema_batch_stats=ema_stats)
-    metrics = {"loss": loss, "accuracy": correct / batch["label"].shape[0], "grad_norm": optax.tree.norm(grads)}
+    grad_norm = optax.tree.norm(grads)
+    metrics = {"loss": loss, "accuracy": correct / batch["label"].shape[0], "grad_norm": grad_norm,
+               "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
     return new_state, metrics
   return train_step
+
+
+@jax.jit
+def all_finite(tree):
+  """Whether every floating-point leaf of `tree` is finite (integer leaves, like step counters, always are)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def make_eval_step(model, mean, std):

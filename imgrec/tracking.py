@@ -124,9 +124,14 @@ class Tracker:
     for tag, image in images.items():
       self.writer.add_image(tag, image, step, dataformats="HWC")
 
+  def flush(self):
+    if self.writer is not None:
+      self.writer.flush()
+
   def close(self):
     if self.writer is not None:
       self.writer.close()
+      self.writer = None
 
 
 def parse_window(spec):

@@ -1,10 +1,19 @@
 """The trainer: `train(cfg, workdir)` reads top to bottom, in banner sections.
 
-Everything it uses lies below it: the run on disk (workdir.py), the pure steps and the one evaluation
-loop (steps.py), the state (state.py), the optimiser (optim.py), the input pipeline (data/). Only the
-CLI and scripts import this module.
+Everything it uses lies below it: the resume guard and the workdir lock (resume.py), the run on disk
+(workdir.py), the pure steps and the one evaluation loop (steps.py), the state (state.py), the optimiser
+(optim.py), the input pipeline (data/). Only the CLI and scripts import this module.
+
+A run does not lose work. A config that would change the run already in the workdir is refused before anything
+is written. A checkpoint is written only when every step before it had a finite loss and gradient norm (each step
+reports `finite`, computed on device; the loop reads the flags as they become ready, without waiting, so a
+non-finite step stops the run a few steps later at most, named, whatever log_every is) and the state itself is
+finite. SIGTERM or SIGINT saves a checkpoint at the step reached and raises `Preempted` (exit 75 from the CLI);
+a second signal exits at once.
 """
 import os
+import signal
+import threading
 import time
 
 import jax
@@ -12,14 +21,20 @@ import numpy as np
 import tqdm
 
 from imgrec import checkpoint, compile_cache, config as config_lib, evaluate as evaluate_lib, losses, metrics
-from imgrec import parallel, plots, steps, tracking, transfer, workdir as wd
+from imgrec import parallel, plots, resume, steps, tracking, transfer, workdir as wd
 from imgrec.data import pipeline, sources
-from imgrec.errors import UserError
+from imgrec.errors import Preempted, UserError
 from imgrec.state import variables
 
+MAX_UNCHECKED = 8  # steps in flight whose finite flag is not read yet; past this the loop waits for the oldest
+EVAL_RECORD = ("accuracy", "loss", "examples", "top5_accuracy", "ece")  # what metrics.jsonl keeps of an evaluation
 
-def train(cfg, workdir):
-  """Trains `cfg` in `workdir`, resuming from its latest checkpoint. Returns (state, final eval metrics)."""
+
+def train(cfg, workdir, restart=False):
+  """Trains `cfg` in `workdir`, resuming from its latest checkpoint. Returns (state, final eval metrics).
+
+  A config that would change the run already in `workdir` is refused, unless `restart` moves that run aside to
+  W/previous-<timestamp>/. SIGTERM or SIGINT: a checkpoint at the current step, then `Preempted` is raised."""
   config_lib.validate(cfg)
   compile_cache.enable(cfg.compile_cache)  # a second run loads its executables instead of compiling them
 
@@ -30,74 +45,72 @@ def train(cfg, workdir):
   batch_sharding = parallel.batch_sharding(mesh)
   is_main = jax.process_index() == 0
 
-  # ---------------------------------------------------------------- data
-  ds, info, monitor = open_data(cfg)
-  train_split = ds.split(cfg.data.train_split)
-  per_epoch, total_steps = wd.schedule_lengths(cfg, len(train_split))
-  if is_main:
-    wd.write(workdir, cfg, info)
+  with resume.lock(workdir, enabled=is_main), Signals() as stop:
+    # -------------------------------------------------------------- data, and the resume guard
+    ds, info, monitor = open_data(cfg)
+    train_split = ds.split(cfg.data.train_split)
+    per_epoch, total_steps = wd.schedule_lengths(cfg, len(train_split))
+    for line in resume.prepare(workdir, cfg, info, restart, is_main):  # refuses before anything is written
+      print(line, flush=True)
 
-  # ---------------------------------------------------------------- model and state
-  model, tx, lr_fn, init, abstract, shardings = wd.build(cfg, info, mesh)
-  mngr = checkpoint.manager(workdir, cfg.keep_checkpoints)
-  state = checkpoint.restore_latest(mngr, abstract) or initial_state(cfg, init, shardings)
-  start_step = int(state.step)
-  if is_main:
-    wd.trim_metrics(workdir, start_step)
-  print(banner(cfg, ds, state, monitor, total_steps, per_epoch), flush=True)
+    # -------------------------------------------------------------- model and state
+    model, tx, lr_fn, init, abstract, shardings = wd.build(cfg, info, mesh)
+    mngr = checkpoint.manager(workdir, cfg.keep_checkpoints)
+    state = restore_or_init(cfg, info, workdir, mngr, abstract, init, shardings, is_main)
+    start_step = int(state.step)
+    print(banner(cfg, ds, state, monitor, total_steps, per_epoch), flush=True)
 
-  # ---------------------------------------------------------------- compiled steps
-  train_step = compile_train_step(cfg, model, tx, info, shardings, batch_sharding)
-  logits_fn = evaluate_lib.logits_fn(model, info["mean"], info["std"])
+    # -------------------------------------------------------------- compiled steps
+    train_step = compile_train_step(cfg, model, tx, info, shardings, batch_sharding)
+    logits_fn = evaluate_lib.logits_fn(model, info["mean"], info["std"])
 
-  def evaluate(state, split):  # -> (the record metrics.jsonl keeps, the full `metrics.summary`)
-    out = steps.stream(logits_fn, variables(state), ds.split(split), cfg.batch_size, mesh, cfg.data.prefetch,
-                       desc=f"eval {split}")
-    summary = metrics.summary(out["logits"], out["label"], info["class_names"])
-    return {"split": split, **{k: summary[k] for k in EVAL_RECORD}}, summary
+    def evaluate(state, split):  # -> (the record metrics.jsonl keeps, the full `metrics.summary`)
+      out = steps.stream(logits_fn, variables(state), ds.split(split), cfg.batch_size, mesh, cfg.data.prefetch,
+                         desc=f"eval {split}")
+      summary = metrics.summary(out["logits"], out["label"], info["class_names"])
+      return {"split": split, **{k: summary[k] for k in EVAL_RECORD}}, summary
 
-  # ---------------------------------------------------------------- model selection
-  best = Selection(cfg, workdir, enabled=cfg.data.val_fraction > 0)  # a held-out val split, never the reported one
+    # -------------------------------------------------------------- model selection
+    best = Selection(cfg, workdir, enabled=cfg.data.val_fraction > 0)  # a held-out val split, not the reported one
 
-  # ---------------------------------------------------------------- loop
-  log = TrainLog(cfg, workdir, lr_fn, total_steps, start_step, is_main)
-  profiler = tracking.Profiler(cfg.profile, os.path.join(workdir, tracking.PROFILE_DIR))
-  eval_every, ckpt_every = cfg.eval_every or per_epoch, cfg.checkpoint_every or per_epoch
-  batches = pipeline.train_batches(train_split, cfg.batch_size, cfg.seed, start_step,
-                                   start_step if best.stop_early() else total_steps, batch_sharding, cfg.data.prefetch)
-  result = None
-  with log, profiler:
-    for step, batch in batches:
-      state, step_metrics = profiler.step(train_step, step, state, batch)
-      done = log.add(step, step_metrics)
-      if done % cfg.log_every == 0 or done == total_steps:
-        log.flush(done)
-      if done % eval_every == 0 or done == total_steps:
-        log.flush(done)
-        result, summary = evaluate(state, monitor)
-        log.evaluation(done, result, best.update(done, result, state))
-      if done % ckpt_every == 0 or done == total_steps or best.stop_early():
-        log.flush(done)
-        checkpoint.save(mngr, done, state)
-      if best.stop_early():
-        log.write(f"early stop at step {done}: no better val {cfg.select_metric} for {best.since} evaluations")
-        batches.close()
-        break
-  mngr.wait_until_finished()
-  mngr.close()
+    # -------------------------------------------------------------- loop
+    log = TrainLog(cfg, workdir, lr_fn, total_steps, start_step, is_main)
+    profiler = tracking.Profiler(cfg.profile, os.path.join(workdir, tracking.PROFILE_DIR))
+    eval_every, ckpt_every = cfg.eval_every or per_epoch, cfg.checkpoint_every or per_epoch
+    end_step = start_step if best.stop_early() else total_steps
+    batches = pipeline.train_batches(train_split, cfg.batch_size, cfg.seed, start_step, end_step, batch_sharding,
+                                     cfg.data.prefetch)
+    result, done = None, start_step
+    with log, profiler, checkpoint.closing(mngr), checkpoint.closing(best.mngr):  # saves finish however it ends
+      for step, batch in stop.until(batches):
+        state, step_metrics = profiler.step(train_step, step, state, batch)
+        done = log.add(step, step_metrics)
+        if done % cfg.log_every == 0 or done == total_steps:
+          log.flush(done)
+        if done % eval_every == 0 or done == total_steps:
+          ensure_finite(done, state, log)  # nothing is evaluated, selected or saved from a non-finite state
+          result, summary = evaluate(state, monitor)
+          log.evaluation(done, result, best.update(done, result, state))
+        if done % ckpt_every == 0 or done == total_steps or best.stop_early():
+          save(mngr, done, state, log)
+        if best.stop_early():
+          log.write(f"early stop at step {done}: no better val {cfg.select_metric} for {best.since} evaluations")
+          break
+      batches.close()
+      if stop and (mngr.latest_step() or 0) < done:
+        save(mngr, done, state, log)  # the step the signal found
+    if stop:
+      raise stop.preempted(done, mngr)
 
-  # ---------------------------------------------------------------- final evaluation
-  state = best.restore(abstract) or state  # the selected model, when there is one
-  if best.enabled or result is None:  # test once on the selected model; or resumed an already finished run
-    result, summary = evaluate(state, cfg.data.eval_split)
-  log.finish(result, summary)
+    # -------------------------------------------------------------- final evaluation
+    state = best.restore(workdir, abstract) or state  # the selected model, when there is one
+    if best.enabled or result is None:  # test once on the selected model; or resumed an already finished run
+      result, summary = evaluate(state, cfg.data.eval_split)
+    log.finish(result, summary)
   return state, result
 
 
 # ---------------------------------------------------------------------------- the sections' helpers
-
-EVAL_RECORD = ("accuracy", "loss", "examples", "top5_accuracy", "ece")  # what metrics.jsonl keeps of an evaluation
-
 
 def open_data(cfg):
   """(data set, its dataset.json info, the split evaluated during training). Evaluations during training,
@@ -106,6 +119,24 @@ def open_data(cfg):
   if cfg.data.val_fraction > 0:
     ds = sources.with_validation(ds, cfg.data.train_split, cfg.data.val_fraction)
   return ds, wd.data_info(cfg, ds), "val" if cfg.data.val_fraction > 0 else cfg.data.eval_split
+
+
+def restore_or_init(cfg, info, workdir, mngr, abstract, init, shardings, is_main):
+  """The newest readable checkpoint; a fresh state only when there is no checkpoint at all. Then the workdir is
+  written: config.json and dataset.json; unreadable checkpoints newer than the one restored are moved to
+  W/damaged-<timestamp>/ (the run writes those steps again, never over them); metrics.jsonl loses only the
+  records newer than the step resumed from."""
+  state = checkpoint.restore_latest(mngr, abstract)
+  state = initial_state(cfg, init, shardings) if state is None else state
+  if is_main:
+    wd.write(workdir, cfg, info)
+    dest = os.path.join(resume.set_aside_dir(workdir, "damaged"), os.path.basename(str(mngr.directory)))
+    for path in checkpoint.set_aside(mngr, int(state.step), dest):
+      print(f"moved the unreadable checkpoint to {path}; resuming from step {int(state.step)}", flush=True)
+    wd.trim_metrics(workdir, int(state.step))
+  parallel.sync("imgrec-restored")
+  mngr.reload()  # the other processes see what the main one moved
+  return state
 
 
 def initial_state(cfg, init, shardings):
@@ -142,6 +173,70 @@ def compile_train_step(cfg, model, tx, info, shardings, batch_sharding):
   return lambda state, batch: step(state, batch, teacher_variables)
 
 
+def ensure_finite(step, state, log):
+  """Writes the pending training metrics, raising on a non-finite step; then checks the state itself."""
+  log.flush(step)
+  if not bool(steps.all_finite(state)):
+    raise UserError(f"training diverged: the state after step {step} holds non-finite values (its loss and "
+                    "gradient norm were finite); it is not saved. Train with a lower optim.lr or with "
+                    "optim.grad_clip, in a new --workdir (or with --restart)")
+
+
+def save(mngr, step, state, log):
+  """Writes a checkpoint of `state` at `step`, once every step before it is known finite and so is the state."""
+  ensure_finite(step, state, log)
+  checkpoint.save(mngr, step, state)
+
+
+class Signals:
+  """SIGTERM and SIGINT while training (what preemptible VMs and Kubernetes send before a kill, and Ctrl-C):
+  the first asks the loop to stop after the current step and save a checkpoint there; a second exits at once
+  with 128 + the signal number. Installed on the main thread only (Python runs handlers there). True once a
+  signal came; the loop checks it between steps, so no step, evaluation or save is cut off."""
+
+  def __init__(self):
+    self.received, self.previous = None, {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self.previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for sig, handler in self.previous.items():
+      signal.signal(sig, handler)
+
+  def __bool__(self):
+    return self.received is not None
+
+  def _handle(self, signum, frame):
+    name = signal.Signals(signum).name
+    if self.received is not None:
+      os.write(2, f"\nimgrec: second {name}: exiting now, without waiting for the checkpoint\n".encode())
+      os._exit(128 + signum)
+    self.received = name
+    os.write(2, f"\nimgrec: {name}: saving a checkpoint at the current step, then exiting ({name} again exits at "
+                "once)\n".encode())
+
+  def preempted(self, step, mngr):
+    latest = mngr.latest_step()
+    saved = f"checkpoint {checkpoint.step_dir(mngr, latest)} written" if latest is not None else "no checkpoint yet"
+    return Preempted(f"stopped by {self.received} at step {step}: {saved}; rerun the same command to resume")
+
+  def until(self, batches):
+    """`batches` until a signal comes. The input pipeline may go down with the signal (worker processes get a
+    terminal's SIGINT too): its error then ends the loop as the signal does, whatever the pipeline is."""
+    try:
+      for item in batches:
+        yield item
+        if self:
+          return
+    except Exception:
+      if not self:
+        raise
+
+
 class Selection:
   """Model selection on the val split: the best checkpoint (by `select_metric`) in W/best/, and early stopping.
   Rebuilt from metrics.jsonl on resume. Disabled (a no-op) without a val split."""
@@ -167,20 +262,20 @@ class Selection:
     if not self.enabled:
       return False
     is_best = self._record(step, result[self.metric])
-    if is_best:
-      checkpoint.save(self.mngr, step, state)
+    if is_best and step > (self.mngr.latest_step() or -1):  # after a resume, replayed steps are saved already
+      checkpoint.save(self.mngr, step, state)  # (the loop checked `state` before evaluating it)
     return is_best
 
   def stop_early(self):
     return self.patience > 0 and self.since >= self.patience
 
-  def restore(self, abstract):
-    """The selected state (None when disabled); closes the manager."""
+  def restore(self, workdir, abstract):
+    """The selected state (None when disabled)."""
     if not self.enabled:
       return None
-    self.mngr.wait_until_finished()
-    state = checkpoint.restore_latest(self.mngr, abstract)
-    self.mngr.close()
+    mngr = checkpoint.manager(workdir, 1, "best")
+    with checkpoint.closing(mngr):
+      state = checkpoint.restore_latest(mngr, abstract)
     print(f"best val {self.metric}: {self.value:.4f} at step {self.step}", flush=True)
     return state
 
@@ -188,11 +283,12 @@ class Selection:
 class TrainLog:
   """The progress bar, metrics.jsonl (the source of truth) and TensorBoard. Per-step metrics stay on device
   until a flush writes their mean, so the loop never waits on them. A context manager around the loop: the
-  bar closes however it ends; `finish` records the final evaluation and closes the TensorBoard writer."""
+  bar closes however it ends (and the TensorBoard events reach the disk); `finish` records the final
+  evaluation and closes the TensorBoard writer."""
 
   def __init__(self, cfg, workdir, lr_fn, total_steps, start_step, is_main):
     self.cfg, self.workdir, self.lr_fn, self.is_main = cfg, workdir, lr_fn, is_main
-    self.pending = []
+    self.pending, self.checked = [], 0  # (step, metrics) on device; how many of them are known finite
     self.tracker = tracking.Tracker(workdir, cfg, start_step, enabled=is_main)
     self.bar = tqdm.tqdm(total=total_steps, initial=start_step, desc="train", unit="step", disable=not is_main,
                          dynamic_ncols=True)
@@ -203,6 +299,7 @@ class TrainLog:
 
   def __exit__(self, exc_type, *_):
     self.bar.close()
+    self.tracker.flush()
     if exc_type is not None:
       self.tracker.close()
 
@@ -214,24 +311,37 @@ class TrainLog:
     self.tracker.close()
 
   def add(self, step, metrics):
-    """Keeps step `step`'s metrics; returns the number of steps done."""
+    """Keeps step `step`'s metrics and reads the finite flags that are ready; returns the number of steps done."""
     self.pending.append((step, metrics))
     self.bar.update(1)
+    while self.checked < len(self.pending):
+      s, m = self.pending[self.checked]
+      if not (m["finite"].is_ready() or len(self.pending) - self.checked > MAX_UNCHECKED):
+        break  # not computed yet: read at a later step, never waited for (unless too many are in flight)
+      if not bool(m["finite"]):
+        self._diverged(s, m)
+      self.checked += 1
     return step + 1
+
+  def _diverged(self, s, m):
+    m = jax.device_get(m)
+    raise UserError(f"training diverged at step {s + 1}: loss {m['loss']}, gradient norm {m['grad_norm']}; stopped "
+                    f"there, and no checkpoint was written after step {s}. Train with a lower optim.lr or with "
+                    "optim.grad_clip, in a new --workdir (or with --restart)")
 
   def flush(self, step):
     if not self.pending:
       return
     fetched = jax.device_get(self.pending)
     for s, m in fetched:
-      if not np.isfinite(m["loss"]):
-        raise UserError(f"training diverged: loss is {m['loss']} at step {s}; lower optim.lr or set optim.grad_clip")
-    rec = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[0][1]}
+      if not m["finite"]:
+        self._diverged(s, m)
+    rec = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[0][1] if k != "finite"}
     elapsed = time.perf_counter() - self.t0
     rec.update(step=step, split="train", lr=float(self.lr_fn(step - 1)),
                img_per_sec=len(fetched) * self.cfg.batch_size / max(elapsed, 1e-9))
     self.t0 = time.perf_counter()
-    self.pending.clear()
+    self.pending, self.checked = [], 0
     if self.is_main:
       wd.append_metrics(self.workdir, rec)
     self.tracker.train(rec)
@@ -241,7 +351,8 @@ class TrainLog:
     """Records an evaluation (metrics.jsonl, curves.png, a line under the bar)."""
     if self.is_main:
       wd.append_metrics(self.workdir, {"step": step, **result})
-      plots.plot_curves(wd.read_metrics(self.workdir), os.path.join(self.workdir, "curves.png"))
+      with wd.writing(os.path.join(self.workdir, "curves.png")):
+        plots.plot_curves(wd.read_metrics(self.workdir), os.path.join(self.workdir, "curves.png"))
     self.tracker.eval({"step": step, **result})
     self.write(f"step {step}: {result['split']} accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}"
                + (" (best so far)" if is_best else ""))

@@ -4,13 +4,16 @@
   W/checkpoints/N/   Orbax checkpoints of the TrainState  W/best/N/        the selected one (with a val split)
   W/metrics.jsonl    one JSON record per log interval and evaluation (the source of truth for curves)
   W/params.npz       variables by name (imported, pruned or compressed weights)
+  W/train.lock       held by the `imgrec train` running in W, W/previous-T/ and W/damaged-T/: imgrec/resume.py
 
 `build(cfg, info, mesh)` makes the model, optimiser and the state's abstract shapes from a config and a
 dataset.json; `restore(W)` loads a run through it (`params_only=True` for inference: no optimiser state
 is read or held); `write(W, cfg, info, state)` writes one (training, pruning and channel pruning alike).
 """
+import contextlib
 import functools
 import json
+import logging
 import os
 from typing import Any, NamedTuple
 
@@ -19,9 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from imgrec import checkpoint, config as config_lib, models, optim, parallel
-from imgrec.data import pipeline
+from imgrec.data import pipeline, sources
 from imgrec.errors import UserError
 from imgrec.state import TrainState, init_state, variables
+
+log = logging.getLogger("imgrec")
 
 CONFIG_FILE, INFO_FILE, METRICS_FILE, PARAMS_FILE = "config.json", "dataset.json", "metrics.jsonl", "params.npz"
 BF16_SUFFIX = "@bf16"  # .npz has no bfloat16: such arrays are stored as their uint16 bits under NAME@bf16
@@ -104,26 +109,55 @@ def read_info(workdir):
     return json.load(f)
 
 
+@contextlib.contextmanager
+def writing(path):
+  """Turns a failed write of `path` (disk full, read-only) into a UserError naming it."""
+  try:
+    yield
+  except OSError as e:
+    raise UserError(f"cannot write {path}: {e.strerror or e}; free disk space or make it writable, then rerun "
+                    "(what was written before is intact)") from None
+
+
 def write(workdir, cfg, info, state=None, keep=None):
   """Writes config.json and dataset.json, and `state` as the checkpoint of its step when given."""
-  os.makedirs(workdir, exist_ok=True)
-  config_lib.save(cfg, os.path.join(workdir, CONFIG_FILE))
-  with open(os.path.join(workdir, INFO_FILE), "w") as f:
+  with writing(workdir):
+    os.makedirs(workdir, exist_ok=True)
+  with writing(os.path.join(workdir, CONFIG_FILE)):
+    config_lib.save(cfg, os.path.join(workdir, CONFIG_FILE))
+  with writing(os.path.join(workdir, INFO_FILE)), open(os.path.join(workdir, INFO_FILE), "w") as f:
     json.dump(info, f, indent=2)
   if state is not None:
     mngr = checkpoint.manager(workdir, keep or cfg.keep_checkpoints)
-    checkpoint.save(mngr, int(state.step), state)
-    mngr.wait_until_finished()
-    mngr.close()
+    with checkpoint.closing(mngr):
+      checkpoint.save(mngr, int(state.step), state)
 
 
-def restore(workdir, mesh=None, params_only=False):
+# Keys a command on a trained run may override: where its data is read from, when the data moved.
+DATA_KEYS = ("data.dir", "data.source")
+
+
+def apply_data_overrides(cfg, overrides):
+  """Applies "data.dir=NEW" / "data.source=NEW" (from `--config.data.dir=NEW`) to a trained run's config; any
+  other key is refused: the run's config.json says what was trained, and only where its data lives may change."""
+  for item in overrides:
+    key = item.partition("=")[0]
+    if key not in DATA_KEYS:
+      raise UserError(f"--config.{key} is refused: a command on a trained run uses its config.json as it is, and "
+                      f"only {' and '.join('--config.' + k for k in DATA_KEYS)} may change, to point it at data "
+                      "that moved; to change anything else, train a new run")
+  return config_lib.override(cfg, overrides)
+
+
+def restore(workdir, mesh=None, params_only=False, overrides=()):
   """Loads a trained workdir on this process's devices: a `Run`.
 
   The checkpoint may have been written on any number of devices; it is restored replicated on `mesh`
   (default: all devices here). The selected model (W/best) when the run kept one, else the latest.
+  `overrides` ("data.dir=NEW", "data.source=NEW") point the run at data that moved (`apply_data_overrides`).
   """
   cfg = config_lib.load_saved(os.path.join(workdir, CONFIG_FILE))
+  apply_data_overrides(cfg, overrides)
   info = read_info(workdir)
   mesh = mesh or parallel.make_mesh()
   model, _, _, _, abstract, _ = build(cfg, info, mesh, fsdp=False)  # replicated, whatever wrote it
@@ -134,12 +168,12 @@ def restore(workdir, mesh=None, params_only=False):
   for sub in ("best", "checkpoints"):
     if os.path.isdir(os.path.join(workdir, sub)):
       mngr = checkpoint.manager(workdir, cfg.keep_checkpoints, sub)
-      found = checkpoint.restore_latest(mngr, abstract, partial=params_only)
-      mngr.close()
+      with checkpoint.closing(mngr):
+        found = checkpoint.restore_latest(mngr, abstract, partial=params_only)
       if found is not None:
         break
   if found is None:
-    raise UserError(f"no readable checkpoint in {os.path.join(workdir, 'checkpoints')}; train first with "
+    raise UserError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}; train first with "
                     f"`imgrec train --workdir {workdir}`")
   if params_only:
     found = TrainState(step=found["step"], params=found["params"], batch_stats=found["batch_stats"], opt_state=None,
@@ -147,28 +181,65 @@ def restore(workdir, mesh=None, params_only=False):
   return Run(cfg, info, model, found)
 
 
+def dataset(run):
+  """The data set of a restored run (`sources.load` of its config's data), checked against its dataset.json:
+  the model needs the classes and the image shape it was trained on."""
+  ds = sources.load(run.cfg.data)
+  saved = {"class_names": run.info["class_names"], "image_shape": run.info["image_shape"]}
+  found = {"class_names": list(ds.class_names), "image_shape": list(ds.image_shape)}
+  diff = [f"{k} {saved[k]} -> {found[k]}" for k in saved if saved[k] != found[k]]
+  if diff:
+    raise UserError(f"the data of {run.cfg.data.source!r}{' in ' + run.cfg.data.dir if run.cfg.data.dir else ''} is "
+                    f"not what the run trained on: {'; '.join(diff)}; point --config.data.dir/--config.data.source "
+                    "at the run's data")
+  return ds
+
+
 # ---------------------------------------------------------------------------- metrics.jsonl
 
 def append_metrics(workdir, record):
-  with open(os.path.join(workdir, METRICS_FILE), "a") as f:
+  path = os.path.join(workdir, METRICS_FILE)
+  with writing(path), open(path, "a") as f:
     f.write(json.dumps(record) + "\n")
 
 
 def read_metrics(workdir):
-  """The records of `W/metrics.jsonl` (a partly written last line, from a live run, is left out)."""
+  """The records of metrics.jsonl. A last line cut short (the writer was killed mid-append) is left out; a bad
+  line before it is a UserError naming the file and line."""
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    lines = f.read().split("\n")
-  return [json.loads(line) for line in lines[:-1] if line.strip()]  # text after the last "\n" is incomplete
+    lines = f.read().splitlines()
+  records = []
+  for i, line in enumerate(lines, 1):
+    try:
+      records.append(json.loads(line))
+    except ValueError:
+      if i < len(lines):
+        raise UserError(f"{path} line {i} is not a JSON record: {line[:80]!r}; fix or remove that line") from None
+      log.warning("%s: the last line is cut short (a write was interrupted); it is left out", path)
+  return records
 
 
 def trim_metrics(workdir, last_step):
-  """On resume, drops the records written after the checkpoint the run resumes from."""
-  kept = [r for r in read_metrics(workdir) if r["step"] <= last_step]
-  with open(os.path.join(workdir, METRICS_FILE), "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in kept)
+  """On resume, drops the records written after the checkpoint the run resumes from (and nothing else). The
+  file is replaced in one rename, so a crash here leaves the old one."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return
+  records = read_metrics(workdir)
+  kept = [r for r in records if r["step"] <= last_step]
+  with open(path, "rb") as f:  # a last line cut short is dropped too, or the next record would join it
+    f.seek(0, os.SEEK_END)
+    f.seek(max(f.tell() - 1, 0))
+    intact = f.read(1) in (b"\n", b"")
+  if len(kept) == len(records) and intact:
+    return
+  with writing(path):
+    with open(path + ".tmp", "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in kept)
+    os.replace(path + ".tmp", path)
 
 
 # ---------------------------------------------------------------------------- variables by name (.npz)

@@ -1,6 +1,9 @@
-"""Exact resume after kill -9, and fallback from a damaged checkpoint."""
+"""Exact resume after kill -9 and after SIGTERM (through the real command), one trainer per workdir, a clean
+stderr, and fallback from a damaged checkpoint."""
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,12 +14,15 @@ import pytest
 from PIL import Image
 
 from imgrec import train, workdir as wd
-from imgrec.errors import UserError
+from imgrec.errors import EXIT_PREEMPTED, UserError
 from tests.conftest import tiny_config
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_python
 
 TRAIN_ARGS = ["--config.model.kwargs.widths=(8, 16)", "--config.model.kwargs.hidden=32", "--config.batch_size=32",
               "--config.steps=240", "--config.checkpoint_every=20", "--config.eval_every=120", "--config.log_every=20"]
+
+
+ENV = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
 
 
 def _train_cmd(workdir):
@@ -28,6 +34,55 @@ def _leaves(workdir):
   return int(state.step), [np.asarray(x) for x in jax.tree.leaves((state.params, state.batch_stats, state.opt_state))]
 
 
+def _steps(workdir):
+  ckpts = os.path.join(workdir, "checkpoints")
+  return sorted(int(d) for d in os.listdir(ckpts) if d.isdigit()) if os.path.isdir(ckpts) else []
+
+
+def _wait_for_checkpoint(proc, workdir, step):
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None and not any(s >= step for s in _steps(workdir)):
+    time.sleep(0.05)
+
+
+def _assert_same_as(straight_workdir, workdir, steps=240):
+  step_a, a = _leaves(straight_workdir)
+  step_b, b = _leaves(workdir)
+  assert step_a == step_b == steps
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+  """An uninterrupted run of the real command: (workdir, its stderr)."""
+  workdir = tmp_path_factory.mktemp("straight") / "w"
+  proc = subprocess.run(_train_cmd(workdir), cwd=ROOT, env=ENV, check=True, capture_output=True, text=True)
+  return workdir, proc.stderr
+
+
+def test_a_normal_run_leaves_no_traceback_on_stderr(straight):
+  _, stderr = straight
+  assert "Traceback" not in stderr and "Event loop is closed" not in stderr and "ERROR" not in stderr
+  assert "train: 100%" in stderr  # control: this is the run's stderr (its progress bar), not an empty capture
+
+
+def test_kill_and_resume_is_bit_identical(straight, tmp_path):
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(_train_cmd(killed), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  _wait_for_checkpoint(proc, killed, 40)
+  assert proc.poll() is None, "training finished before it could be killed; make it longer"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  steps_at_kill = _steps(killed)
+  assert steps_at_kill and steps_at_kill[-1] < 240
+
+  out = subprocess.run(_train_cmd(killed), cwd=ROOT, env=ENV, check=True, capture_output=True, text=True)
+  assert "resuming at step" in out.stdout and "Traceback" not in out.stderr
+  assert "is gone" in out.stderr  # the killed process's lock, taken over
+  _assert_same_as(straight[0], killed)
+
+
 def photo_folder(root, n=60, classes=3):
   """Varied-size JPEGs and PNGs (some grayscale), decoded and randomly cropped in the workers."""
   rng = np.random.default_rng(0)
@@ -35,43 +90,76 @@ def photo_folder(root, n=60, classes=3):
     (root / f"c{i % classes}").mkdir(parents=True, exist_ok=True)
     w, h = (int(v) for v in rng.integers(24, 64, 2))
     shape = (h, w) if i % 3 == 0 else (h, w, 3)
-    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(root / f"c{i % classes}" / f"{i}.{'png' if i % 2 else 'jpg'}")
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(
+        root / f"c{i % classes}" / f"{i}.{'png' if i % 2 else 'jpg'}")
   return root
 
 
-@pytest.mark.parametrize("data", ["digits", pytest.param("folder_workers2", marks=pytest.mark.slow)])
-def test_kill_and_resume_is_bit_identical(tmp_path, data):
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  extra, steps, kill_at = [], 240, 40
-  if data == "folder_workers2":  # host crops and flips drawn in 2 worker processes
-    extra = [f"--config.data.source=folder:{photo_folder(tmp_path / 'photos')}", "--config.data.image_size=16",
-             "--config.data.test_fraction=0.25", "--config.data.workers=2", "--config.steps=60",
-             "--config.checkpoint_every=10", "--config.eval_every=60"]
-    steps, kill_at = 60, 20
+@pytest.mark.slow
+def test_kill_and_resume_with_two_decode_workers_is_bit_identical(tmp_path):
+  """Host crops and flips drawn in 2 Grain worker processes: kill -9 then resume equals the straight run."""
+  extra = [f"--config.data.source=folder:{photo_folder(tmp_path / 'photos')}", "--config.data.image_size=16",
+           "--config.data.test_fraction=0.25", "--config.data.workers=2", "--config.steps=60",
+           "--config.checkpoint_every=10", "--config.eval_every=60"]
   cmd = lambda w: _train_cmd(w) + extra
-  subprocess.run(cmd(tmp_path / "straight"), cwd=ROOT, env=env, check=True, capture_output=True)
-
+  subprocess.run(cmd(tmp_path / "straight"), cwd=ROOT, env=ENV, check=True, capture_output=True)
   killed = tmp_path / "killed"
-  proc = subprocess.Popen(cmd(killed), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  ckpts = killed / "checkpoints"
-  deadline = time.time() + 240
-  while time.time() < deadline and proc.poll() is None:
-    if ckpts.is_dir() and any(d.isdigit() and int(d) >= kill_at for d in os.listdir(ckpts)):
-      break
-    time.sleep(0.05)
+  proc = subprocess.Popen(cmd(killed), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  _wait_for_checkpoint(proc, killed, 20)
   assert proc.poll() is None, "training finished before it could be killed; make it longer"
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  steps_at_kill = sorted(int(d) for d in os.listdir(ckpts) if d.isdigit())
-  assert steps_at_kill and steps_at_kill[-1] < steps
-
-  out = subprocess.run(cmd(killed), cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+  assert _steps(killed) and _steps(killed)[-1] < 60
+  out = subprocess.run(cmd(killed), cwd=ROOT, env=ENV, check=True, capture_output=True, text=True)
   assert "resuming at step" in out.stdout
-  step_a, a = _leaves(tmp_path / "straight")
-  step_b, b = _leaves(killed)
-  assert step_a == step_b == steps
-  for x, y in zip(a, b):
-    np.testing.assert_array_equal(x, y)
+  _assert_same_as(tmp_path / "straight", killed, steps=60)
+
+
+def test_sigterm_saves_at_the_current_step_exits_75_and_the_rerun_is_bit_identical(straight, tmp_path):
+  workdir = tmp_path / "w"
+  with open(tmp_path / "stderr", "w") as err:
+    proc = subprocess.Popen(_train_cmd(workdir), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=err)
+    _wait_for_checkpoint(proc, workdir, 40)
+    proc.send_signal(signal.SIGSTOP)  # held still mid-run, its lock held, while a second trainer tries
+    assert proc.poll() is None, "training finished before it could be stopped; make it longer"
+    second = subprocess.run(_train_cmd(workdir), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGCONT)
+    code = proc.wait(timeout=240)
+  assert second.returncode == 2 and "Traceback" not in second.stderr
+  assert f"is in use by another `imgrec train` (pid {proc.pid} on {socket.gethostname()}" in second.stderr
+  stderr = (tmp_path / "stderr").read_text()
+  assert code == EXIT_PREEMPTED, stderr[-3000:]
+  found = re.search(r"imgrec: stopped by SIGTERM at step (\d+): checkpoint (\S+) written; rerun", stderr)
+  assert found and "Traceback" not in stderr
+  step = int(found.group(1))
+  assert 40 <= step < 240 and _steps(workdir)[-1] == step and found.group(2).endswith(f"checkpoints/{step}")
+
+  out = subprocess.run(_train_cmd(workdir), cwd=ROOT, env=ENV, check=True, capture_output=True, text=True)
+  assert f"resuming at step {step}" in out.stdout and "Traceback" not in out.stderr
+  _assert_same_as(straight[0], workdir)
+
+
+def test_a_second_signal_exits_at_once():
+  code = """
+import os, signal, time
+from imgrec.train import Signals
+with Signals() as stop:
+  os.kill(os.getpid(), signal.SIGTERM)
+  time.sleep(0.2)
+  print("after the first:", stop.received, flush=True)
+  os.kill(os.getpid(), signal.SIGTERM)
+  time.sleep(5)
+  print("not reached", flush=True)
+"""
+  proc = run_python(code, check=False)
+  assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
+  assert "after the first: SIGTERM" in proc.stdout and "not reached" not in proc.stdout  # control: one does not
+  assert "second SIGTERM: exiting now" in proc.stderr
+  before = signal.getsignal(signal.SIGINT)
+  with train.Signals():
+    assert signal.getsignal(signal.SIGINT) != before
+  assert signal.getsignal(signal.SIGINT) == before  # the handlers are put back
 
 
 def test_damaged_latest_checkpoint_falls_back(tmp_path, caplog):

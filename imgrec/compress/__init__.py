@@ -14,7 +14,6 @@ import jax.numpy as jnp
 
 from imgrec import parallel, steps, workdir as wd
 from imgrec.compress import channels, prune, quantize
-from imgrec.data import sources
 from imgrec.errors import UserError
 
 METHODS = ("int8", "bf16", "prune", "channels")
@@ -45,7 +44,7 @@ def compress_workdir(source, method, out, sparsity=0.9, steps=200, finetune=None
     raise ValueError(f"compress_workdir(method={method!r}) fine-tunes: pass finetune=imgrec.train.train")
   run = wd.restore(source, params_only=True)
   variables = jax.device_get(run.variables)
-  test = sources.load(run.cfg.data).split(run.cfg.data.eval_split)
+  test = wd.dataset(run).split(run.cfg.data.eval_split)
   acc = lambda model, v: accuracy(model, v, test, run.info["mean"], run.info["std"])
   result = {"method": method, "accuracy_fp32": acc(run.model, variables), "bytes_fp32": _npz_bytes(variables)}
   if method == "int8":

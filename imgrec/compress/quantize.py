@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from imgrec import steps, workdir as wd
-from imgrec.data import sources
 from imgrec.errors import UserError
 from imgrec.models import layers
 
@@ -148,7 +147,7 @@ def quantize_workdir(workdir, out, calib_batches=4, batch_size=64):
   """int8-quantises `workdir`'s model, calibrating on a fixed sample of its training split; saves `out` (.npz)."""
   run = wd.restore(workdir, params_only=True)
   variables = jax.device_get(run.variables)
-  split = sources.load(run.cfg.data).split(run.cfg.data.train_split)
+  split = wd.dataset(run).split(run.cfg.data.train_split)
   n = min(len(split), calib_batches * batch_size)
   idx = np.random.default_rng(0).permutation(len(split))[:n]
   batches = [steps.normalize(split.get(np.sort(idx[i:i + batch_size]))[0], run.info["mean"], run.info["std"])
