@@ -42,7 +42,8 @@ class Options:
   limits: protocol.Limits = protocol.Limits()
   api_keys: tuple = ()
   grpc_address: str | None = None  # "HOST:PORT" of the OIP v2 gRPC service; None: HTTP only
-  pipeline: int = 2          # batches in flight per device: the next is merged and copied while one computes
+  pipeline: int = 1          # batches in flight per device; 2 merges, copies and dispatches the next batch while
+                             # one computes (slower on a 2-core CPU: it halves the batches; see BENCHMARKS.md)
   replicas: int = 0          # devices used, one model replica each, taking batches in turn (0: all)
 
 
@@ -101,20 +102,6 @@ def compile_replica(fn, variables, device, sizes, image_shape, dtype):
   return Replica(launch, str(device))
 
 
-def time_sizes(replica, sizes, image_shape, dtype, runs=3):
-  """Seconds per run of each compiled size (best of `runs`): what the batcher's cover plans minimise."""
-  cost = {}
-  for b in sizes:
-    x = np.zeros((b, *image_shape), dtype)
-    times = []
-    for _ in range(runs):
-      t = time.perf_counter()
-      np.asarray(replica.launch(x))
-      times.append(time.perf_counter() - t)
-    cost[b] = min(times)
-  return cost
-
-
 class ServedModel:
   """One model version: restored variables and a warmed Batcher per input kind."""
 
@@ -131,15 +118,13 @@ class ServedModel:
       del fns["float32"]
     devices = jax.local_devices()[:options.replicas or None]
     label = f"{self.name}:{self.version}"
-    cost = None
     for kind, fn in fns.items():
       dtype = np.uint8 if kind == "uint8" else np.float32
       replicas = [compile_replica(fn, variables, d, options.batch_sizes, self.spec.image_shape, dtype)
                   for d in devices]
-      cost = cost or time_sizes(replicas[0], options.batch_sizes, self.spec.image_shape, dtype)
       self.batchers[kind] = Batcher(replicas, options.batch_sizes, options.max_delay_ms / 1000, options.max_queue,
                                     metrics["batch"].labels(label).observe, f"batcher-{label}-{kind}",
-                                    options.pipeline, cost)
+                                    options.pipeline)
       metrics["queue"].labels(label, kind).set_function(self.batchers[kind].depth)
     self.ready = True
 

@@ -3,14 +3,16 @@
   submit(images) -> queue -> collector thread -> replica (device) -> one completion thread per replica -> Future
 
 The collector takes the first request of a burst and keeps the batch open until `max_delay` after that
-request arrived, or until it holds the largest compiled size. Requests that arrived while every replica was
-busy are therefore taken at once. A batch is run as the cheapest cover by compiled sizes (padding the last
-chunk), using the per-size times measured at warm-up, so that a size the hardware runs badly is avoided.
-Launching only dispatches (JAX runs asynchronously): the collector goes on to merge and copy batch n+1
-while the replica computes batch n, up to `pipeline` batches in flight per replica; replicas (one per device)
-take batches in turn. A completion thread per replica waits for its results in launch order and hands each
-request its rows. Padding to fixed sizes means every shape was compiled during warm-up, so no request waits
-for a compile. A cancelled (timed-out) request is dropped before it costs device time.
+request arrived, or until it holds the largest compiled size; while the replica is idle, also until a
+quarter of `max_delay` passes with no new request (a lone request does not wait the whole window; a burst
+is merged). Requests that arrived while every replica was busy are therefore taken at once, and the
+requests of batch n+1 are received and parsed (on the event loop) while batch n computes. A batch runs as
+the cover by compiled sizes with the least padding (`cover_plans`). Launching only dispatches (JAX runs
+asynchronously), so with `pipeline` > 1 the collector also merges, copies and dispatches batch n+1 while
+batch n computes; replicas (one per device) take batches in turn. A completion thread per replica waits for
+its results in launch order and hands each request its rows. Padding to fixed sizes means every shape was
+compiled during warm-up, so no request waits for a compile. A cancelled (timed-out) request is dropped before
+it costs device time.
 """
 import concurrent.futures
 import logging
@@ -45,16 +47,15 @@ def pad_size(n, sizes):
   raise ValueError(f"batch of {n} is larger than the largest compiled size {sizes[-1]}")
 
 
-def cover_plans(sizes, cost=None):
-  """For every row count n <= max(sizes): the compiled sizes whose runs cost least in total to cover n
-  rows (the last one padded). `cost[size]` is a measured run time; by default a run costs its size plus
-  one row, i.e. least padding, then fewest runs."""
+def cover_plans(sizes, overhead=2):
+  """For every row count n <= max(sizes): the compiled sizes that cover n rows at the least cost, a run
+  costing its size plus `overhead` rows (least padding, then fewest runs): e.g. with sizes 1, 2, 4, ..., 64,
+  33 rows run as 32+1 and 44 as 32+8+4, where padding to the next size would compute 64."""
   sizes = sorted(set(sizes))
-  cost = cost or {s: s + 1.0 for s in sizes}
-  best, plans = [0.0], [[]]
+  best, plans = [0], [[]]
   for n in range(1, sizes[-1] + 1):
-    options = [(cost[s] + best[n - min(s, n)], plans[n - min(s, n)] + [s]) for s in sizes]
-    c, plan = min(options, key=lambda o: o[0])
+    c, _, plan = min((s + overhead + best[n - min(s, n)], len(plans[n - min(s, n)]) + 1,
+                      plans[n - min(s, n)] + [s]) for s in sizes)
     best.append(c)
     plans.append(sorted(plan, reverse=True))
   return plans
@@ -73,14 +74,14 @@ class Replica:
 class Batcher:
   """`submit(images) -> Future` of the rows `fn(images)` gives, run in merged, padded batches.
 
-  `replicas`: a `fn(padded_batch) -> array` or a list of `Replica`. `cost`: measured run time per size
-  (see `cover_plans`). `on_batch(n)`: called with the row count of every merged batch."""
+  `replicas`: a `fn(padded_batch) -> array` or a list of `Replica`. `pipeline`: batches in flight per
+  replica. `on_batch(n)`: called with the row count of every merged batch."""
 
   def __init__(self, replicas, batch_sizes, max_delay_s=0.001, max_queue=256, on_batch=None, name="batcher",
-               pipeline=2, cost=None):
+               pipeline=1):
     self.replicas = replicas if isinstance(replicas, list) else [Replica(replicas)]
     self.sizes = sorted(set(batch_sizes))
-    self.plans = cover_plans(self.sizes, cost)
+    self.plans = cover_plans(self.sizes)
     self.max_delay, self.on_batch, self.pipeline = max_delay_s, on_batch, pipeline
     self.queue = queue.Queue(max_queue)
     self._slots = threading.Condition()
@@ -133,12 +134,19 @@ class Batcher:
         break
       items, n = [item], len(item.images)
       deadline = item.arrival + self.max_delay  # the window opens with the burst's first request
+      # While the replica is idle, waiting costs latency for sure: the window also closes after a quarter of
+      # it passes with no new request.
+      idle, last, gap = replica.in_flight == 1, item.arrival, self.max_delay / 4
       while n < largest:
         try:  # everything already waiting, then up to the deadline for more
           left = deadline - time.monotonic()
+          if idle:
+            left = min(left, last + gap - time.monotonic())
           nxt = self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait()
         except queue.Empty:
           break
+        if nxt is not _STOP:
+          last = nxt.arrival
         if nxt is _STOP or n + len(nxt.images) > largest:
           carry = nxt  # starts the next batch
           break
@@ -156,9 +164,9 @@ class Batcher:
         it.future.set_exception(ValueError("the request holds no images"))
       return self._release(replica)
     try:
-      chunks, start = [], 0
+      chunks, start, plan = [], 0, self._plan(n)
       x = np.concatenate([it.images for it in live]) if len(live) > 1 else live[0].images
-      for size in self._plan(n):
+      for size in plan:
         take = min(size, n - start)
         chunk = x[start:start + take]
         if take != size:  # pad with zeros to the compiled size
