@@ -169,7 +169,8 @@ def cast_numbers(name, arr, dtype):
 
 
 def tensor_from_binary(name, datatype, shape, buf, count):
-  """A binary-extension tensor: raw little-endian row-major bytes, or length-prefixed BYTES elements."""
+  """A binary-extension tensor or gRPC raw contents: little-endian row-major bytes, or length-prefixed BYTES
+  elements."""
   if datatype == "BYTES":
     items = split_bytes_elements(name, buf)
     if len(items) != count:
@@ -177,12 +178,12 @@ def tensor_from_binary(name, datatype, shape, buf, count):
     return np.array(items, dtype=object).reshape(shape)
   dtype = np.dtype(DTYPES[datatype]).newbyteorder("<")
   if len(buf) != count * dtype.itemsize:
-    raise RequestError(400, f"input '{name}': binary_data_size {len(buf)} does not match shape {shape} x "
+    raise RequestError(400, f"input '{name}': {len(buf)} bytes of tensor data do not match shape {shape} x "
                             f"{datatype} ({count * dtype.itemsize} bytes)")
   arr = np.frombuffer(buf, dtype).reshape(shape)
   if dtype.kind == "f" and not np.all(np.isfinite(arr)):
     raise RequestError(400, f"input '{name}': values must be finite")
-  return arr.astype(dtype.newbyteorder("="))
+  return arr.astype(dtype.newbyteorder("="), copy=False)  # a view of the request on little-endian hosts
 
 
 def split_bytes_elements(name, buf):
