@@ -254,10 +254,8 @@ def create_app(models, options=Options()):
   async def read_body(request):
     return await request.body()
 
-  async def parse(size, fn, *args):  # big bodies are parsed off the event loop; small ones inline (cheaper)
-    if size > 65536:
-      return await anyio.to_thread.run_sync(fn, *args)
-    return fn(*args)
+  async def parse(size, fn, *args):
+    return await protocol.off_loop(size > protocol.BIG_BODY_BYTES, fn, *args)
 
   # ---------------------------------------------------------------- OIP v2
   async def live(request):
@@ -283,7 +281,8 @@ def create_app(models, options=Options()):
     req = await parse(len(raw), protocol.parse_v2_infer, raw, request.headers.get("inference-header-content-length"),
                       m.spec, limits)
     logits, probs = await m.infer(req.images, req.kind, options.timeout_s)
-    body, headers = protocol.v2_response(m.name, m.version, req, logits, probs, m.spec.class_names)
+    body, headers = await protocol.off_loop(len(req.images) > protocol.BIG_REPLY_IMAGES, protocol.v2_response,
+                                            m.name, m.version, req, logits, probs, m.spec.class_names)
     return Response(body, headers=headers)
 
   # ---------------------------------------------------------------- TF-Serving REST and uploads

@@ -18,7 +18,6 @@ import math
 import os
 import time
 
-import anyio
 import grpc
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -154,15 +153,13 @@ class Service:
 
   async def ModelInfer(self, request, context):
     m = protocol.find_model(self.served, request.model_name, request.model_version)
-    size = request.ByteSize()
-    if size > 65536:  # big requests are parsed off the event loop, small ones inline (cheaper)
-      req = await anyio.to_thread.run_sync(parse_infer, request, m.spec, self.options.limits)
-    else:
-      req = parse_infer(request, m.spec, self.options.limits)
+    req = await protocol.off_loop(request.ByteSize() > protocol.BIG_BODY_BYTES, parse_infer, request, m.spec,
+                                  self.options.limits)
     remaining = context.time_remaining()  # the client's deadline, when it set one
     timeout = self.options.timeout_s if remaining is None else min(remaining, self.options.timeout_s)
     logits, probs = await m.infer(req.images, req.kind, timeout)
-    return infer_response(m, req, logits, probs)
+    return await protocol.off_loop(len(req.images) > protocol.BIG_REPLY_IMAGES, infer_response, m, req, logits,
+                                   probs)
 
   def handler(self):
     """A generic handler with auth, error mapping, metrics and access log around every method."""
