@@ -3,9 +3,9 @@
   submit(images) -> queue -> collector thread -> replica (device) -> one completion thread per replica -> Future
 
 The collector takes the first request of a burst and keeps the batch open until `max_delay` after that
-request arrived, or until it holds the largest compiled size; while the replica is idle, also until a
-quarter of `max_delay` passes with no new request (a lone request does not wait the whole window; a burst
-is merged). Requests that arrived while every replica was busy are therefore taken at once, and the
+request arrived, or until it holds the largest compiled size. While the replica is idle and the batch holds
+as many rows as the last one, it also closes once a quarter of `max_delay` passes with no new request: a
+lone client does not wait out the window, a burst is merged, and a steady set of clients is waited for. Requests that arrived while every replica was busy are therefore taken at once, and the
 requests of batch n+1 are received and parsed (on the event loop) while batch n computes. A batch runs as
 the cover by compiled sizes with the least padding (`cover_plans`). Launching only dispatches (JAX runs
 asynchronously), so with `pipeline` > 1 the collector also merges, copies and dispatches batch n+1 while
@@ -83,6 +83,7 @@ class Batcher:
     self.sizes = sorted(set(batch_sizes))
     self.plans = cover_plans(self.sizes)
     self.max_delay, self.on_batch, self.pipeline = max_delay_s, on_batch, pipeline
+    self._last_n = 0  # rows in the last batch: the clients a steady load will send again
     self.queue = queue.Queue(max_queue)
     self._slots = threading.Condition()
     self._turn = 0
@@ -134,13 +135,13 @@ class Batcher:
         break
       items, n = [item], len(item.images)
       deadline = item.arrival + self.max_delay  # the window opens with the burst's first request
-      # While the replica is idle, waiting costs latency for sure: the window also closes after a quarter of
-      # it passes with no new request.
+      # While the replica is idle, waiting costs latency for sure: once the batch holds as many rows as the
+      # last one, the window also closes after a quarter of it passes with no new request.
       idle, last, gap = replica.in_flight == 1, item.arrival, self.max_delay / 4
       while n < largest:
         try:  # everything already waiting, then up to the deadline for more
           left = deadline - time.monotonic()
-          if idle:
+          if idle and n >= self._last_n:
             left = min(left, last + gap - time.monotonic())
           nxt = self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait()
         except queue.Empty:
@@ -152,6 +153,7 @@ class Batcher:
           break
         items.append(nxt)
         n += len(nxt.images)
+      self._last_n = n
       self._launch(replica, items)
     for r in self.replicas:
       r.done.put(_STOP)
