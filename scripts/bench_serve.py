@@ -2,7 +2,7 @@
 predict function, on loopback, next to the in-process compute limit of that function.
 
   python scripts/bench_serve.py [--model resnet18] [--rounds 3] [--seconds 8] [--concurrency 1,16,64]
-      [--rss-requests 10000] [--variant NAME:key=value,...] [--baseline-root DIR] [--out DIR]
+      [--rss-requests 10000] [--variant NAME:key=value,...] [--baseline-root DIR] [--out DIR] [--parse-only]
 
 A model (default ResNet-18; random init, speed does not depend on the weights) for 32x32x3 images, 10
 classes, is written as a real workdir (config.json, dataset.json, an Orbax checkpoint). Every server restores
@@ -21,6 +21,7 @@ batches of a compiled size <= c (no server can batch more than c requests). Then
 sampled over --rss-requests more requests (all three paths in turn). `--variant` adds imgrec servers with
 other `Options` (e.g. `nopipe:pipeline=1`), `--baseline-root` an older imgrec checkout (HTTP only), so that
 changes are measured side by side. Prints Markdown; writes results.json and throughput.png to --out.
+`--parse-only` times request parsing alone (this checkout and the baseline).
 """
 import argparse
 import asyncio
@@ -354,6 +355,35 @@ async def run_point(server, path, req, concurrency, seconds, reference):
     return await closed_loop(client, concurrency, seconds=seconds)
 
 
+PARSE_TIMING = """
+import json, sys, timeit
+import numpy as np
+from imgrec.serve import protocol as p
+spec, limits = p.ModelSpec((32, 32, 3), tuple(map(str, range(10)))), p.Limits()
+image = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
+tensor = {"name": "images", "shape": [1, 32, 32, 3], "datatype": "UINT8"}
+body = json.dumps({"inputs": [{**tensor, "data": image.ravel().tolist()}], "outputs": [{"name": "logits"}]}).encode()
+head = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": 3072}}]}).encode()
+logits = np.zeros((1, 10), np.float32)
+req = p.parse_v2_infer(body, None, spec, limits)
+def us(f, n=2000):
+  return min(timeit.repeat(f, number=n, repeat=5)) / n * 1e6
+print(json.dumps({"json": us(lambda: p.parse_v2_infer(body, None, spec, limits)),
+                  "binary": us(lambda: p.parse_v2_infer(head + image.tobytes(), str(len(head)), spec, limits)),
+                  "reply": us(lambda: p.v2_response("m", 1, req, logits, logits, spec.class_names))}))
+"""
+
+
+def parse_costs(roots):
+  """Microseconds to parse one 32x32x3 OIP v2 request (JSON numbers, binary) and build its JSON reply, with
+  each checkout's protocol.py (best of 5 x 2000)."""
+  for name, root in roots:
+    out = subprocess.run([sys.executable, "-c", PARSE_TIMING], cwd=root, env=dict(os.environ, PYTHONPATH=root),
+                         capture_output=True, text=True, check=True).stdout
+    t = json.loads(out)
+    print(f"{name}: parse JSON {t['json']:.0f} us, parse binary {t['binary']:.0f} us, JSON reply {t['reply']:.1f} us")
+
+
 # ---------------------------------------------------------------- report
 
 def median_stats(runs):
@@ -407,11 +437,15 @@ def main():
   p.add_argument("--variant", action="append", default=[], help="NAME:key=value,... extra imgrec Options")
   p.add_argument("--baseline-root", help="an older imgrec checkout to measure beside this one (HTTP paths)")
   p.add_argument("--no-litserve", action="store_true")
+  p.add_argument("--parse-only", action="store_true", help="only time request parsing (this and the baseline)")
   p.add_argument("--out", default=None, help="workdir, logs, results.json, throughput.png (default: a temp dir)")
   p.add_argument("--litserve-worker", nargs=2, metavar=("WORKDIR", "PORT"), help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.litserve_worker:
     return litserve_main(args.litserve_worker[0], int(args.litserve_worker[1]))
+  if args.parse_only:
+    return parse_costs([("imgrec", ROOT)] + ([("imgrec-baseline", os.path.abspath(args.baseline_root))]
+                                            if args.baseline_root else []))
   concurrencies = [int(c) for c in args.concurrency.split(",")]
   out = args.out or tempfile.mkdtemp(prefix="bench_serve_")
   os.makedirs(out, exist_ok=True)

@@ -7,6 +7,9 @@ status and a message naming what was wrong. Protocols:
     classification extension (`parameters.classification = k` -> "score:index:label" strings);
   - TF-Serving REST `:predict` / `:classify` bodies (`instances` rows or `inputs` columns, `{"b64": ...}`);
   - encoded images (PNG / JPEG) with a format allow-list and a pixel cap checked from the header.
+The gRPC service (grpc_service.py) parses its messages with the same tensor helpers and limits.
+JSON is parsed with orjson (the standard parser only decides what orjson refuses: NaN, huge integers);
+integer inputs accept integral floats such as 12.0, which some clients write for every number.
 A parsed image batch is `(array, kind)`: kind "uint8" (pixels, normalised on device) or "float32"
 (already normalised by the client).
 """
