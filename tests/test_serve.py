@@ -418,16 +418,19 @@ def test_web_page_upload_shows_top5(server, reference, tmp_path):
 def test_cli_serves_versions_and_drains_on_sigterm(trained_workdir, tmp_path):
   keys = tmp_path / "keys.txt"
   keys.write_text("# comment\n" + KEY + "\n")
-  port = free_port()
+  port, grpc_port = free_port(), free_port()
   url = f"http://127.0.0.1:{port}"
   proc = subprocess.Popen(
       [sys.executable, "-m", "imgrec", "serve", "--workdir", f"d:1={trained_workdir}", "--workdir",
-       f"d:2={trained_workdir}", "--port", str(port), "--api-keys-file", str(keys), "--batch-sizes", "1,8",
-       "--no-float-inputs"],
+       f"d:2={trained_workdir}", "--port", str(port), "--grpc-port", str(grpc_port), "--api-keys-file", str(keys),
+       "--batch-sizes", "1,8", "--no-float-inputs"],
       cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   try:
     wait_ready(url)
     assert requests.get(url + "/v2/models/d", headers=H).json()["versions"] == ["1", "2"]
+    import tritonclient.grpc as tg
+    with tg.InferenceServerClient(f"127.0.0.1:{grpc_port}") as c:  # --grpc-port: the same models
+      assert c.is_model_ready("d", "2", headers={"x-api-key": KEY})
     body = json.dumps(v2([1, 8, 8, 1], data=[0] * 64)).encode()
 
     def slow_body():  # the request is still arriving when SIGTERM comes
@@ -446,3 +449,4 @@ def test_cli_serves_versions_and_drains_on_sigterm(trained_workdir, tmp_path):
       proc.kill()
     out = proc.stdout.read()
   assert '"POST /v2/models/d/versions/1/infer" 200' in out, out[-2000:]
+  assert f"gRPC 127.0.0.1:{grpc_port}" in out and '"GRPC /inference.GRPCInferenceService/ModelReady" OK' in out
