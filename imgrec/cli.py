@@ -8,7 +8,7 @@
   imgrec export --workdir W --out F.zip
   imgrec import-torchvision ARCH WEIGHTS.pth --workdir W   (then --config.transfer.init_from=W)
   imgrec compress --workdir W --method int8|bf16|prune|channels --out PATH [--sparsity 0.9 --steps 200]
-  imgrec serve --workdir W [--workdir NAME:VERSION=W2 ...] [--host H --port P] [--api-keys-file F]
+  imgrec serve --workdir W [--workdir NAME:VERSION=W2 ...] [--host H --port P] [--grpc-port G] [--api-keys-file F]
   imgrec sweep --config C --study DIR --trials N --space 'optim.lr=loguniform(1e-4,1e-1)' [--space ...]
                [--storage URL] [--metric val.accuracy] [--direction maximize] [--pruner median] [--config.KEY=VALUE ...]
   imgrec models [NAME ...] [--flops [NAME ...]] [--json]
@@ -117,7 +117,7 @@ def _serve(args, overrides):
     raise UserError(f"--batch-sizes {args.batch_sizes!r}: give positive integers, e.g. 1,8,32,64")
   options = app.Options(batch_sizes=sizes, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
                         timeout_s=args.timeout, float_inputs=not args.no_float_inputs)
-  app.serve(args.workdir, args.host, args.port, args.api_keys_file, options)
+  app.serve(args.workdir, args.host, args.port, args.api_keys_file, options, args.grpc_port)
 
 
 def _sweep(args, overrides):
@@ -207,11 +207,12 @@ def parser():
   i.add_argument("weights", help="the .pth state_dict file")
   i.add_argument("--workdir", required=True, help="where params.npz goes")
   i.set_defaults(func=_import_torchvision)
-  s = sub.add_parser("serve", help="serve workdirs over HTTP (OIP v2, TF-Serving REST, uploads, web page)")
+  s = sub.add_parser("serve", help="serve workdirs over HTTP (OIP v2, TF-Serving REST, uploads, web page) and gRPC")
   s.add_argument("--workdir", action="append", required=True,
                  help="W, NAME=W or NAME:VERSION=W; repeat to serve several models/versions")
   s.add_argument("--host", default="127.0.0.1")
   s.add_argument("--port", type=int, default=8000)
+  s.add_argument("--grpc-port", type=int, help="also serve the OIP v2 gRPC API (KServe/Triton clients) on this port")
   s.add_argument("--api-keys-file", help="one key per line; clients send Authorization: Bearer KEY or X-API-Key")
   s.add_argument("--batch-sizes", default="1,8,32,64", help="padded batch sizes compiled at start-up")
   s.add_argument("--max-delay-ms", type=float, default=1.0, help="longest wait for a batch to fill")

@@ -4,6 +4,7 @@ One server with an API key serves the trained digits workdir under two names; ev
 """
 import base64
 import concurrent.futures
+import contextlib
 import io
 import json
 import os
@@ -56,22 +57,31 @@ def png(image_hw_c):
   return buf.getvalue()
 
 
-@pytest.fixture(scope="module")
-def server(trained_workdir):
+@contextlib.contextmanager
+def running_server(models, options):
+  """A real uvicorn on 127.0.0.1 (in a thread) serving `create_app(models, options)` -> (url, gate)."""
   import uvicorn
-  options = app_lib.Options(batch_sizes=(1, 4, 16), max_delay_ms=2, max_queue=64, timeout_s=20,
-                            limits=protocol.Limits(max_body_bytes=1 << 20, max_pixels=1_000_000, max_images=64),
-                            api_keys=(KEY, "another-key"))
-  gate = app_lib.create_app([("digits", None, trained_workdir), ("other", 7, trained_workdir)], options)
+  gate = app_lib.create_app(models, options)
   port = free_port()
   srv = uvicorn.Server(uvicorn.Config(gate, host="127.0.0.1", port=port, log_level="warning", access_log=False))
   thread = threading.Thread(target=srv.run, daemon=True)
   thread.start()
   url = f"http://127.0.0.1:{port}"
-  wait_ready(url)
-  yield url, gate
-  srv.should_exit = True
-  thread.join(30)
+  try:
+    wait_ready(url)
+    yield url, gate
+  finally:
+    srv.should_exit = True
+    thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def server(trained_workdir):
+  options = app_lib.Options(batch_sizes=(1, 4, 16), max_delay_ms=2, max_queue=64, timeout_s=20,
+                            limits=protocol.Limits(max_body_bytes=1 << 20, max_pixels=1_000_000, max_images=64),
+                            api_keys=(KEY, "another-key"))
+  with running_server([("digits", None, trained_workdir), ("other", 7, trained_workdir)], options) as s:
+    yield s
 
 
 @pytest.fixture(scope="module")
@@ -258,6 +268,27 @@ def test_bad_inputs_get_4xx_with_a_message(server, reference, monkeypatch):
   assert r.status_code == 200 and len(r.json()["outputs"]) == 2
 
 
+def test_integral_floats_for_uint8_pixels(server, reference):
+  """Clients that write every JSON number as a float send 12.0 for a UINT8 pixel: accepted; 12.5 and 256.0
+  are not pixels: 400 naming the input."""
+  url, _ = server
+  infer = url + "/v2/models/digits/infer"
+  images = reference[0][:2]
+  as_ints = requests.post(infer, json=v2([2, 8, 8, 1], data=images.ravel().tolist()), headers=H)
+  body = json.dumps(v2([2, 8, 8, 1], data=[float(v) for v in images.ravel()]))
+  assert ".0, " in body  # the wire really carries floats
+  as_floats = requests.post(infer, data=body, headers=H)
+  assert as_floats.status_code == 200, as_floats.text
+  assert as_floats.json()["outputs"] == as_ints.json()["outputs"]
+  for bad, words in ((12.5, "uint8 data must be integers, got 12.5"), (256.0, "within [0, 255]"),
+                     (-1.0, "within [0, 255]")):
+    data = [12.0] * 127 + [bad]
+    r = requests.post(infer, json=v2([2, 8, 8, 1], data=data), headers=H)
+    assert r.status_code == 400 and "'images'" in r.json()["error"] and words in r.json()["error"], r.text
+  r = requests.post(infer, json=v2([1, 8, 8, 1], "FP32", data=[12.5] * 64), headers=H)
+  assert r.status_code == 200, r.text  # FP32 takes fractions, of course
+
+
 def test_queue_full_gives_503_with_retry_after(server):
   """A batcher stuck on a slow batch with room for one queued request: the third concurrent request is refused."""
   url, gate = server
@@ -387,16 +418,19 @@ def test_web_page_upload_shows_top5(server, reference, tmp_path):
 def test_cli_serves_versions_and_drains_on_sigterm(trained_workdir, tmp_path):
   keys = tmp_path / "keys.txt"
   keys.write_text("# comment\n" + KEY + "\n")
-  port = free_port()
+  port, grpc_port = free_port(), free_port()
   url = f"http://127.0.0.1:{port}"
   proc = subprocess.Popen(
       [sys.executable, "-m", "imgrec", "serve", "--workdir", f"d:1={trained_workdir}", "--workdir",
-       f"d:2={trained_workdir}", "--port", str(port), "--api-keys-file", str(keys), "--batch-sizes", "1,8",
-       "--no-float-inputs"],
+       f"d:2={trained_workdir}", "--port", str(port), "--grpc-port", str(grpc_port), "--api-keys-file", str(keys),
+       "--batch-sizes", "1,8", "--no-float-inputs"],
       cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   try:
     wait_ready(url)
     assert requests.get(url + "/v2/models/d", headers=H).json()["versions"] == ["1", "2"]
+    import tritonclient.grpc as tg
+    with tg.InferenceServerClient(f"127.0.0.1:{grpc_port}") as c:  # --grpc-port: the same models
+      assert c.is_model_ready("d", "2", headers={"x-api-key": KEY})
     body = json.dumps(v2([1, 8, 8, 1], data=[0] * 64)).encode()
 
     def slow_body():  # the request is still arriving when SIGTERM comes
@@ -415,3 +449,4 @@ def test_cli_serves_versions_and_drains_on_sigterm(trained_workdir, tmp_path):
       proc.kill()
     out = proc.stdout.read()
   assert '"POST /v2/models/d/versions/1/infer" 200' in out, out[-2000:]
+  assert f"gRPC 127.0.0.1:{grpc_port}" in out and '"GRPC /inference.GRPCInferenceService/ModelReady" OK' in out

@@ -1,7 +1,9 @@
-"""The server: models loaded from workdirs, a Starlette app with the OIP v2 / TF-Serving / upload routes, `serve()`.
+"""The server: models loaded from workdirs, a Starlette app with the OIP v2 / TF-Serving / upload routes, the
+OIP v2 gRPC service beside it (grpc_service.py, same event loop), `serve()`.
 
 Request path: Gate (access log, metrics, API key, body cap) -> route -> protocol parsing (all validation
-before any work) -> the model's Batcher (bounded queue, padded compiled batch sizes) -> response.
+before any work) -> the model's Batcher (bounded queue, padded compiled batch sizes, one replica per
+device) -> response. gRPC requests take the same path from their own parser on.
 Models are restored and warmed up in a background thread, so `/v2/health/live` answers at once and
 `/v2/health/ready` turns true only when every padded size of every model has run once.
 """
@@ -24,8 +26,8 @@ from starlette.routing import Route
 
 from imgrec import steps, workdir as wd
 from imgrec.errors import UserError
-from imgrec.serve import auth, page, protocol
-from imgrec.serve.batcher import Batcher, QueueFull
+from imgrec.serve import auth, grpc_service, page, protocol
+from imgrec.serve.batcher import Batcher, QueueFull, Replica
 from imgrec.serve.protocol import RequestError
 
 log = logging.getLogger("imgrec")
@@ -41,6 +43,10 @@ class Options:
   float_inputs: bool = True  # also compile the FP32 (pre-normalised) path
   limits: protocol.Limits = protocol.Limits()
   api_keys: tuple = ()
+  grpc_address: str | None = None  # "HOST:PORT" of the OIP v2 gRPC service; None: HTTP only
+  pipeline: int = 1          # batches in flight per device; 2 merges, copies and dispatches the next batch while
+                             # one computes (slower on a 2-core CPU: it halves the batches; see BENCHMARKS.md)
+  replicas: int = 0          # devices used, one model replica each, taking batches in turn (0: all)
 
 
 def parse_model_arg(arg):
@@ -71,6 +77,29 @@ def make_predict(model, mean, std):
   return predict_uint8, predict_float
 
 
+def load_workdir(workdir):
+  """Everything the server takes from a trained workdir (restored without optimiser state):
+  -> (variables, data info, step, {"uint8": fn, "float32": fn}), each `fn(variables, images) -> logits`."""
+  run = wd.restore(workdir, params_only=True)
+  predict_uint8, predict_float = make_predict(run.model, run.info["mean"], run.info["std"])
+  return run.variables, run.info, int(run.state.step), {"uint8": predict_uint8, "float32": predict_float}
+
+
+def compile_replica(fn, variables, device, sizes, image_shape, dtype):
+  """`fn(variables, images)` compiled for every padded size on one device and run once there -> Replica."""
+  sharding = jax.sharding.SingleDeviceSharding(device)
+  variables = jax.device_put(variables, sharding)
+  jitted, compiled = jax.jit(fn), {}
+  for b in sizes:
+    x = jax.ShapeDtypeStruct((b, *image_shape), dtype, sharding=sharding)
+    compiled[b] = jitted.lower(variables, x).compile()
+    np.asarray(compiled[b](variables, np.zeros(x.shape, dtype)))
+
+  def launch(x):  # host-to-device copy and an asynchronous dispatch; np.asarray(result) waits
+    return compiled[len(x)](variables, jax.device_put(x, sharding))
+  return Replica(launch, str(device))
+
+
 class ServedModel:
   """One model version: restored variables and a warmed Batcher per input kind."""
 
@@ -79,25 +108,20 @@ class ServedModel:
     self.spec, self.batchers, self.ready = None, {}, False
 
   def load(self, options, metrics):
-    run = wd.restore(self.workdir, params_only=True)
-    info, model = run.info, run.model
-    self.version = self.version or int(run.state.step)
+    variables, info, step, fns = load_workdir(self.workdir)
+    self.version = self.version or step
     self.spec = protocol.ModelSpec(tuple(info["image_shape"]), tuple(info["class_names"]), info.get("pp_eval", ""))
-    variables = run.variables
-    fns = dict(zip(("uint8", "float32"), make_predict(model, info["mean"], info["std"])))
     if not options.float_inputs:
       del fns["float32"]
+    devices = jax.local_devices()[:options.replicas or None]
     label = f"{self.name}:{self.version}"
     for kind, fn in fns.items():
       dtype = np.uint8 if kind == "uint8" else np.float32
-      compiled = {}
-      for b in options.batch_sizes:  # compile each padded size ahead of time, then run it once
-        x = jax.ShapeDtypeStruct((b, *self.spec.image_shape), dtype)
-        compiled[b] = jax.jit(fn).lower(variables, x).compile()
-        np.asarray(compiled[b](variables, np.zeros(x.shape, dtype)))
-      on_batch = (lambda size, n, h=metrics["batch"].labels(label): h.observe(n))
-      self.batchers[kind] = Batcher(lambda x, c=compiled: c[len(x)](variables, x), options.batch_sizes,
-                                    options.max_delay_ms / 1000, options.max_queue, on_batch, f"batcher-{label}-{kind}")
+      replicas = [compile_replica(fn, variables, d, options.batch_sizes, self.spec.image_shape, dtype)
+                  for d in devices]
+      self.batchers[kind] = Batcher(replicas, options.batch_sizes, options.max_delay_ms / 1000, options.max_queue,
+                                    metrics["batch"].labels(label).observe, f"batcher-{label}-{kind}",
+                                    options.pipeline)
       metrics["queue"].labels(label, kind).set_function(self.batchers[kind].depth)
     self.ready = True
 
@@ -214,50 +238,35 @@ def create_app(models, options=Options()):
       state["error"] = f"{type(e).__name__}: {e}"
 
   def get_model(request):
-    name, version = request.path_params["name"], request.path_params.get("version")
-    found = [m for m in served if m.name == name]
-    if not found:
-      raise RequestError(404, f"model {name!r} not found; served: {sorted({m.name for m in served})}")
-    if not all(m.ready for m in found):
-      raise RequestError(503, f"model {name!r} is still loading", {"retry-after": "1"})
-    if version is None:
-      return max(found, key=lambda m: m.version)
-    for m in found:
-      if str(m.version) == version:
-        return m
-    raise RequestError(404, f"model {name!r} has no version {version!r}; versions: {[m.version for m in found]}")
+    return protocol.find_model(served, request.path_params["name"], request.path_params.get("version"))
+
+  def readiness():
+    """None when every model is ready, else why not."""
+    if state["error"]:
+      return f"model loading failed: {state['error']}"
+    if not all(m.ready for m in served):
+      return "models are loading and warming up"
+    return None
 
   async def read_body(request):
     return await request.body()
 
-  async def parse(size, fn, *args):  # big bodies are parsed off the event loop; small ones inline (cheaper)
-    if size > 65536:
-      return await anyio.to_thread.run_sync(fn, *args)
-    return fn(*args)
+  async def parse(size, fn, *args):
+    return await protocol.off_loop(size > protocol.BIG_BODY_BYTES, fn, *args)
 
   # ---------------------------------------------------------------- OIP v2
   async def live(request):
     return JSONResponse({"live": True})
 
   async def ready(request):
-    if state["error"]:
-      return JSONResponse({"error": f"model loading failed: {state['error']}"}, 503)
-    if not all(m.ready for m in served):
-      return JSONResponse({"error": "models are loading and warming up"}, 503)
-    return JSONResponse({"ready": True})
+    why = readiness()
+    return JSONResponse({"error": why}, 503) if why else JSONResponse({"ready": True})
 
   async def server_metadata(request):
-    return JSONResponse({"name": "imgrec", "version": _version(),
-                         "extensions": ["binary_tensor_data", "classification"]})
+    return JSONResponse({"name": "imgrec", "version": _version(), "extensions": list(protocol.EXTENSIONS)})
 
   async def model_metadata(request):
-    m = get_model(request)
-    H, W, C = m.spec.image_shape
-    K = len(m.spec.class_names)
-    return JSONResponse({
-        "name": m.name, "versions": [str(x.version) for x in served if x.name == m.name], "platform": "jax_flax",
-        "inputs": [{"name": protocol.INPUT_NAME, "datatype": "UINT8", "shape": [-1, H, W, C]}],
-        "outputs": [{"name": n, "datatype": "FP32", "shape": [-1, K]} for n in protocol.OUTPUTS]})
+    return JSONResponse(protocol.model_metadata(get_model(request), served))
 
   async def model_ready(request):
     m = get_model(request)
@@ -269,7 +278,8 @@ def create_app(models, options=Options()):
     req = await parse(len(raw), protocol.parse_v2_infer, raw, request.headers.get("inference-header-content-length"),
                       m.spec, limits)
     logits, probs = await m.infer(req.images, req.kind, options.timeout_s)
-    body, headers = protocol.v2_response(m.name, m.version, req, logits, probs, m.spec.class_names)
+    body, headers = await protocol.off_loop(len(req.images) > protocol.BIG_REPLY_IMAGES, protocol.v2_response,
+                                            m.name, m.version, req, logits, probs, m.spec.class_names)
     return Response(body, headers=headers)
 
   # ---------------------------------------------------------------- TF-Serving REST and uploads
@@ -349,15 +359,21 @@ def create_app(models, options=Options()):
 
   @contextlib.asynccontextmanager
   async def lifespan(app):
+    grpc_server = None
+    if options.grpc_address:  # on this event loop, beside HTTP
+      service = grpc_service.Service(served, options, metrics, readiness, _version())
+      grpc_server, app.state.grpc_port = await grpc_service.start(service, options.grpc_address, limits)
     thread = threading.Thread(target=load_all, name="model-loader", daemon=True)
     thread.start()
     yield
+    if grpc_server is not None:  # refuses new calls, lets running ones finish
+      await grpc_server.stop(options.timeout_s)
     for m in served:  # uvicorn has already drained in-flight requests; finish what is queued
       m.close()
 
   app = Starlette(routes=routes, lifespan=lifespan,
                   exception_handlers={RequestError: request_error, HTTPException: http_error, Exception: server_error})
-  app.state.served = served
+  app.state.served, app.state.grpc_port = served, None
   return Gate(app, auth.digests(options.api_keys), limits.max_body_bytes, metrics)
 
 
@@ -369,9 +385,10 @@ def _version():
     return "0"
 
 
-def serve(model_args, host="127.0.0.1", port=8000, api_keys_file=None, options=Options()):
-  """Runs the server until SIGINT/SIGTERM; uvicorn then stops accepting, drains in-flight requests, and the
-  lifespan shutdown finishes the queued batches."""
+def serve(model_args, host="127.0.0.1", port=8000, api_keys_file=None, options=Options(), grpc_port=None):
+  """Runs the server (HTTP on `port`, and gRPC on `grpc_port` when given) until SIGINT/SIGTERM; uvicorn then
+  stops accepting, drains in-flight requests, and the lifespan shutdown stops gRPC (letting running calls
+  finish) and finishes the queued batches."""
   import uvicorn
   models = [parse_model_arg(a) for a in model_args]
   names = [(n, v) for n, v, _ in models]
@@ -381,9 +398,14 @@ def serve(model_args, host="127.0.0.1", port=8000, api_keys_file=None, options=O
     options = dataclasses.replace(options, api_keys=tuple(auth.load_keys(api_keys_file)))
   elif host not in ("127.0.0.1", "localhost", "::1"):
     log.warning("serving on %s without --api-keys-file: anyone who can reach it can use it", host)
+  grpc_note = ""
+  if grpc_port is not None:
+    options = dataclasses.replace(options, grpc_address=f"[{host}]:{grpc_port}" if ":" in host else
+                                  f"{host}:{grpc_port}")
+    grpc_note = f" and gRPC {options.grpc_address}"
   logging.getLogger("imgrec").setLevel(logging.INFO)
   access_log.setLevel(logging.INFO)
-  print(f"imgrec serve: http://{host}:{port}/ (models load and warm up; /v2/health/ready turns 200 when done)",
-        flush=True)
+  print(f"imgrec serve: http://{host}:{port}/{grpc_note} (models load and warm up; /v2/health/ready turns 200 "
+        f"when done)", flush=True)
   uvicorn.run(create_app(models, options), host=host, port=port, access_log=False, log_level="warning",
               timeout_graceful_shutdown=options.timeout_s)

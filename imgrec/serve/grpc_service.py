@@ -1,0 +1,209 @@
+"""The Open Inference Protocol v2 over gRPC: KServe's `inference.GRPCInferenceService`, as `tritonclient.grpc`
+and KServe clients speak it. It runs on the HTTP server's event loop (grpc.aio) and shares its models,
+batchers, API keys, limits and metrics.
+
+Messages come from kserve_v2.proto, compiled to the descriptor set kserve_v2.binpb (the command is in the
+.proto) and loaded into a private descriptor pool: a client library in the same process (tritonclient
+registers the same `inference.*` names in the default pool) cannot collide with it, and no generated code
+ties the server to one protobuf release.
+
+Errors, as gRPC status codes (HTTP status of the same error in brackets): INVALID_ARGUMENT (400, 415),
+UNAUTHENTICATED (401), PERMISSION_DENIED (403), NOT_FOUND (404), RESOURCE_EXHAUSTED (413; a message over
+the body limit is refused by gRPC itself with the same code), UNAVAILABLE (503: loading, queue full),
+DEADLINE_EXCEEDED (504), INTERNAL (500). API keys travel as metadata `authorization: Bearer KEY` or
+`x-api-key: KEY`; ServerLive and ServerReady are open, like the HTTP probes.
+"""
+import logging
+import math
+import os
+import time
+
+import grpc
+import numpy as np
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from imgrec.serve import auth, protocol
+from imgrec.serve.protocol import RequestError
+
+log = logging.getLogger("imgrec")
+access_log = logging.getLogger("imgrec.access")
+
+SERVICE = "inference.GRPCInferenceService"
+OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})
+CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+         403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
+         413: grpc.StatusCode.RESOURCE_EXHAUSTED, 415: grpc.StatusCode.INVALID_ARGUMENT,
+         503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED}
+# Typed `contents` field per accepted image datatype.
+CONTENTS = {"UINT8": "uint_contents", "FP32": "fp32_contents", "BYTES": "bytes_contents"}
+
+
+def _messages():
+  """{method: (request class, response class)} from the checked-in descriptor set."""
+  with open(os.path.join(os.path.dirname(__file__), "kserve_v2.binpb"), "rb") as f:
+    files = descriptor_pb2.FileDescriptorSet.FromString(f.read()).file
+  pool = descriptor_pool.DescriptorPool()
+  for file in files:
+    pool.Add(file)
+  return {m.name: (message_factory.GetMessageClass(m.input_type), message_factory.GetMessageClass(m.output_type))
+          for m in pool.FindServiceByName(SERVICE).methods}
+
+
+MESSAGES = _messages()
+
+
+# ---------------------------------------------------------------- requests and replies (pure)
+
+def parameter_value(p):
+  """An InferParameter -> its Python value (None when unset)."""
+  which = p.WhichOneof("parameter_choice")
+  return getattr(p, which) if which else None
+
+
+def tensor_from_contents(name, datatype, shape, contents, count):
+  """Typed InferTensorContents -> numpy array of `shape`, with the same checks as JSON data."""
+  field = CONTENTS[datatype]
+  values = getattr(contents, field)
+  if len(values) != count:
+    raise RequestError(400, f"input '{name}': {len(values)} values in contents.{field} for shape {shape} "
+                            f"({count} elements)")
+  if datatype == "BYTES":
+    return np.array(list(values), dtype=object).reshape(shape)
+  arr = np.array(values, np.int64 if datatype == "UINT8" else np.float64)
+  return protocol.cast_numbers(name, arr, np.dtype(protocol.DTYPES[datatype])).reshape(shape)
+
+
+def parse_infer(request, spec, limits):
+  """ModelInferRequest -> protocol.InferRequest; raises RequestError (before any model work) when bad."""
+  if len(request.inputs) != 1:
+    raise RequestError(400, f"{len(request.inputs)} inputs; this model takes one input named "
+                            f"'{protocol.INPUT_NAME}'")
+  t = request.inputs[0]
+  name, datatype, shape = t.name, t.datatype, list(t.shape)
+  if name != protocol.INPUT_NAME:
+    raise RequestError(400, f"unknown input {name!r}; this model takes one input named '{protocol.INPUT_NAME}'")
+  if datatype not in protocol.IMAGE_DTYPES:
+    raise RequestError(400, f"input '{name}': datatype {datatype!r} is not accepted; use one of "
+                            f"{protocol.IMAGE_DTYPES}")
+  per_image = 1 if datatype == "BYTES" else math.prod(spec.image_shape)
+  count = protocol.check_shape(name, shape, limits, per_image)
+  raw = request.raw_input_contents
+  if len(raw) > 1:
+    raise RequestError(400, f"{len(raw)} raw_input_contents for one input")
+  if raw:
+    arr = protocol.tensor_from_binary(name, datatype, shape, raw[0], count)
+  else:
+    arr = tensor_from_contents(name, datatype, shape, t.contents, count)
+  images, kind = protocol.image_batch(name, arr, spec, limits)
+  outputs = None
+  if request.outputs:
+    outputs = [{"name": o.name, "parameters": {k: parameter_value(v) for k, v in o.parameters.items()}}
+               for o in request.outputs]
+  outputs = protocol.requested_outputs(outputs, True, len(spec.class_names))
+  return protocol.InferRequest(images, kind, outputs, request.id or None)
+
+
+def infer_response(model, request, logits, probs):
+  """-> ModelInferResponse with every output in raw_output_contents, as Triton sends them."""
+  resp = MESSAGES["ModelInfer"][1](model_name=model.name, model_version=str(model.version), id=request.id or "")
+  tensors = {"logits": logits, "probabilities": probs}
+  for o in request.outputs:
+    values, k = tensors[o["name"]], o["classification"]
+    if k:
+      rows = protocol.classification_strings(values, k, model.spec.class_names)
+      resp.outputs.add(name=o["name"], datatype="BYTES", shape=[len(rows), k])
+      resp.raw_output_contents.append(protocol.join_bytes_elements([s.encode() for r in rows for s in r]))
+    else:
+      resp.outputs.add(name=o["name"], datatype="FP32", shape=list(values.shape))
+      resp.raw_output_contents.append(np.ascontiguousarray(values, "<f4").tobytes())
+  return resp
+
+
+# ---------------------------------------------------------------- the service
+
+class Service:
+  """The RPC implementations over the server's shared state. `readiness() -> error message or None`."""
+
+  def __init__(self, served, options, metrics, readiness, version):
+    self.served, self.options, self.m = served, options, metrics
+    self.readiness, self.version = readiness, version
+    self.keys = auth.digests(options.api_keys)
+
+  async def ServerLive(self, request, context):
+    return MESSAGES["ServerLive"][1](live=True)
+
+  async def ServerReady(self, request, context):
+    return MESSAGES["ServerReady"][1](ready=self.readiness() is None)
+
+  async def ModelReady(self, request, context):
+    try:
+      protocol.find_model(self.served, request.name, request.version)
+    except RequestError as e:
+      if e.status != 503:  # an unknown model is an error; a loading one is not ready
+        raise
+      return MESSAGES["ModelReady"][1](ready=False)
+    return MESSAGES["ModelReady"][1](ready=True)
+
+  async def ServerMetadata(self, request, context):
+    return MESSAGES["ServerMetadata"][1](name="imgrec", version=self.version, extensions=protocol.EXTENSIONS)
+
+  async def ModelMetadata(self, request, context):
+    meta = protocol.model_metadata(protocol.find_model(self.served, request.name, request.version), self.served)
+    return MESSAGES["ModelMetadata"][1](**meta)
+
+  async def ModelInfer(self, request, context):
+    m = protocol.find_model(self.served, request.model_name, request.model_version)
+    req = await protocol.off_loop(request.ByteSize() > protocol.BIG_BODY_BYTES, parse_infer, request, m.spec,
+                                  self.options.limits)
+    remaining = context.time_remaining()  # the client's deadline, when it set one
+    timeout = self.options.timeout_s if remaining is None else min(remaining, self.options.timeout_s)
+    logits, probs = await m.infer(req.images, req.kind, timeout)
+    return await protocol.off_loop(len(req.images) > protocol.BIG_REPLY_IMAGES, infer_response, m, req, logits,
+                                   probs)
+
+  def handler(self):
+    """A generic handler with auth, error mapping, metrics and access log around every method."""
+    return grpc.method_handlers_generic_handler(SERVICE, {
+        name: grpc.unary_unary_rpc_method_handler(self._wrap(name), request_deserializer=req.FromString,
+                                                  response_serializer=resp.SerializeToString)
+        for name, (req, resp) in MESSAGES.items()})
+
+  def _wrap(self, name):
+    impl, route = getattr(self, name), f"/{SERVICE}/{name}"
+
+    async def call(request, context):
+      t0, code = time.perf_counter(), grpc.StatusCode.OK
+      try:
+        if self.keys and name not in OPEN_METHODS:
+          refused = auth.check(auth.presented_key(dict(context.invocation_metadata())), self.keys)
+          if refused:
+            raise RequestError(*refused)
+        return await impl(request, context)
+      except RequestError as e:
+        code = CODES.get(e.status, grpc.StatusCode.INTERNAL)
+        await context.abort(code, e.message)
+      except Exception as e:
+        if isinstance(e, grpc.aio.AbortError):
+          raise
+        code = grpc.StatusCode.INTERNAL
+        log.exception("unhandled error in %s", route)
+        await context.abort(code, f"internal server error ({type(e).__name__})")
+      finally:
+        dt = time.perf_counter() - t0
+        self.m["requests"].labels(route, "GRPC", code.name).inc()
+        self.m["latency"].labels(route).observe(dt)
+        access_log.info('%s "GRPC %s" %s %.1fms', context.peer(), route, code.name, dt * 1000)
+    return call
+
+
+async def start(service, address, limits):
+  """Starts a grpc.aio server for `service` on the running event loop; -> (server, bound port)."""
+  server = grpc.aio.server(options=[("grpc.max_receive_message_length", limits.max_body_bytes),
+                                    ("grpc.max_send_message_length", -1)])
+  server.add_generic_rpc_handlers((service.handler(),))
+  try:
+    port = server.add_insecure_port(address)
+  except RuntimeError as e:
+    raise RuntimeError(f"cannot listen for gRPC on {address}: {e}; is the port in use?") from None
+  await server.start()
+  return server, port
