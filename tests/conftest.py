@@ -1,8 +1,10 @@
 """Shared fixtures. The main test process sees 1 CPU device; tests that need 8 fake
 devices or several processes run a subprocess (see tests/helpers.py)."""
+import numpy as np
 import pytest
 
-from imgrec import config
+from imgrec import config, state as train_state, steps, train, workdir as wd
+from imgrec.data import sources
 
 
 def tiny_config(**overrides):
@@ -29,7 +31,17 @@ def tiny_config(**overrides):
 @pytest.fixture(scope="session")
 def trained_workdir(tmp_path_factory):
   """A digits workdir trained for 60 steps (~90% test accuracy), shared by read-only tests."""
-  from imgrec import train
   workdir = str(tmp_path_factory.mktemp("trained"))
   train.train(tiny_config(), workdir)
   return workdir
+
+
+@pytest.fixture(scope="session")
+def reference(trained_workdir):
+  """64 test images and the top-1 classes of the model `imgrec eval` restores, computed here directly."""
+  cfg, info, model, state = wd.restore(trained_workdir)
+  images, labels = sources.load(cfg.data).split("test").get(np.arange(64))
+  logits = model.apply(train_state.variables(state), steps.normalize(images, info["mean"], info["std"]), train=False)
+  top1 = np.asarray(logits).argmax(-1)
+  assert (top1 == labels).mean() > 0.5  # a trained model, so agreement below is meaningful
+  return images, top1, info

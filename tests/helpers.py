@@ -3,6 +3,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+from PIL import Image
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -20,8 +23,6 @@ def run_python(code, devices=1, env=None, timeout=300, check=True):
 def assert_png(path, min_width=200, min_height=150):
   """A PNG worth looking at: readable, at least this big, and not blank (its pixels vary, and more than a
   sliver of them differ from the background colour)."""
-  import numpy as np
-  from PIL import Image
   with Image.open(path) as im:
     assert im.format == "PNG", (path, im.format)
     assert im.width >= min_width and im.height >= min_height, (path, im.size)
@@ -29,3 +30,19 @@ def assert_png(path, min_width=200, min_height=150):
   background = np.median(a.reshape(-1, 3), axis=0)
   drawn = np.mean(np.abs(a - background).sum(-1) > 30)
   assert a.std() > 5 and drawn > 0.02, (path, float(a.std()), float(drawn))
+
+
+def photo_folder(root, n=24, classes=3, size=(30, 80), seed=0):
+  """Class subfolders of random-pixel images of varied sizes: PNG and JPEG alternate, every third is grayscale.
+  Returns {path: (width, height, mode)}."""
+  rng = np.random.default_rng(seed)
+  made = {}
+  for i in range(n):
+    d = os.path.join(root, f"c{i % classes}")
+    os.makedirs(d, exist_ok=True)
+    w, h = (int(v) for v in rng.integers(*size, 2))
+    mode = "L" if i % 3 == 0 else "RGB"
+    path = os.path.join(d, f"{i}.{'png' if i % 2 else 'jpg'}")
+    Image.fromarray(rng.integers(0, 256, (h, w) if mode == "L" else (h, w, 3), dtype=np.uint8), mode).save(path)
+    made[path] = (w, h, mode)
+  return made

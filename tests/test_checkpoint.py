@@ -11,12 +11,11 @@ import time
 import jax
 import numpy as np
 import pytest
-from PIL import Image
 
 from imgrec import train, workdir as wd
 from imgrec.errors import EXIT_PREEMPTED, UserError
 from tests.conftest import tiny_config
-from tests.helpers import ROOT, run_python
+from tests.helpers import ROOT, photo_folder, run_python
 
 TRAIN_ARGS = ["--config.model.kwargs.widths=(8, 16)", "--config.model.kwargs.hidden=32", "--config.batch_size=32",
               "--config.steps=240", "--config.checkpoint_every=20", "--config.eval_every=120", "--config.log_every=20"]
@@ -83,22 +82,11 @@ def test_kill_and_resume_is_bit_identical(straight, tmp_path):
   _assert_same_as(straight[0], killed)
 
 
-def photo_folder(root, n=60, classes=3):
-  """Varied-size JPEGs and PNGs (some grayscale), decoded and randomly cropped in the workers."""
-  rng = np.random.default_rng(0)
-  for i in range(n):
-    (root / f"c{i % classes}").mkdir(parents=True, exist_ok=True)
-    w, h = (int(v) for v in rng.integers(24, 64, 2))
-    shape = (h, w) if i % 3 == 0 else (h, w, 3)
-    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(
-        root / f"c{i % classes}" / f"{i}.{'png' if i % 2 else 'jpg'}")
-  return root
-
-
 @pytest.mark.slow
 def test_kill_and_resume_with_two_decode_workers_is_bit_identical(tmp_path):
   """Host crops and flips drawn in 2 Grain worker processes: kill -9 then resume equals the straight run."""
-  extra = [f"--config.data.source=folder:{photo_folder(tmp_path / 'photos')}", "--config.data.image_size=16",
+  photo_folder(tmp_path / "photos", n=60, size=(24, 64))
+  extra = [f"--config.data.source=folder:{tmp_path / 'photos'}", "--config.data.image_size=16",
            "--config.data.test_fraction=0.25", "--config.data.workers=2", "--config.steps=60",
            "--config.checkpoint_every=10", "--config.eval_every=60"]
   cmd = lambda w: _train_cmd(w) + extra

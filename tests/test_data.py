@@ -9,6 +9,7 @@ from PIL import Image
 from imgrec import config, parallel
 from imgrec.data import pipeline, sources, splits
 from imgrec.errors import UserError
+from tests.helpers import photo_folder
 
 
 def data_cfg(source, **kw):
@@ -97,24 +98,8 @@ def test_image_folder_with_train_test_dirs_grayscale(tmp_path):
   assert ds.image_shape == (10, 12, 1) and len(ds.split("train")) == 12 and len(ds.split("test")) == 6
 
 
-def mixed_folder(root, classes=("cat", "dog", "fox"), per_class=6, seed=0):
-  """Images of mixed sizes, JPEG and PNG, grayscale and RGB mixed; returns {path: (w, h, mode)}."""
-  rng = np.random.default_rng(seed)
-  made = {}
-  for c in classes:
-    (root / c).mkdir(parents=True)
-    for i in range(per_class):
-      w, h = (int(v) for v in rng.integers(20, 70, 2))
-      mode = "L" if i % 3 == 0 else "RGB"
-      shape = (h, w) if mode == "L" else (h, w, 3)
-      path = root / c / f"{i}.{'png' if i % 2 else 'jpg'}"
-      Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(path)
-      made[str(path)] = (w, h, mode)
-  return made
-
-
 def test_folder_of_mixed_images_is_an_index_decoded_to_the_configured_size(tmp_path, monkeypatch):
-  made = mixed_folder(tmp_path)
+  made = photo_folder(tmp_path, n=18, size=(20, 70))
   opened = []
   real = sources.preprocess.header
   monkeypatch.setattr(sources.preprocess, "header", lambda data: opened.append(1) or real(data))

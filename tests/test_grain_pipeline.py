@@ -9,27 +9,14 @@ import time
 import numpy as np
 import psutil
 import pytest
-from PIL import Image
 
 from imgrec import config, parallel
 from imgrec.data import pipeline, sources
-from tests.helpers import ROOT
-
-
-def photo_folder(root, n=24, classes=3, seed=0):
-  """JPEGs and PNGs of varied sizes (30-80 px), a third of them grayscale."""
-  rng = np.random.default_rng(seed)
-  for i in range(n):
-    d = root / f"c{i % classes}"
-    d.mkdir(parents=True, exist_ok=True)
-    w, h = (int(v) for v in rng.integers(30, 80, 2))
-    mode = "L" if i % 3 == 0 else "RGB"
-    shape = (h, w) if mode == "L" else (h, w, 3)
-    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(d / f"{i}.{'png' if i % 4 else 'jpg'}")
-  return root
+from tests.helpers import ROOT, photo_folder
 
 
 def folder_split(root, workers):
+  photo_folder(root)
   cfg = config.defaults().data
   cfg.source, cfg.image_size, cfg.test_fraction, cfg.workers = f"folder:{root}", 16, 0.25, workers
   return sources.load(cfg).split("train")
@@ -42,7 +29,7 @@ def collect(split, start, end, workers):
 
 
 def test_batches_do_not_depend_on_workers_and_resume_without_replay(tmp_path):
-  split = folder_split(photo_folder(tmp_path), workers=0)
+  split = folder_split(tmp_path, workers=0)
   here = collect(split, 0, 7, workers=0)
   two = collect(split, 0, 7, workers=2)
   resumed = collect(split, 4, 7, workers=2)
@@ -96,7 +83,7 @@ def test_plain_script_runs_workers_and_kill_9_leaves_no_orphans(tmp_path):
 
 
 def test_normalisation_presets_values_and_estimate(tmp_path):
-  split = folder_split(photo_folder(tmp_path), workers=0)
+  split = folder_split(tmp_path, workers=0)
   cfg = config.defaults().data
   cfg.norm = "imagenet"
   assert pipeline.normalization(cfg, split) == (list(pipeline.IMAGENET_MEAN), list(pipeline.IMAGENET_STD))

@@ -14,7 +14,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from imgrec.serve import app as app_lib, grpc_service, protocol
-from tests.test_serve import KEY, png, reference, running_server  # noqa: F401 (reference is a fixture)
+from tests.test_serve import KEY, png, running_server
 
 H = {"authorization": f"Bearer {KEY}"}
 SERVE_DIR = os.path.dirname(grpc_service.__file__)

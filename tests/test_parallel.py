@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from imgrec.data import pipeline
-from tests.helpers import ROOT, run_python
+from tests.helpers import ROOT, photo_folder, run_python
 
 EIGHT_VS_ONE = r"""
 import sys, jax, numpy as np
@@ -72,19 +72,11 @@ def test_eight_devices_equal_one_device():
   assert "MAXERR" in out and "not divisible" in out
 
 
-def photo_folder(root, n=48, classes=4):
-  rng = np.random.default_rng(1)
-  for i in range(n):
-    (root / f"c{i % classes}").mkdir(parents=True, exist_ok=True)
-    w, h = (int(v) for v in rng.integers(16, 48, 2))
-    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / f"c{i % classes}" / f"{i}.png")
-  return root
-
-
 @pytest.mark.slow
 def test_eight_devices_equal_one_device_on_grain_batches(tmp_path):
+  photo_folder(tmp_path, n=48, classes=4, size=(16, 48), seed=1)
   script = EIGHT_VS_ONE.replace("tiny_config()", "tiny_config(batch_size=32)")
-  out = run_python(script.replace("sys.argv[1]", repr(str(photo_folder(tmp_path)))).replace(
+  out = run_python(script.replace("sys.argv[1]", repr(str(tmp_path))).replace(
       "len(sys.argv) > 1", "True"), devices=8).stdout
   assert "MAXERR" in out
 

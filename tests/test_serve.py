@@ -22,8 +22,6 @@ import numpy as np
 import pytest
 import requests
 
-from imgrec import state as train_state, steps, workdir as wd
-from imgrec.data import sources
 from imgrec.serve import app as app_lib, protocol
 from imgrec.serve.batcher import Batcher, QueueFull
 
@@ -82,17 +80,6 @@ def server(trained_workdir):
                             api_keys=(KEY, "another-key"))
   with running_server([("digits", None, trained_workdir), ("other", 7, trained_workdir)], options) as s:
     yield s
-
-
-@pytest.fixture(scope="module")
-def reference(trained_workdir):
-  """64 test images and the top-1 classes of the model `imgrec eval` restores, computed here directly."""
-  cfg, info, model, state = wd.restore(trained_workdir)
-  images, labels = sources.load(cfg.data).split("test").get(np.arange(64))
-  logits = model.apply(train_state.variables(state), steps.normalize(images, info["mean"], info["std"]), train=False)
-  top1 = np.asarray(logits).argmax(-1)
-  assert (top1 == labels).mean() > 0.5  # a trained model, so agreement below is meaningful
-  return images, top1, info
 
 
 # ---------------------------------------------------------------- OIP v2 with tritonclient

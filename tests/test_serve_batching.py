@@ -15,7 +15,7 @@ from tritonclient.utils import InferenceServerException
 from imgrec.serve import app as app_lib, protocol
 from imgrec.serve.batcher import Batcher, Replica, cover_plans
 from tests.helpers import run_python
-from tests.test_serve import reference, running_server, v2  # noqa: F401 (reference is a fixture)
+from tests.test_serve import running_server, v2
 
 MAX_DELAY_MS = 1000  # the window; with an idle device it may also close after 250 ms without a new request
 TIMEOUT_S = 1.5
