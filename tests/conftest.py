@@ -3,8 +3,11 @@ devices or several processes run a subprocess (see tests/helpers.py)."""
 import numpy as np
 import pytest
 
-from imgrec import config, state as train_state, steps, train, workdir as wd
+from imgrec import compile_cache, config, state as train_state, steps, train, workdir as wd
 from imgrec.data import sources
+
+# As `imgrec` does at start-up: every test's compilations persist, so a second run of the suite loads them.
+compile_cache.enable()
 
 
 def tiny_config(**overrides):
