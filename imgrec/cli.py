@@ -255,7 +255,7 @@ def main(argv=None):
   rest = [a for a in argv if not a.startswith("--config.")]
   args = parser().parse_args(rest)
   if overrides and args.command not in ("train", "augment-preview", "sweep", "eval", "robustness", "explain", "serve"):
-    print(f"imgrec: error: --config.KEY=VALUE overrides apply to `imgrec train` and `imgrec sweep` (and "
+    print("imgrec: error: --config.KEY=VALUE overrides apply to `imgrec train` and `imgrec sweep` (and "
           "--config.data.dir/source to eval, robustness, explain and serve)", file=sys.stderr)
     return 2
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")

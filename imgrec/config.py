@@ -86,7 +86,7 @@ def defaults():
   c.transfer.reinit = "(^|/)head/"  # regex over "params/..." names kept freshly initialised (the new head)
   c.transfer.lr_mults = ()    # ((regex, multiplier), ...): first match scales that parameter's updates
 
-  c.distill = ml_collections.ConfigDict()  # knowledge distillation (imgrec/compress.py)
+  c.distill = ml_collections.ConfigDict()  # knowledge distillation (losses.distillation, in the train step)
   c.distill.teacher = ""      # teacher workdir ("" : off); same data and classes as this run
   c.distill.alpha = 0.5       # loss = alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T)
   c.distill.temperature = 4.0

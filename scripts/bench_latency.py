@@ -25,7 +25,7 @@ def main():
   p.add_argument("--batches", default="1,64")
   p.add_argument("--rounds", type=int, default=200)
   args = p.parse_args()
-  variants, x_by_batch = {}, {}
+  variants = {}
   for w in args.workdirs:
     cfg, info, model, state = wd.restore(w)
     variants[w] = (lambda m: (lambda v, x: m.apply(v, x, train=False)))(model), jax.device_get(train_state.variables(state))

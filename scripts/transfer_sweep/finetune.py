@@ -2,11 +2,11 @@
 
   finetune.py PRE NAME STEPS SEEDS [JSON_OVERRIDES] [--scratch]
 """
-import sys, os, json, itertools
+import sys, os, json
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import numpy as np
 import bench_transfer as bt
-from imgrec import train, config
+from imgrec import train
 root = "runs/tr"
 pre = sys.argv[1]
 name = sys.argv[2]
