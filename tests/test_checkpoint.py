@@ -44,6 +44,16 @@ def _wait_for_checkpoint(proc, workdir, step):
     time.sleep(0.05)
 
 
+def _kill_9_after_checkpoint(cmd, workdir, step):
+  """Starts `cmd`, kills it with SIGKILL once a checkpoint at or after `step` exists; returns the steps left."""
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  _wait_for_checkpoint(proc, workdir, step)
+  assert proc.poll() is None, "training finished before it could be killed; make it longer"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  return _steps(workdir)
+
+
 def _assert_same_as(straight_workdir, workdir, steps=240):
   step_a, a = _leaves(straight_workdir)
   step_b, b = _leaves(workdir)
@@ -68,12 +78,7 @@ def test_a_normal_run_leaves_no_traceback_on_stderr(straight):
 
 def test_kill_and_resume_is_bit_identical(straight, tmp_path):
   killed = tmp_path / "killed"
-  proc = subprocess.Popen(_train_cmd(killed), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  _wait_for_checkpoint(proc, killed, 40)
-  assert proc.poll() is None, "training finished before it could be killed; make it longer"
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  steps_at_kill = _steps(killed)
+  steps_at_kill = _kill_9_after_checkpoint(_train_cmd(killed), killed, 40)
   assert steps_at_kill and steps_at_kill[-1] < 240
 
   out = subprocess.run(_train_cmd(killed), cwd=ROOT, env=ENV, check=True, capture_output=True, text=True)
@@ -92,12 +97,8 @@ def test_kill_and_resume_with_two_decode_workers_is_bit_identical(tmp_path):
   cmd = lambda w: _train_cmd(w) + extra
   subprocess.run(cmd(tmp_path / "straight"), cwd=ROOT, env=ENV, check=True, capture_output=True)
   killed = tmp_path / "killed"
-  proc = subprocess.Popen(cmd(killed), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  _wait_for_checkpoint(proc, killed, 20)
-  assert proc.poll() is None, "training finished before it could be killed; make it longer"
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert _steps(killed) and _steps(killed)[-1] < 60
+  steps_at_kill = _kill_9_after_checkpoint(cmd(killed), killed, 20)
+  assert steps_at_kill and steps_at_kill[-1] < 60
   out = subprocess.run(cmd(killed), cwd=ROOT, env=ENV, check=True, capture_output=True, text=True)
   assert "resuming at step" in out.stdout
   _assert_same_as(tmp_path / "straight", killed, steps=60)
