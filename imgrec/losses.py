@@ -28,10 +28,6 @@ def accuracy(logits, labels):
   return jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
-def is_finite(x):
-  return jnp.all(jnp.isfinite(x))
-
-
 def kd_loss(student_logits, teacher_logits, targets, alpha, temperature):
   """alpha * CE(targets) + (1 - alpha) * T^2 * KL(softmax(teacher/T) || softmax(student/T)), batch mean.
 

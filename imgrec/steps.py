@@ -136,12 +136,6 @@ def make_eval_step(model, mean, std):
   return eval_outputs
 
 
-def summarize(outputs):
-  """The headline of `make_eval_step`'s outputs over a split: accuracy, loss, examples."""
-  n = len(outputs["nll"])
-  return {"accuracy": float(np.mean(outputs["correct"])), "loss": float(np.mean(outputs["nll"])), "examples": n}
-
-
 @functools.lru_cache(maxsize=32)
 def _jitted(fn, mesh):
   """One compiled program per function (robustness streams the same one over many corruptions); the outputs
