@@ -59,7 +59,7 @@ def parse_model_arg(arg):
     if version and not version.isdigit():
       raise UserError(f"--workdir {arg}: version {version!r} must be a positive integer (NAME:VERSION=DIR)")
   path = os.path.abspath(path)
-  if not os.path.isfile(os.path.join(path, "config.json")):
+  if not os.path.isfile(os.path.join(path, wd.CONFIG_FILE)):
     raise UserError(f"--workdir {arg}: {path} has no config.json; pass a workdir written by `imgrec train`")
   name = name or os.path.basename(path.rstrip("/"))
   if not name or "/" in name or ":" in name:
