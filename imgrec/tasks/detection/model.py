@@ -52,6 +52,12 @@ class FCOS(nn.Module):
   levels: Sequence[int] = (3, 4, 5, 6, 7)  # strides 2**level; those past the backbone come from stride-2 convs
   head_convs: int = 4                # conv + GroupNorm + relu layers in each tower
   prior_prob: float = 0.01           # initial class probability (focal-loss practice: few false alarms at start)
+  # Decoding settings (decode.decode), unused by __call__: they travel with the model so that evaluation and
+  # serving decode as the config says.
+  num_detections: int = 100
+  pre_nms_topk: int = 1000
+  nms_iou: float = 0.6
+  score_threshold: float = 0.05
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -112,15 +118,21 @@ class FCOS(nn.Module):
             "centerness": jnp.concatenate(ctr, 1), "points": jnp.broadcast_to(table, (n,) + table.shape)}
 
 
-def create(name, num_classes, dtype=jnp.float32, fpn_channels=256, levels=(3, 4, 5, 6, 7), head_convs=4,
-           prior_prob=0.01, **backbone_kwargs):
+HEAD_KEYS = ("fpn_channels", "levels", "head_convs", "prior_prob", "num_detections", "pre_nms_topk", "nms_iou",
+             "score_threshold")  # the FCOS fields set from config.detection
+
+
+def create(name, num_classes, dtype=jnp.float32, head=None, **backbone_kwargs):
   """An FCOS detector on the zoo backbone `name` (resnet18, resnet50, ... or "tiny"), its stem the
-  ImageNet one (stride 4) so that stage strides are 8/16/32 whatever the image size."""
+  ImageNet one (stride 4) so that stage strides are 8/16/32 whatever the image size. `head`: FCOS fields
+  (HEAD_KEYS); `backbone_kwargs` go to the zoo constructor (config.model.kwargs)."""
   zoo_name, preset = BACKBONES.get(name, (name, {}))
   kwargs = {"stem": "imagenet", **preset, **backbone_kwargs}
   if models.family(zoo_name) != "resnet":
     raise UserError(f"detection backbones are the ResNet family (resnet18, resnet50, ...) or 'tiny'; "
                     f"{name!r} does not give stage features")
   backbone = models.create(zoo_name, num_classes=1, dtype=dtype, features=True, **kwargs)
-  return FCOS(backbone, num_classes, fpn_channels=fpn_channels, levels=tuple(levels), head_convs=head_convs,
-              prior_prob=prior_prob, dtype=dtype)
+  head = dict(head or {})
+  if "levels" in head:
+    head["levels"] = tuple(head["levels"])
+  return FCOS(backbone, num_classes, dtype=dtype, **head)
