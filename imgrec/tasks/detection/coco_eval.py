@@ -18,18 +18,17 @@ def to_results(detections, category_ids):
   """Per-example arrays {"boxes" [N, K, 4], "scores", "classes", "num_detections", "image_id", "to_source"
   [N, 4] (sx, sy, tx, ty)} -> COCO results [{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]."""
   category_ids = np.asarray(category_ids)
-  out = []
-  for i in range(len(detections["image_id"])):
-    n = int(detections["num_detections"][i])
-    sx, sy, tx, ty = np.asarray(detections["to_source"][i], np.float64)
-    b = np.asarray(detections["boxes"][i][:n], np.float64)
-    x0, y0, x1, y1 = b[:, 0] * sx + tx, b[:, 1] * sy + ty, b[:, 2] * sx + tx, b[:, 3] * sy + ty
-    for j in range(n):
-      out.append({"image_id": int(detections["image_id"][i]),
-                  "category_id": int(category_ids[int(detections["classes"][i][j])]),
-                  "bbox": [x0[j], y0[j], x1[j] - x0[j], y1[j] - y0[j]],
-                  "score": float(detections["scores"][i][j])})
-  return out
+  k = np.asarray(detections["scores"]).shape[1]
+  valid = np.arange(k)[None, :] < np.asarray(detections["num_detections"])[:, None]
+  sx, sy, tx, ty = np.asarray(detections["to_source"], np.float64).T[:, :, None]
+  b = np.asarray(detections["boxes"], np.float64)
+  x0, y0, x1, y1 = b[..., 0] * sx + tx, b[..., 1] * sy + ty, b[..., 2] * sx + tx, b[..., 3] * sy + ty
+  xywh = np.stack([x0, y0, x1 - x0, y1 - y0], -1)[valid].tolist()
+  image_ids = np.broadcast_to(np.asarray(detections["image_id"])[:, None], valid.shape)[valid].tolist()
+  cats = category_ids[np.asarray(detections["classes"])[valid]].tolist()
+  scores = np.asarray(detections["scores"], np.float64)[valid].tolist()
+  return [{"image_id": i, "category_id": c, "bbox": box, "score": s}
+          for i, c, box, s in zip(image_ids, cats, xywh, scores)]
 
 
 def _ground_truth(gt):
