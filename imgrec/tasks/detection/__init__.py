@@ -34,6 +34,8 @@ PHOTOMETRIC = ("brightness", "contrast", "gaussian_noise", "salt_pepper", "cutou
 # (name, datatype, per-example shape); -1 is K, config.detection.num_detections (`outputs_of(model)` gives it).
 OUTPUTS = [("detection_boxes", "FP32", (-1, 4)), ("detection_scores", "FP32", (-1,)),
            ("detection_classes", "FP32", (-1,)), ("num_detections", "FP32", ())]
+PREDICTS = ("TF Object Detection API outputs: detection_boxes [K, 4] (ymin, xmin, ymax, xmax in [0, 1]), "
+            "detection_scores [K], detection_classes [K] (class index + 1; 0: none), num_detections []")
 REPORT_IMAGES = 12  # test images drawn with their boxes in the report
 
 
@@ -135,6 +137,12 @@ def summary_images(result, summary):
   return {f"{result['split']}/precision_recall": (plots.plot_pr_curves, summary["curves"], summary["per_class"])}
 
 
+def augment_preview(cfg):
+  """TensorBoard's augmented training examples: none for detection (the report draws test images with boxes)."""
+  del cfg
+  return None
+
+
 def headline(result):
   """The short JSON summary of an evaluation (`imgrec eval --json`)."""
   return {k: result[k] for k in ("split", "step", *RECORD, "detections") if k in result}
@@ -155,6 +163,11 @@ def make_predict(model, mean, std):
             "detection_classes": jnp.where(valid, det["classes"] + 1, 0).astype(jnp.float32),
             "num_detections": n.astype(jnp.float32)}
   return predict
+
+
+def postprocess(outputs):
+  """The served outputs of a batch, on the host: make_predict's dict as float32 numpy arrays."""
+  return {k: np.asarray(v, np.float32) for k, v in outputs.items()}
 
 
 # ---------------------------------------------------------------------------- report
