@@ -22,7 +22,7 @@ def defaults():
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "digits"    # digits | fashion_mnist | mnist | idx:DIR | folder:DIR | tfds:NAME
-  #                             detection (imgrec/tasks/detection/data.py): digit_boxes | coco:DIR | coco:ANN.json@IMAGES
+  #                             detection: digit_boxes | coco:DIR | coco:ANN.json@IMAGES (tasks/detection/data.py)
   c.data.dir = ""             # overrides the directory of fashion_mnist / mnist; tfds: its data_dir
   c.data.image_size = 0       # resize to this square size (0: keep the source's size); photos: the crop size
   c.data.test_fraction = 0.2  # for sources without a test split (digits, flat folders)

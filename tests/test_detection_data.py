@@ -52,8 +52,8 @@ def test_coco_bad_annotations_are_clipped_dropped_and_counted(tmp_path, caplog):
                      r".*on_bad_image=skip"):
     data.open_data(data_cfg(source))
   with caplog.at_level(logging.INFO, logger="imgrec"):
-    ds = data.open_data(data_cfg(source, on_bad_image="skip", max_boxes=2, test_fraction=0.5, pp_train="decode|letterbox(80)",
-                                 pp_eval="decode|letterbox(80)"))
+    ds = data.open_data(data_cfg(source, on_bad_image="skip", max_boxes=2, test_fraction=0.5,
+                                 pp_train="decode|letterbox(80)", pp_eval="decode|letterbox(80)"))
   line = caplog.records[-1].getMessage()
   for count in ("missing image file: 1", "unknown image id: 1", "unknown category: 1", "zero or negative size: 1",
                 "outside the image (clipped): 1", "images without boxes (background): 1",
@@ -86,7 +86,8 @@ def test_coco_unreadable_image_and_bad_files_are_user_errors(tmp_path):
     split.example(0, True, np.random.default_rng(0))
   skip = data.open_data(data_cfg(source, test_fraction=0.5, on_bad_image="skip"))
   assert next(s for s in skip.splits.values() if s.ann.image_ids[0] == 1).example(0, True, None) is None
-  (tmp_path / "bad.json").write_text(json.dumps({"images": [{"id": 1}], "annotations": [], "categories": [{"id": 1, "name": "a"}]}))
+  bad = {"images": [{"id": 1}], "annotations": [], "categories": [{"id": 1, "name": "a"}]}
+  (tmp_path / "bad.json").write_text(json.dumps(bad))
   with pytest.raises(UserError, match=r"bad.json: image 0 has no 'file_name'"):
     data.open_data(data_cfg(f"coco:{tmp_path / 'bad.json'}@{tmp_path / 'images'}"))
   with pytest.raises(UserError, match=r"no annotations/instances_NAME.json in"):

@@ -67,6 +67,15 @@ def test_letterbox_keeps_aspect_pads_and_maps_back():
   assert (64 * sx + tx, 32 * sy + ty) == pytest.approx((100, 50))  # output corner -> source corner
 
 
+def test_served_image_boxes_map_back_to_the_upload():
+  image, boxes = drawn(5, 120, 80)
+  out, to_source = preprocess.for_model_with_map(_png(image), "decode|letterbox(64)", (32, 32, 3))  # then fit 2x
+  assert out.shape == (32, 32, 3) and to_source == pytest.approx((120 / 32, 120 / 32, 0, 0))
+  seen = [np.nonzero(out[..., c] > 127) for c in range(3)]
+  found = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] for ys, xs in seen], float)
+  np.testing.assert_allclose(transforms.to_source(found, to_source, 120, 80), boxes, atol=120 / 32 + 0.5)
+
+
 def test_clip_drops_boxes_mostly_cut_away_and_pad_keeps_the_largest():
   boxes, keep = transforms.clip([[-10, 0, 10, 10], [-35, 0, 10, 10], [5, 5, 5, 9], [50, 50, 60, 60]], 40, 40)
   assert keep.tolist() == [True, False, False, False]  # half visible; a quarter minus; empty; outside

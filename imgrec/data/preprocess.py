@@ -419,4 +419,14 @@ def for_model(data, pp_eval, image_shape):
   """An encoded image -> uint8 `image_shape` as the run's evaluation saw it: its eval preprocessing
   (dataset.json's pp_eval), fitted to the model's input; a plain resize for runs without one
   (in-memory sets). What `imgrec serve` and `imgrec explain --images` apply to any image."""
-  return fit(process(parse(pp_eval or "decode"), data, image_shape[2], None), image_shape)
+  return for_model_with_map(data, pp_eval, image_shape)[0]
+
+
+def for_model_with_map(data, pp_eval, image_shape):
+  """`for_model`, and the map (sx, sy, tx, ty) from the model input's pixels back to the uploaded image's:
+  what puts a predicted box onto the image the client sent."""
+  image, affine = process_with_map(parse(pp_eval or "decode"), data, image_shape[2], None)
+  h, w = image.shape[:2]
+  out = fit(image, image_shape)
+  k = (out.shape[1] / w, out.shape[0] / h)  # fit's resize, composed after the plan's map
+  return out, invert((affine[0] * k[0], affine[1] * k[1], affine[2] * k[0], affine[3] * k[1]))

@@ -139,7 +139,8 @@ def load_coco(arg, cfg):
         folder) else []
     if not found:
       raise UserError(f"no annotations/instances_NAME.json in {arg}: coco:DIR needs the COCO layout (e.g. "
-                      "annotations/instances_train2017.json with images in train2017/), or use coco:ANN.json@IMAGES_DIR")
+                      "annotations/instances_train2017.json with images in train2017/), "
+                      "or use coco:ANN.json@IMAGES_DIR")
     parts, names, ids = {}, None, None
     for f in found:
       stem = f[len("instances_"):-len(".json")]

@@ -33,8 +33,9 @@ class Annotations:
     return len(self.image_ids)
 
   def of(self, n):
+    """(boxes, classes, crowd, image id) of image n."""
     s = slice(self.offsets[n], self.offsets[n + 1])
-    return self.boxes[s], self.classes[s], self.crowd[s]
+    return self.boxes[s], self.classes[s], self.crowd[s], int(self.image_ids[n])
 
   def take(self, images):
     """The annotations of some images, in that order."""
@@ -123,17 +124,14 @@ class Split(EncodedSplit):
     except OSError as e:
       raise preprocess.BadImage(str(e)) from None
 
-  def image_id(self, i):
-    return self.ann.image_ids[i]
-
   def example(self, i, train, rng):
     """The feature dict of example i (see the module doc), or None for an unreadable image under skip."""
     got = self.read(i, train, rng)
     if got is None:
       return None
-    image, affine, (boxes, classes, crowd) = got
+    image, affine, (boxes, classes, crowd, image_id) = got
     out = transforms.targets(boxes[~crowd], classes[~crowd], affine, image.shape[0], image.shape[1], self.max_boxes)
-    return {"image": image, **out, "image_id": np.int32(self.image_id(i)),
+    return {"image": image, **out, "image_id": np.int32(image_id),
             "to_source": np.asarray(preprocess.invert(affine), np.float32)}
 
   def coco_ground_truth(self):
@@ -197,10 +195,7 @@ class TfdsSplit(Split):
     record = self._record(i)
     image = np.asarray(record["image"])
     boxes, labels, crowd, _ = tfds_objects(record, image.shape[1], image.shape[0])
-    return image, (boxes, labels, crowd)
-
-  def image_id(self, i):
-    return int(self._record(i).get("image/id", i)) if self.ann is None else self.ann.image_ids[i]
+    return image, (boxes, labels, crowd, int(record.get("image/id", i)))
 
   def coco_ground_truth(self):
     if self.ann is None:

@@ -57,3 +57,13 @@ def targets(boxes, classes, affine, height, width, max_boxes):
   """Source boxes and classes -> the padded targets of an output image of (height, width)."""
   moved, keep = clip(apply_affine(boxes, affine), height, width)
   return pad(moved[keep], np.asarray(classes)[keep], max_boxes)
+
+
+def to_source(boxes, to_source_map, width=None, height=None):
+  """Boxes in the preprocessed image's pixels -> the source image's, by an example's "to_source" map (or
+  preprocess.for_model_with_map's); clipped to a (width, height) source when given."""
+  out = apply_affine(boxes, to_source_map)
+  if width is not None:
+    out = np.stack([np.clip(out[:, 0], 0, width), np.clip(out[:, 1], 0, height),
+                    np.clip(out[:, 2], 0, width), np.clip(out[:, 3], 0, height)], 1)
+  return out
