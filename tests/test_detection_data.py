@@ -126,6 +126,16 @@ def test_generated_set_round_trips_through_coco(generated):
     assert a.coco_ground_truth() == truth
 
 
+def test_coco_2017_names_become_train_and_test(generated, tmp_path):
+  (tmp_path / "annotations").mkdir()
+  for ours, coco in (("train", "train2017"), ("test", "val2017")):
+    (tmp_path / "annotations" / f"instances_{coco}.json").symlink_to(generated / "annotations" / f"instances_{ours}.json")
+    (tmp_path / coco).symlink_to(generated / ours)
+  ds = data.open_data(data_cfg(f"coco:{tmp_path}", image_size=64))
+  assert {k: len(v) for k, v in ds.splits.items()} == {"train": 12, "test": 4}
+  assert ds.pp_eval == "decode|letterbox(64)" and ds.split("test").describe(0).endswith("val2017/000001.png")
+
+
 def test_generated_set_is_deterministic_tight_and_split_by_glyph():
   (x, bx, cx), (y, by, cy) = synthetic.generate("train", 6, 64), synthetic.generate("train", 3, 64)
   np.testing.assert_array_equal(x[:3], y)  # image i depends on (seed, split, i) only

@@ -31,8 +31,8 @@ def _read_json(path):
     raise UserError(f"cannot read COCO annotations {path}: {e}") from None
   except json.JSONDecodeError as e:
     raise UserError(f"{path} is not valid JSON ({e}); point data.source at a COCO-format annotation file") from None
-  missing = [k for k in ("images", "annotations", "categories") if not isinstance(d.get(k) if isinstance(d, dict)
-                                                                                   else None, list)]
+  missing = [k for k in ("images", "annotations", "categories") if not isinstance(d, dict) or not isinstance(
+      d.get(k), list)]
   if missing:
     raise UserError(f"{path} is not COCO-format: it lacks the list(s) {', '.join(missing)}")
   return d
@@ -69,13 +69,21 @@ def _existing(image_dir, names):
   return out
 
 
-def load_coco_json(path, image_dir, cfg, category_ids, counts):
-  """(Annotations, file names as a bytes array) of one COCO-format file whose images are in `image_dir`."""
-  d = _read_json(path)
+def _numbers(path, what, values, dtype):
+  try:
+    return np.array(values, dtype)
+  except (ValueError, TypeError):
+    raise UserError(f"{path}: every {what} must be a number") from None
+
+
+def load_coco_json(path, d, image_dir, cfg, category_ids, counts):
+  """(Annotations, file names as a bytes array) of COCO-format dict `d` (read from `path`) whose images are in
+  `image_dir`."""
   images = d["images"]
-  ids = np.array(_field(path, "image", images, "id", "id, file_name, width and height"), np.int64)
-  names = [str(n) for n in _field(path, "image", images, "file_name", "id, file_name, width and height")]
-  sizes = np.stack([np.array(_field(path, "image", images, k, "id, file_name, width and height"), np.float64)
+  need = "id, file_name, width and height"
+  ids = _numbers(path, "image id", _field(path, "image", images, "id", need), np.int64)
+  names = [str(n) for n in _field(path, "image", images, "file_name", need)]
+  sizes = np.stack([_numbers(path, f"image {k}", _field(path, "image", images, k, need), np.float64)
                     for k in ("width", "height")], 1).reshape(-1, 2)
   present = _existing(image_dir, names)
   if not present.all():
@@ -85,8 +93,9 @@ def load_coco_json(path, image_dir, cfg, category_ids, counts):
                       f"{first}; restore them, or set --config.data.on_bad_image=skip to leave them out")
     counts["missing image file"] += int((~present).sum())
   anns = d["annotations"]
-  ann_img_id = np.array(_field(path, "annotation", anns, "image_id", "image_id, category_id and bbox"), np.int64)
-  ann_cat = np.array(_field(path, "annotation", anns, "category_id", "image_id, category_id and bbox"), np.int64)
+  need = "image_id, category_id and bbox"
+  ann_img_id = _numbers(path, "image_id", _field(path, "annotation", anns, "image_id", need), np.int64)
+  ann_cat = _numbers(path, "category_id", _field(path, "annotation", anns, "category_id", need), np.int64)
   try:
     bbox = np.array([a["bbox"] for a in anns], np.float64).reshape(len(anns), 4)
   except (KeyError, ValueError, TypeError):
@@ -94,17 +103,21 @@ def load_coco_json(path, image_dir, cfg, category_ids, counts):
   crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], bool)
   area = np.array([a.get("area", w * h) for a, (_, _, w, h) in zip(anns, bbox)], np.float64)
   keep = np.flatnonzero(present)
-  index = {int(i): n for n, i in enumerate(ids[keep])}  # image id -> row among the kept images
-  ann_image = np.array([index.get(int(i), -1) for i in ann_img_id], np.int64)
-  missing_rows = np.isin(ann_img_id, ids[~present])  # boxes of missing files go with them, not as "unknown id"
-  ann_image[missing_rows] = -2
-  ann_class = np.searchsorted(category_ids, ann_cat)
-  ann_class = np.where((ann_class < len(category_ids)) & (np.asarray(category_ids)[np.minimum(
-      ann_class, len(category_ids) - 1)] == ann_cat), ann_class, -1)
-  sel = ann_image != -2
+  ann_image = _lookup(ids[keep], ann_img_id)  # each box's row among the kept images, -1 for an unknown id
+  sel = ~np.isin(ann_img_id, ids[~present])  # boxes of missing files go with them, not as "unknown image id"
+  ann_class = _lookup(np.asarray(category_ids, np.int64), ann_cat)
   ann = build(ids[keep], sizes[keep], ann_image[sel], bbox[sel], ann_class[sel], crowd[sel], area[sel],
               max_boxes_of(cfg), counts)
   return ann, np.array([names[k].encode() for k in keep], dtype=bytes)
+
+
+def _lookup(keys, values):
+  """The position of each value in `keys` (distinct), -1 where absent; vectorised for COCO's 860k boxes."""
+  order = np.argsort(keys, kind="stable")
+  pos = np.searchsorted(keys[order], values)
+  hit = pos < len(keys)
+  hit[hit] = keys[order][pos[hit]] == values[hit]
+  return np.where(hit, order[np.minimum(pos, len(keys) - 1)], -1).astype(np.int64)
 
 
 def _summary(source, counts, splits):
@@ -125,8 +138,9 @@ def load_coco(arg, cfg):
     if not os.path.isfile(ann_path) or not os.path.isdir(image_dir):
       raise UserError(f"coco:ANN.json@IMAGES_DIR needs an annotation file and an image folder; "
                       f"{ann_path if not os.path.isfile(ann_path) else image_dir} not found")
-    names, ids = categories_of(ann_path, _read_json(ann_path))
-    ann, files = load_coco_json(ann_path, image_dir, cfg, ids, counts)
+    d = _read_json(ann_path)
+    names, ids = categories_of(ann_path, d)
+    ann, files = load_coco_json(ann_path, d, image_dir, cfg, ids, counts)
     test = np.zeros(len(ann), bool)
     frac = cfg.get("test_fraction", 0.2)
     if not 0 < frac < 1:
@@ -147,7 +161,8 @@ def load_coco(arg, cfg):
       m = COCO_SPLITS.match(stem)
       split = ({"train": "train", "val": "test"}[m.group(1)]) if m else stem
       path = os.path.join(folder, f)
-      these = categories_of(path, _read_json(path))
+      d = _read_json(path)
+      these = categories_of(path, d)
       if names is None:
         names, ids = these
       elif these != (names, ids):
@@ -155,7 +170,7 @@ def load_coco(arg, cfg):
       image_dir = os.path.join(arg, stem)
       if not os.path.isdir(image_dir):
         raise UserError(f"{path} has no image folder {image_dir}: put split {stem}'s images there")
-      ann, files = load_coco_json(path, image_dir, cfg, ids, counts)
+      ann, files = load_coco_json(path, d, image_dir, cfg, ids, counts)
       parts[split] = (ann, files, image_dir)
   splits = {s: Split(ann, reading, max_boxes, names, ids, f"coco:{arg}/{s}", root, files)
             for s, (ann, files, root) in parts.items()}
