@@ -53,6 +53,7 @@ def defaults():
   c.data.digit_boxes_train = 2000
   c.data.digit_boxes_test = 500
   c.data.digit_boxes_size = 96
+  c.data.digit_boxes_glyphs = "digits"  # or "fashion_mnist" (the Debian package dataset-fashion-mnist)
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "small_cnn"
@@ -264,6 +265,8 @@ def _validate_data(d):
   if d.digit_boxes_train < 1 or d.digit_boxes_test < 1 or d.digit_boxes_size < 32:
     raise UserError(f"digit_boxes needs data.digit_boxes_train and _test >= 1 and data.digit_boxes_size >= 32 "
                     f"(glyphs are 12-48 px), got {d.digit_boxes_train}, {d.digit_boxes_test}, {d.digit_boxes_size}")
+  if d.digit_boxes_glyphs not in ("digits", "fashion_mnist"):
+    raise UserError(f"data.digit_boxes_glyphs must be digits or fashion_mnist, got {d.digit_boxes_glyphs!r}")
 
 
 def save(cfg, path):

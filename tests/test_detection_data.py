@@ -129,7 +129,8 @@ def test_generated_set_round_trips_through_coco(generated):
 def test_coco_2017_names_become_train_and_test(generated, tmp_path):
   (tmp_path / "annotations").mkdir()
   for ours, coco in (("train", "train2017"), ("test", "val2017")):
-    (tmp_path / "annotations" / f"instances_{coco}.json").symlink_to(generated / "annotations" / f"instances_{ours}.json")
+    link = tmp_path / "annotations" / f"instances_{coco}.json"
+    link.symlink_to(generated / "annotations" / f"instances_{ours}.json")
     (tmp_path / coco).symlink_to(generated / ours)
   ds = data.open_data(data_cfg(f"coco:{tmp_path}", image_size=64))
   assert {k: len(v) for k, v in ds.splits.items()} == {"train": 12, "test": 4}
@@ -159,6 +160,15 @@ def test_generated_set_is_deterministic_tight_and_split_by_glyph():
         outside[max(v0 - 1, 0):v1 + 1, max(u0 - 1, 0):u1 + 1] = False
     assert not ink[max(y0 - 1, 0):y1 + 1, max(x0 - 1, 0):x1 + 1][outside[max(y0 - 1, 0):y1 + 1,
                                                                          max(x0 - 1, 0):x1 + 1]].any()
+
+
+def test_fashion_mnist_glyphs():
+  ds = data.open_data(data_cfg("digit_boxes", digit_boxes_glyphs="fashion_mnist", digit_boxes_train=3,
+                               digit_boxes_test=2, digit_boxes_size=64))
+  assert ds.class_names[0] == "T-shirt/top" and len(ds.class_names) == 10
+  ex = ds.split("test").example(1, True, np.random.default_rng(0))
+  assert ex["box_mask"].any() and ex["image"].shape == (64, 64, 3)
+  assert synthetic.glyphs("test", "fashion_mnist")[0].shape == (10000, 28, 28)
 
 
 def test_tfds_coco_records(monkeypatch):

@@ -1,7 +1,7 @@
 """Detection data: sources by name, each split random access to feature dicts with boxes.
 
   digit_boxes           the embedded default (imgrec/tasks/detection/synthetic.py), held in memory;
-                        sizes from data.digit_boxes_train / _test / _size
+                        sizes from data.digit_boxes_train / _test / _size, glyphs from data.digit_boxes_glyphs
   coco:DIR              COCO layout: each DIR/annotations/instances_NAME.json with its images in DIR/NAME/
                         is split NAME; COCO's own train2017 / val2017 (and 2014) become splits train / test
                         (val2017 is the set COCO results are reported on; test2017 has no public boxes).
@@ -37,9 +37,11 @@ def _load_digit_boxes(cfg):
   size = cfg.get("digit_boxes_size", 96)
   reading = source_reading(cfg, size)
   max_boxes = max_boxes_of(cfg)
+  kind = cfg.get("digit_boxes_glyphs", "digits")
+  names = synthetic.GLYPHS.get(kind, ())
   splits = {}
   for split, n in (("train", cfg.get("digit_boxes_train", 2000)), ("test", cfg.get("digit_boxes_test", 500))):
-    images, boxes, classes = synthetic.generate(split, n, size)
+    images, boxes, classes = synthetic.generate(split, n, size, kind=kind)
     counts = collections.Counter()
     ann_image = np.repeat(np.arange(n), [len(b) for b in boxes])
     b = np.concatenate(boxes) if n else np.zeros((0, 4), np.float32)
@@ -47,9 +49,9 @@ def _load_digit_boxes(cfg):
     ann = build(np.arange(1, n + 1), np.full((n, 2), size, np.float32), ann_image, xywh,
                 np.concatenate(classes) if n else np.zeros(0, np.int32), np.zeros(len(b), bool),
                 xywh[:, 2] * xywh[:, 3], max_boxes, counts)
-    splits[split] = Split(ann, reading, max_boxes, synthetic.CLASS_NAMES, synthetic.CATEGORY_IDS,
-                          f"digit_boxes/{split}", images=images)
-  return Dataset("digit_boxes", splits, synthetic.CLASS_NAMES, reading.image_shape, reading.pp_train,
+    splits[split] = Split(ann, reading, max_boxes, names, synthetic.CATEGORY_IDS, f"digit_boxes/{split}",
+                          images=images)
+  return Dataset("digit_boxes", splits, names, reading.image_shape, reading.pp_train,
                  reading.pp_eval, category_ids=synthetic.CATEGORY_IDS)
 
 

@@ -1,11 +1,12 @@
 """digit_boxes: the embedded detection set. No download: built deterministically from scikit-learn's
-bundled 8x8 digits, pasted at random sizes and places on textured canvases, with exact boxes.
+bundled 8x8 digits (or, with glyphs="fashion_mnist", Fashion-MNIST's 28x28 items from the Debian package
+dataset-fashion-mnist), pasted at random sizes and places on textured canvases, with exact boxes.
 
 Each image: a canvas of `size` x `size` (noise, gradient or stripes), 1-6 digits upscaled to 12-48 px
 (capped by the canvas), each in a colour far from the canvas behind it, overlapping earlier ones by at
 most MAX_IOU. A box is the tight bounds of its glyph's visible pixels. Train and test draw from disjoint
-halves of the 1797 glyphs. Image i of a split depends only on (seed, split, i): asking for more images
-leaves the first ones as they were.
+halves of the 1797 digits (Fashion-MNIST: its train and t10k files). Image i of a split depends only
+on (seed, split, i): asking for more images leaves the first ones as they were.
 """
 import io
 import json
@@ -16,7 +17,11 @@ import numpy as np
 import tqdm
 from PIL import Image, ImageDraw
 
+from imgrec.data import sources
+from imgrec.errors import UserError
+
 CLASS_NAMES = tuple(str(d) for d in range(10))
+GLYPHS = {"digits": CLASS_NAMES, "fashion_mnist": sources.FASHION_MNIST_CLASSES}  # glyph set -> class names
 CATEGORY_IDS = tuple(range(1, 11))  # COCO-style ids (COCO's start at 1): digit d is category d + 1
 SPLITS = ("train", "test")
 GLYPH_SEED = 4321     # the fixed draw that gives train and test their halves of the glyphs
@@ -24,8 +29,19 @@ MAX_IOU = 0.2         # limited overlap between objects of one image
 ALPHA_VISIBLE = 0.3   # a glyph pixel counts towards its box from this opacity up
 
 
-def glyphs(split):
-  """(uint8 [n, 8, 8] digit images 0..255, int32 [n] digits) of a split's half of sklearn's digits."""
+def glyphs(split, kind="digits"):
+  """(uint8 [n, h, w] glyph images 0..255, int32 [n] classes) of a split: its half of sklearn's digits, or
+  Fashion-MNIST's train or t10k file."""
+  if kind not in GLYPHS:
+    raise UserError(f"unknown glyph set {kind!r} for digit_boxes; use {' or '.join(GLYPHS)}")
+  if kind == "fashion_mnist":
+    prefix = "train" if split == "train" else "t10k"
+    paths = [os.path.join(sources.FASHION_MNIST_DIR, f"{prefix}-{k}-idx{n}-ubyte.gz") for k, n in (("images", 3),
+                                                                                                  ("labels", 1))]
+    if not all(map(os.path.isfile, paths)):
+      raise UserError(f"Fashion-MNIST glyphs need {paths[0]}: apt-get install -y dataset-fashion-mnist, "
+                      "or use the digits")
+    return sources.read_idx(paths[0]), sources.read_idx(paths[1]).astype(np.int32)
   from sklearn.datasets import load_digits
   d = load_digits()
   order = np.random.default_rng(GLYPH_SEED).permutation(len(d.target))
@@ -89,9 +105,9 @@ def image(seed, split, i, size, source):
           np.array(classes, np.int32))
 
 
-def generate(split, n, size, seed=0, progress=False):
+def generate(split, n, size, seed=0, progress=False, kind="digits"):
   """(uint8 [n, size, size, 3], list of n box arrays, list of n class arrays) of a split."""
-  source = glyphs(split)
+  source = glyphs(split, kind)
   images = np.zeros((n, size, size, 3), np.uint8)
   boxes, classes = [], []
   for i in tqdm.trange(n, desc=f"digit_boxes {split}", unit="img", disable=not progress):
@@ -101,7 +117,7 @@ def generate(split, n, size, seed=0, progress=False):
   return images, boxes, classes
 
 
-def coco_dict(boxes, classes, names):
+def coco_dict(boxes, classes, names, class_names=CLASS_NAMES):
   """The COCO-format annotation dict of a generated split (images named by `names`)."""
   anns = []
   images = []
@@ -111,30 +127,30 @@ def coco_dict(boxes, classes, names):
       w, h = box[2] - box[0], box[3] - box[1]
       anns.append({"id": len(anns) + 1, "image_id": n + 1, "category_id": CATEGORY_IDS[cls],
                    "bbox": [box[0], box[1], w, h], "area": w * h, "iscrowd": 0})
-  categories = [{"id": i, "name": name, "supercategory": "digit"} for i, name in zip(CATEGORY_IDS, CLASS_NAMES)]
-  return {"info": {"description": "imgrec digit_boxes: sklearn digits pasted on textured canvases"},
+  categories = [{"id": i, "name": name} for i, name in zip(CATEGORY_IDS, class_names)]
+  return {"info": {"description": "imgrec digit_boxes: glyphs pasted on textured canvases"},
           "images": images, "annotations": anns, "categories": categories}
 
 
-def write_coco(directory, sizes, size, seed=0):
+def write_coco(directory, sizes, size, seed=0, kind="digits"):
   """Writes DIR/annotations/instances_{train,test}.json, DIR/{train,test}/NNNNNN.png and DIR/preview.png;
   `coco:DIR` reads it back. Returns {split: number of boxes}."""
   os.makedirs(os.path.join(directory, "annotations"), exist_ok=True)
   counts = {}
   for split, n in zip(SPLITS, sizes):
-    images, boxes, classes = generate(split, n, size, seed, progress=True)
+    images, boxes, classes = generate(split, n, size, seed, progress=True, kind=kind)
     os.makedirs(os.path.join(directory, split), exist_ok=True)
     names = [f"{i + 1:06d}.png" for i in range(n)]
     for a, name in zip(tqdm.tqdm(images, desc=f"writing {split}", unit="img"), names):
       Image.fromarray(a).save(os.path.join(directory, split, name))
-    d = coco_dict(boxes, classes, names)
+    d = coco_dict(boxes, classes, names, GLYPHS[kind])
     for entry in d["images"]:
       entry["width"] = entry["height"] = size
     with open(os.path.join(directory, "annotations", f"instances_{split}.json"), "w") as f:
       json.dump(d, f)
     counts[split] = sum(len(b) for b in boxes)
     if split == "train":
-      preview(os.path.join(directory, "preview.png"), images[:16], boxes[:16], classes[:16], CLASS_NAMES)
+      preview(os.path.join(directory, "preview.png"), images[:16], boxes[:16], classes[:16], GLYPHS[kind])
   return counts
 
 
