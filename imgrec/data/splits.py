@@ -44,18 +44,20 @@ class Reading:
 
 class EncodedSplit:
   """Base of splits whose examples are decoded when read: subclasses give `reading`, `__len__`,
-  `labels`, `raw(i) -> (encoded bytes or array, label)` and `describe(i)` (the file, for errors)."""
+  `labels`, `raw(i) -> (encoded bytes or array, label or other target)` and `describe(i)` (the file,
+  for errors)."""
 
-  def example(self, i, train, rng):
-    """(uint8 [H, W, C] after the train or eval preprocessing, label); (None, label) for an
-    unreadable image under data.on_bad_image="skip"."""
+  def read(self, i, train, rng):
+    """(uint8 [H, W, C] after the train or eval preprocessing, the plan's affine map from source to
+    output pixels (preprocess.process_with_map), the target `raw` gave); None for an unreadable image
+    under data.on_bad_image="skip"."""
     r = self.reading
     try:
-      data, label = self.raw(i)
-      image = preprocess.process(r.ops[train], data, r.image_shape[2], rng)
+      data, target = self.raw(i)
+      image, affine = preprocess.process_with_map(r.ops[train], data, r.image_shape[2], rng)
     except preprocess.BadImage as e:
       if r.on_bad_image == "skip":
-        return None, -1
+        return None
       raise UserError(f"unreadable image {self.describe(i)}: {e}; remove or replace it, "
                       "or set --config.data.on_bad_image=skip") from None
     if image.shape != tuple(r.image_shape):
@@ -63,7 +65,13 @@ class EncodedSplit:
                       f"{r.pp_train if train else r.pp_eval!r}, but this data set's images are "
                       f"{r.image_shape[1]}x{r.image_shape[0]}: add resize(N) or central_crop(N) to data.pp_train "
                       "and data.pp_eval, or set data.image_size")
-    return image, label
+    return image, affine, target
+
+  def example(self, i, train, rng):
+    """(uint8 [H, W, C] after the train or eval preprocessing, label); (None, label) for an
+    unreadable image under data.on_bad_image="skip"."""
+    got = self.read(i, train, rng)
+    return (None, -1) if got is None else (got[0], got[2])
 
   def get(self, indices):
     """Eval-preprocessed images (black for an unreadable one under skip) and labels."""
