@@ -158,8 +158,7 @@ def robustness_workdir(workdir, split=None, batch_size=None, limit=0, corruption
   for name in corruptions:
     corrupt(np.zeros((1, 2, 2, 1), np.uint8), name, 0)  # validates the names before any work
   mean, std, prefetch = info["mean"], info["std"], cfg.data.prefetch
-  eval_outputs = steps.make_eval_step(model, mean, std)
-  clean_fn = lambda v, b: eval_outputs(v, b)["correct"]
+  clean_fn = lambda v, b: jnp.argmax(steps.predict(model, v, b["image"], mean, std), -1) == b["label"]
   clean = _accuracy(clean_fn, variables, data, batch_size, mesh, prefetch, desc="clean")
   table = {}
   bar = tqdm.tqdm(total=len(corruptions) * len(SEVERITIES), desc="corruptions", unit="run",

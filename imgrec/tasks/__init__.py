@@ -13,19 +13,53 @@ Data
   [data.max_boxes], "box_mask" bool [data.max_boxes]), or None for an unreadable image under
   data.on_bad_image=skip. The pipeline stacks the features of a batch and adds "mask" to eval batches; it names
   no feature but "image".
+  (classification also keeps `split.labels` and `split.get(indices)` for its own commands; an in-memory split
+  may give `take(indices) -> {feature: [N, ...]}`, the pipeline's fast path.)
 Model
   create_model(cfg, info) -> a Linen module; apply(variables, float NHWC, train) -> outputs (any pytree).
   Backbones come from the zoo (imgrec.models); a head that needs intermediate features asks the backbone for them.
 Training (pure, inside the jitted step)
   make_inputs(cfg, info) -> fn(rng, batch) -> (float images in [0, 1] after augmentation, targets pytree)
-  make_loss(cfg, info) -> fn(outputs, targets) -> (scalar loss, {train metric: scalar})
+  make_loss(cfg, info) -> fn(outputs, targets, x, aux) -> (scalar loss, {train metric: scalar})
+      x: the model's standardised input; aux: the step's optional third argument (None unless the task uses
+      one: classification's distillation passes the teacher's variables there, with `x` for the teacher).
+  steps.make_train_step(model, tx, mean, std, inputs, loss, cfg) is the skeleton both go into.
 Evaluation
   make_eval_fn(model, mean, std) -> fn(variables, batch) -> per-example outputs (run by steps.stream)
   evaluate(outputs, split, info) -> (record: what metrics.jsonl keeps, summary: everything the report shows)
   SELECT: {metric: "max" | "min"}, the metrics model selection may use; DEFAULT_SELECT
+  progress_line(record), final_line(record): the trainer's line per evaluation (after "step N: ") and at the end
+  summary_images(record, summary) -> {TensorBoard tag: (plot function, its arguments but the output file)}
 Prediction and serving
   make_predict(model, mean, std) -> fn(variables, uint8 images) -> {output name: array [B, ...]}, decoding
   included (inside jit, static shapes); OUTPUTS: [(name, datatype, per-example shape)] for model metadata
 Reports
   write_report(out_dir, outputs, split, info, summary): report.md, metrics.json and PNG plots
 """
+from imgrec.errors import UserError
+from imgrec.tasks import classification
+
+TASKS = {classification.NAME: classification}
+
+
+def get(name):
+  """The task module called `name` (config.task)."""
+  if name not in TASKS:
+    raise UserError(f"unknown task {name!r} (config.task); known tasks: {', '.join(sorted(TASKS))}")
+  return TASKS[name]
+
+
+def for_config(cfg):
+  """The task of a config, with its config.select_metric checked against the task's SELECT (a user error
+  before any work)."""
+  task = get(cfg.task)
+  select_direction(task, cfg.select_metric)
+  return task
+
+
+def select_direction(task, metric):
+  """"max" or "min": how model selection compares `metric` (config.select_metric) under `task`."""
+  if metric not in task.SELECT:
+    raise UserError(f"select_metric {metric!r} is not a metric of the {task.NAME} task; use one of "
+                    f"{', '.join(sorted(task.SELECT))} (default {task.DEFAULT_SELECT})")
+  return task.SELECT[metric]
