@@ -20,6 +20,8 @@ NAME = "classification"
 SELECT = {"accuracy": "max", "loss": "min"}  # what model selection may maximise / minimise
 DEFAULT_SELECT = "accuracy"
 RECORD = ("accuracy", "loss", "examples", "top5_accuracy", "ece")  # what metrics.jsonl keeps of an evaluation
+OUTPUTS = (("logits", "FP32", ("K",)), ("probabilities", "FP32", ("K",)))  # served; "K": the number of classes
+PREDICTS = "logits"  # what make_predict returns (an export artifact's meta.json "output")
 
 
 # ---------------------------------------------------------------------------- data and model
@@ -114,6 +116,30 @@ def headline(result):
   """The short JSON summary of an evaluation (`imgrec eval --json`)."""
   keys = ("split", "accuracy", "loss", "examples", "top5_accuracy", "ece", "step", "tta")
   return {**{k: result[k] for k in keys}, "macro_f1": result["macro"]["f1"], "weighted_f1": result["weighted"]["f1"]}
+
+
+# ---------------------------------------------------------------------------- prediction and serving
+
+def make_predict(model, mean, std):
+  """`fn(variables, uint8 images) -> logits` (pure; the server compiles it per padded batch size)."""
+  return lambda variables, images: steps.predict(model, variables, images, mean, std)
+
+
+def postprocess(logits):
+  """The served outputs of a batch of logits, on the host: {"logits", "probabilities"} as float32 [B, K]."""
+  logits = np.asarray(logits, np.float32)
+  e = np.exp(logits - logits.max(-1, keepdims=True))
+  return {"logits": logits, "probabilities": e / e.sum(-1, keepdims=True)}
+
+
+def top_k(scores, k):
+  """The indices of the k highest scores of each row, highest first (ties: lower index first)."""
+  return np.argsort(-scores, axis=-1, kind="stable")[..., :k]
+
+
+def classification_strings(values, k, class_names):
+  """Triton's classification extension: per row the top-k "score:index:label" strings of `values`."""
+  return [[f"{values[i, j]:f}:{j}:{class_names[j]}" for j in row] for i, row in enumerate(top_k(values, k))]
 
 
 # ---------------------------------------------------------------------------- report

@@ -1,0 +1,69 @@
+"""The task layer: config.task picks a task module; classification on it keeps today's examples, batches, train
+metrics and evaluation record."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from imgrec import cli, losses, parallel, tasks, workdir as wd
+from imgrec.data import pipeline, sources
+from imgrec.errors import UserError
+from imgrec.state import variables
+from imgrec.tasks import classification
+from tests.conftest import tiny_config
+from tests.helpers import ROOT
+
+
+def test_unknown_task_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+  monkeypatch.chdir(ROOT)
+  assert cli.main(["train", "--config.task=nope", "--workdir", str(tmp_path / "w")]) == 2
+  err = capsys.readouterr().err
+  assert err.strip() == "imgrec: error: unknown task 'nope' (config.task); known tasks: classification"
+  assert not (tmp_path / "w" / "config.json").exists()  # refused before anything is written
+  with pytest.raises(UserError, match="select_metric 'map' is not a metric of the classification task; use one "
+                                      "of accuracy, loss"):
+    tasks.for_config(tiny_config(select_metric="map"))
+  assert tasks.get("classification") is classification and tasks.select_direction(classification, "loss") == "min"
+
+
+def test_classification_examples_batches_metrics_and_record():
+  cfg = tiny_config()
+  ds = classification.open_data(cfg.data)
+  split = ds.split("train")
+  # Examples are feature dicts; the pipeline stacks what `spec` names and adds "mask" to eval batches.
+  assert split.spec == {"image": ((8, 8, 1), np.uint8), "label": ((), np.int32)}
+  example = split.example(3, True, np.random.default_rng(0))
+  assert sorted(example) == ["image", "label"] and example["label"] == split.labels[3]
+  mesh = parallel.make_mesh()
+  batch = next(iter(pipeline.eval_batches(split, 32, parallel.batch_sharding(mesh), prefetch_size=0)))
+  assert sorted(batch) == ["image", "label", "mask"] and batch["image"].dtype == jnp.uint8
+
+  # The train step's metrics are the ones it had: the loss is the cross-entropy of the model's logits against
+  # the one-hot labels (no augmentation, no smoothing here) and accuracy their argmax accuracy.
+  info = wd.data_info(cfg, ds)
+  built = wd.build(cfg, info, mesh)
+  state = jax.jit(built.init)()
+  images, labels = split.get(np.arange(32))
+  step = jax.jit(classification.make_train_step(built.model, built.tx, info, cfg))
+  _, metrics = step(state, {"image": images, "label": labels})
+  assert sorted(metrics) == ["accuracy", "finite", "grad_norm", "loss"]
+  x = (images / 255.0 - np.asarray(info["mean"])) / np.asarray(info["std"])
+  drop_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))[1]  # the step's dropout key
+  logits, _ = built.model.apply(variables(state), jnp.asarray(x, jnp.float32), train=True, mutable=["batch_stats"],
+                                rngs={"dropout": drop_rng})
+  expected = float(losses.soft_cross_entropy(logits, jax.nn.one_hot(labels, 10)))
+  assert float(metrics["loss"]) == pytest.approx(expected, rel=1e-5)
+  assert float(metrics["accuracy"]) == pytest.approx(float(np.mean(np.argmax(logits, -1) == labels)))
+  assert bool(metrics["finite"]) and float(metrics["grad_norm"]) > 0
+
+  # The evaluation record metrics.jsonl keeps, from per-example outputs.
+  rng = np.random.default_rng(0)
+  out = {"logits": rng.normal(size=(50, 10)).astype(np.float32), "label": rng.integers(0, 10, 50)}
+  record, summary = classification.evaluate(out, split, info)
+  assert list(record) == ["accuracy", "loss", "examples", "top5_accuracy", "ece"]
+  assert record["examples"] == 50 and record["loss"] == pytest.approx(
+      float(optax.softmax_cross_entropy_with_integer_labels(out["logits"], out["label"]).mean()), rel=1e-5)
+  assert classification.final_line({"split": "test", **record}).startswith("test accuracy: ")
+  assert sorted(classification.summary_images({"split": "test"}, summary)) == ["test/confusion_matrix",
+                                                                               "test/reliability"]
