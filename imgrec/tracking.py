@@ -31,7 +31,6 @@ import numpy as np
 from PIL import Image
 
 from imgrec import workdir as wd
-from imgrec.data import augment
 from imgrec.errors import UserError
 
 TB_DIR = "tensorboard"
@@ -75,13 +74,14 @@ class Tracker:
   writer purges what a killed earlier process wrote after it.
   """
 
-  def __init__(self, workdir, cfg, start_step=0, enabled=True):
-    self.cfg, self.start_step, self.step = cfg, start_step, start_step
+  def __init__(self, workdir, cfg, start_step=0, enabled=True, preview=None):
+    """`preview`: the task's augmented training examples, (plot function, its arguments but the file), or None."""
+    self.cfg, self.start_step, self.step, self.preview = cfg, start_step, start_step, preview
     self.writer, self.logged = None, set()  # (prefix, step) written by this process
     if enabled:
       self.writer = _writer(workdir, purge_step=start_step + 1 if start_step else None)
     # The augmented examples go with the run's first evaluation: done already if one is on record.
-    self.examples_due = not any(r["split"] != "train" and r["step"] <= start_step for r in wd.read_metrics(workdir))
+    self.examples_due = preview is not None and not any(r["split"] != "train" and r["step"] <= start_step for r in wd.read_metrics(workdir))
 
   def _scalars(self, prefix, record):
     step = record["step"]
@@ -104,7 +104,7 @@ class Tracker:
       return
     if self.examples_due:
       self.examples_due = False
-      self.images(record["step"], {"train/augmented_examples": render(augment.preview, self.cfg)})
+      self.images(record["step"], {"train/augmented_examples": render(*self.preview)})
     self.writer.flush()  # an evaluation is worth seeing at once
 
   def end(self, result, images):

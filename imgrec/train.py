@@ -1,8 +1,10 @@
 """The trainer: `train(cfg, workdir)` reads top to bottom, in banner sections.
 
-Everything it uses lies below it: the resume guard and the workdir lock (resume.py), the run on disk
-(workdir.py), the pure steps and the one evaluation loop (steps.py), the state (state.py), the optimiser
-(optim.py), the input pipeline (data/). Only the CLI and scripts import this module.
+Everything it uses lies below it: the task (imgrec/tasks: data, inputs and loss, evaluation record, selection
+direction, lines and images; `config.task`), the resume guard and the workdir lock (resume.py), the run on disk
+(workdir.py), the pure step skeleton and the one evaluation loop (steps.py), the state (state.py), the optimiser
+(optim.py), the input pipeline (data/). Nothing here names a task's targets or metrics but `loss`, `grad_norm`
+and `finite`. Only the CLI and scripts import this module.
 
 A run does not lose work. A config that would change the run already in the workdir is refused before anything
 is written. A checkpoint is written only when every step before it had a finite loss and gradient norm (each step
@@ -291,7 +293,7 @@ class TrainLog:
   def __init__(self, cfg, task, workdir, lr_fn, total_steps, start_step, is_main):
     self.cfg, self.task, self.workdir, self.lr_fn, self.is_main = cfg, task, workdir, lr_fn, is_main
     self.pending, self.checked = [], 0  # (step, metrics) on device; how many of them are known finite
-    self.tracker = tracking.Tracker(workdir, cfg, start_step, enabled=is_main)
+    self.tracker = tracking.Tracker(workdir, cfg, start_step, enabled=is_main, preview=task.augment_preview(cfg))
     self.bar = tqdm.tqdm(total=total_steps, initial=start_step, desc="train", unit="step", disable=not is_main,
                          dynamic_ncols=True)
     self.t0 = time.perf_counter()
@@ -353,7 +355,8 @@ class TrainLog:
     if self.is_main:
       wd.append_metrics(self.workdir, {"step": step, **result})
       with wd.writing(os.path.join(self.workdir, "curves.png")):
-        plots.plot_curves(wd.read_metrics(self.workdir), os.path.join(self.workdir, "curves.png"))
+        plots.plot_curves(wd.read_metrics(self.workdir), os.path.join(self.workdir, "curves.png"),
+                          self.task.DEFAULT_SELECT)
     self.tracker.eval({"step": step, **result})
     self.write(f"step {step}: {self.task.progress_line(result)}" + (" (best so far)" if is_best else ""))
     self.t0 = time.perf_counter()  # evaluation time is not training throughput

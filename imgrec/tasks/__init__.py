@@ -35,6 +35,7 @@ Evaluation
   SELECT: {metric: "max" | "min"}, the metrics model selection may use; DEFAULT_SELECT
   progress_line(record), final_line(record): the trainer's line per evaluation (after "step N: ") and at the end
   summary_images(record, summary) -> {TensorBoard tag: (plot function, its arguments but the output file)}
+  augment_preview(cfg) -> (plot function, its arguments but the file) of augmented training examples, or None
 Prediction and serving
   make_predict(model, mean, std) -> fn(variables, uint8 images) -> outputs [B, ...] (any pytree), decoding
   included (inside jit, static shapes); PREDICTS: what it returns, in words (an export's meta.json "output")

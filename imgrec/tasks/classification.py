@@ -105,6 +105,11 @@ def final_line(result):
           f"{result['examples']} examples)")
 
 
+def augment_preview(cfg):
+  """TensorBoard's augmented training examples: (plot function, its arguments but the file)."""
+  return augment.preview, cfg
+
+
 def summary_images(result, summary):
   """The final evaluation's images for TensorBoard: {tag: (plot function, its arguments but the file)}."""
   names = [c["class"] for c in summary["per_class"]]
