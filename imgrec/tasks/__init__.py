@@ -32,6 +32,7 @@ Training (pure, inside the jitted step)
 Evaluation
   make_eval_fn(model, mean, std, tta=False) -> fn(variables, batch) -> per-example outputs (run by steps.stream)
   evaluate(outputs, split, info) -> (record: what metrics.jsonl keeps, summary: everything the report shows)
+  RECORD: the keys of that record (what `imgrec sweep --metric val.KEY` may name)
   SELECT: {metric: "max" | "min"}, the metrics model selection may use; DEFAULT_SELECT
   progress_line(record), final_line(record): the trainer's line per evaluation (after "step N: ") and at the end
   summary_images(record, summary) -> {TensorBoard tag: (plot function, its arguments but the output file)}
