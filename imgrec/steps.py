@@ -93,11 +93,10 @@ def make_train_step(model, tx, mean, std, inputs, loss, cfg=None):
                                          aux)
         return add(carry, (g, new_stats, m)), None
 
-      zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)
-      shapes = jax.eval_shape(lambda: grad_fn(state.params, state.batch_stats, micro[0][0],
-                                              jax.tree.map(lambda a: a[0], micro[1]), drop_rng, aux))
-      (grads, batch_stats, metrics), _ = jax.lax.scan(
-          body, (zeros(state.params), zeros(state.batch_stats), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[0][1][0])), micro)
+      zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
+      first = (micro[0][0], jax.tree.map(lambda a: a[0], micro[1]))
+      metrics = jax.eval_shape(lambda: grad_fn(state.params, state.batch_stats, *first, drop_rng, aux))[0][1][0]
+      (grads, batch_stats, metrics), _ = jax.lax.scan(body, zeros((state.params, state.batch_stats, metrics)), micro)
       grads, batch_stats, metrics = jax.tree.map(lambda a: a / accum, (grads, batch_stats, metrics))
     param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, param_updates)

@@ -74,7 +74,7 @@ def train(cfg, workdir, restart=False):
       return {"split": split, **record}, summary
 
     # -------------------------------------------------------------- model selection
-    best = Selection(cfg, task, workdir, enabled=cfg.data.val_fraction > 0)  # a held-out val split, not the reported one
+    best = Selection(cfg, task, workdir, enabled=cfg.data.val_fraction > 0)  # on a held-out val split, never test
 
     # -------------------------------------------------------------- loop
     log = TrainLog(cfg, task, workdir, built.lr, total_steps, start_step, is_main)

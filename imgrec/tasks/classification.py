@@ -173,7 +173,8 @@ def write_report(out, outputs, split, info, summary, n_mistakes=24):
 
 def report_markdown(r):
   lines = [f"# Evaluation report: split `{r['split']}`, checkpoint step {r['step']}", "",
-           f"{r['examples']} examples" + (", test-time augmentation: horizontal-flip averaging" if r["tta"] else ""), "",
+           f"{r['examples']} examples" + (", test-time augmentation: horizontal-flip averaging" if r["tta"] else ""),
+           "",
            "| metric | value |", "|---|---|",
            f"| top-1 accuracy | {r['accuracy']:.4f} |", f"| top-5 accuracy | {r['top5_accuracy']:.4f} |",
            f"| loss (NLL) | {r['loss']:.4f} |", f"| ECE ({r['reliability']['bins']} bins) | {r['ece']:.4f} |"]
