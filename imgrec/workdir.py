@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from imgrec import checkpoint, config as config_lib, models, optim, parallel, tasks
-from imgrec.data import pipeline, sources
+from imgrec.data import pipeline
 from imgrec.errors import UserError
 from imgrec.state import TrainState, init_state, variables
 
@@ -196,9 +196,12 @@ def restore(workdir, mesh=None, params_only=False, overrides=()):
 
 
 def dataset(run):
-  """The data set of a restored run (`sources.load` of its config's data), checked against its dataset.json:
-  the model needs the classes and the image shape it was trained on."""
-  ds = sources.load(run.cfg.data)
+  """The data set of a restored run (its task's `open_data` of its config's data, the splits as the source gives
+  them: no val split carved out), checked against its dataset.json: the model needs the classes and the image
+  shape it was trained on."""
+  data_cfg = run.cfg.data.copy_and_resolve_references()
+  data_cfg.val_fraction = 0.0
+  ds = tasks.get(run.cfg.task).open_data(data_cfg)
   saved = {"class_names": run.info["class_names"], "image_shape": run.info["image_shape"]}
   found = {"class_names": list(ds.class_names), "image_shape": list(ds.image_shape)}
   diff = [f"{k} {saved[k]} -> {found[k]}" for k in saved if saved[k] != found[k]]
