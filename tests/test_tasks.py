@@ -1,5 +1,7 @@
 """The task layer: config.task picks a task module; classification on it keeps today's examples, batches, train
 metrics and evaluation record."""
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 from imgrec import cli, losses, parallel, tasks, workdir as wd
 from imgrec.data import pipeline, sources
 from imgrec.errors import UserError
+from imgrec.serve import app, protocol
 from imgrec.state import variables
 from imgrec.tasks import classification
 from tests.conftest import tiny_config
@@ -67,3 +70,26 @@ def test_classification_examples_batches_metrics_and_record():
   assert classification.final_line({"split": "test", **record}).startswith("test accuracy: ")
   assert sorted(classification.summary_images({"split": "test"}, summary)) == ["test/confusion_matrix",
                                                                                "test/reliability"]
+
+
+def test_served_outputs_come_from_the_task():
+  """The server's outputs, metadata and classification extension are the task's; a model of another task gets a
+  clear refusal from the classification-only routes, and no classification extension."""
+  names = ("a", "b", "c")
+  spec = protocol.ModelSpec((4, 4, 1), names, "", classification.OUTPUTS,
+                            lambda values, k: classification.classification_strings(values, k, names))
+  outputs = classification.postprocess(np.array([[1.0, 3.0, 2.0]], np.float32))
+  assert sorted(outputs) == ["logits", "probabilities"] and outputs["probabilities"].dtype == np.float32
+  np.testing.assert_allclose(outputs["probabilities"], jax.nn.softmax(jnp.array([[1.0, 3.0, 2.0]])), rtol=1e-6)
+  req = protocol.requested_outputs([{"name": "probabilities", "parameters": {"classification": 2}}], False, spec)
+  assert spec.classify(outputs["probabilities"], req[0]["classification"])[0][0].endswith(":1:b")
+  meta = protocol.model_metadata(types.SimpleNamespace(name="m", spec=spec), [])
+  assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 3]},
+                             {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}]
+  other = protocol.ModelSpec((4, 4, 1), names, "", (("boxes", "FP32", (10, 4)),))
+  with pytest.raises(protocol.RequestError, match="not a classifier"):
+    protocol.requested_outputs([{"name": "boxes", "parameters": {"classification": 1}}], False, other)
+  model = app.ServedModel("det", 1, "/nowhere")
+  model.task = types.SimpleNamespace(NAME="detection")
+  with pytest.raises(protocol.RequestError, match="'det' is a detection model; :classify serves classifiers only"):
+    model.classifier(":classify")
