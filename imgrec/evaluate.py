@@ -36,7 +36,8 @@ def evaluate_workdir(workdir, split=None, batch_size=None, tta=False, report=Tru
     out = os.path.join(workdir, "report")
     task.write_report(out, outputs, data, info, result)
     result["report"] = out
-  result["headline"] = task.headline(result)  # after the report: its metrics.json stays the task's summary
+  # After the report, so that its metrics.json stays the task's summary: what the CLI prints.
+  result["headline"], result["line"] = task.headline(result), task.eval_line(result)
   return result
 
 

@@ -46,7 +46,7 @@ Prediction and serving
   request asking for it is refused. TF-Serving :predict/:classify and uploads answer classification only.
 Reports
   write_report(out_dir, outputs, split, info, summary): report.md, metrics.json and PNG plots
-  headline(summary): the short JSON `imgrec eval --json` prints
+  headline(summary): the short JSON `imgrec eval --json` prints; eval_line(summary): the line `imgrec eval` prints
 """
 from imgrec.errors import UserError
 from imgrec.tasks import classification

@@ -147,6 +147,13 @@ def classification_strings(values, k, class_names):
   return [[f"{values[i, j]:f}:{j}:{class_names[j]}" for j in row] for i, row in enumerate(top_k(values, k))]
 
 
+def eval_line(result):
+  """`imgrec eval`'s line."""
+  return (f"{result['split']} accuracy {result['accuracy']:.4f} (top-5 {result['top5_accuracy']:.4f}), "
+          f"loss {result['loss']:.4f}, ECE {result['ece']:.4f}, macro F1 {result['macro']['f1']:.4f}, "
+          f"{result['examples']} examples (checkpoint step {result['step']})")
+
+
 # ---------------------------------------------------------------------------- report
 
 def write_report(out, outputs, split, info, summary, n_mistakes=24):
