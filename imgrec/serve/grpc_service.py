@@ -113,8 +113,8 @@ def infer_response(model, request, tensors):
       resp.outputs.add(name=o["name"], datatype="BYTES", shape=[len(rows), k])
       resp.raw_output_contents.append(protocol.join_bytes_elements([s.encode() for r in rows for s in r]))
     else:
-      resp.outputs.add(name=o["name"], datatype="FP32", shape=list(values.shape))
-      resp.raw_output_contents.append(np.ascontiguousarray(values, "<f4").tobytes())
+      resp.outputs.add(name=o["name"], datatype=o["datatype"], shape=list(values.shape))
+      resp.raw_output_contents.append(protocol.tensor_bytes(values, o["datatype"]))
   return resp
 
 

@@ -380,10 +380,12 @@ def parse_v2_infer(raw, header_length, spec, limits):
 
 
 def requested_outputs(outputs, binary_default, spec):
-  """OIP `outputs` ([{"name", "parameters"}] or None for all) -> [{"name", "binary", "classification"}]."""
-  names = [n for n, _, _ in spec.outputs]
+  """OIP `outputs` ([{"name", "parameters"}] or None for all) -> [{"name", "datatype", "binary", "classification"}]
+  (datatype: the task's, from the model's spec)."""
+  datatypes = {n: d for n, d, _ in spec.outputs}
+  names = list(datatypes)
   if outputs is None:
-    return [{"name": n, "binary": binary_default, "classification": 0} for n in names]
+    return [{"name": n, "datatype": datatypes[n], "binary": binary_default, "classification": 0} for n in names]
   if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
     raise RequestError(400, "'outputs' must be a list of objects")
   result = []
@@ -396,14 +398,19 @@ def requested_outputs(outputs, binary_default, spec):
       raise RequestError(400, f"output '{name}': classification must be a non-negative integer")
     if k and spec.classify is None:
       raise RequestError(400, f"output '{name}': this model is not a classifier; drop the classification parameter")
-    result.append({"name": name, "binary": bool(params.get("binary_data", binary_default)),
+    result.append({"name": name, "datatype": datatypes[name], "binary": bool(params.get("binary_data", binary_default)),
                    "classification": min(k, len(spec.class_names))})
   return result
 
 
+def tensor_bytes(values, datatype):
+  """An output tensor's raw little-endian bytes (binary extension, gRPC raw_output_contents)."""
+  return np.ascontiguousarray(values, np.dtype(DTYPES[datatype]).newbyteorder("<")).tobytes()
+
+
 def v2_response(model_name, version, request, tensors, classify):
-  """-> (body bytes, extra headers) for the model's outputs {name: float32 array}; `classify(values, k)`: the
-  task's classification-extension strings. Binary outputs follow the JSON header, in output order."""
+  """-> (body bytes, extra headers) for the model's outputs {name: array}; `classify(values, k)`: the task's
+  classification-extension strings. Binary outputs follow the JSON header, in output order."""
   outs, blobs = [], []
   for o in request.outputs:
     values = tensors[o["name"]]
@@ -416,9 +423,9 @@ def v2_response(model_name, version, request, tensors, classify):
       else:
         entry["data"] = flat
     else:
-      entry = {"name": o["name"], "datatype": "FP32", "shape": list(values.shape)}
+      entry = {"name": o["name"], "datatype": o["datatype"], "shape": list(values.shape)}
       if o["binary"]:
-        blob = np.ascontiguousarray(values, "<f4").tobytes()
+        blob = tensor_bytes(values, o["datatype"])
       else:
         entry["data"] = values.ravel().tolist()
     if o["binary"]:
