@@ -12,6 +12,7 @@ from imgrec import cli, losses, parallel, tasks, workdir as wd
 from imgrec.data import pipeline, sources
 from imgrec.errors import UserError
 from imgrec.serve import app, protocol
+from imgrec.serve.batcher import Batcher
 from imgrec.state import variables
 from imgrec.tasks import classification
 from tests.conftest import tiny_config
@@ -93,3 +94,16 @@ def test_served_outputs_come_from_the_task():
   model.task = types.SimpleNamespace(NAME="detection")
   with pytest.raises(protocol.RequestError, match="'det' is a detection model; :classify serves classifiers only"):
     model.classifier(":classify")
+
+
+def test_the_batcher_hands_out_named_outputs():
+  """A task's model may give named outputs: the batcher merges, pads and splits every one alike."""
+  b = Batcher(lambda x: {"sum": x.sum(1), "first": x[:, 0]}, (1, 4), 0.05, 16)
+  try:
+    futures = [b.submit(np.full((n, 3), i, np.float32)) for i, n in ((1, 2), (2, 1), (3, 3))]
+    for (i, n), f in zip(((1, 2), (2, 1), (3, 3)), futures):
+      out = f.result(timeout=10)
+      np.testing.assert_array_equal(out["sum"], np.full(n, 3 * i))
+      np.testing.assert_array_equal(out["first"], np.full(n, i))
+  finally:
+    b.close()

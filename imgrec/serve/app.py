@@ -93,7 +93,7 @@ def compile_replica(fn, variables, device, sizes, image_shape, dtype):
   for b in sizes:
     x = jax.ShapeDtypeStruct((b, *image_shape), dtype, sharding=sharding)
     compiled[b] = jitted.lower(variables, x).compile()
-    np.asarray(compiled[b](variables, np.zeros(x.shape, dtype)))
+    jax.block_until_ready(compiled[b](variables, np.zeros(x.shape, dtype)))  # any pytree of outputs
 
   def launch(x):  # host-to-device copy and an asynchronous dispatch; np.asarray(result) waits
     return compiled[len(x)](variables, jax.device_put(x, sharding))
