@@ -46,9 +46,7 @@ def _eval(args, overrides):
   if args.json:
     print(json.dumps(evaluate.headline(result)))
   else:
-    print(f"{result['split']} accuracy {result['accuracy']:.4f} (top-5 {result['top5_accuracy']:.4f}), "
-          f"loss {result['loss']:.4f}, ECE {result['ece']:.4f}, macro F1 {result['macro']['f1']:.4f}, "
-          f"{result['examples']} examples (checkpoint step {result['step']}); report: {result['report']}/report.md")
+    print(f"{result['line']}; report: {result['report']}/report.md")
 
 
 def _robustness(args, overrides):

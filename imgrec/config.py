@@ -19,6 +19,7 @@ def defaults():
   """The full schema. Its values are the default run: a small CNN on `digits`."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.task = "classification"  # what is recognised (imgrec/tasks): classification
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "digits"    # digits | fashion_mnist | mnist | idx:DIR | folder:DIR | tfds:NAME
@@ -87,7 +88,7 @@ def defaults():
   c.optim.prune_sparsity = 0.0  # > 0: gradual global magnitude pruning of the kernels to this sparsity
   c.optim.prune_every = 10      # steps between re-computations of the pruning masks
 
-  c.select_metric = "accuracy"  # val metric that picks the best checkpoint: accuracy (max) | loss (min)
+  c.select_metric = "accuracy"  # val metric that picks the best checkpoint (the task's SELECT): accuracy | loss
   c.early_stop_patience = 0     # > 0: stop after this many evaluations without a better val metric
 
   c.transfer = ml_collections.ConfigDict()  # fine-tuning (imgrec/transfer.py)
@@ -221,8 +222,6 @@ def validate(cfg):
     raise UserError(f"optim.lr must be positive, got {cfg.optim.lr}")
   if cfg.optim.accum_steps < 1 or cfg.batch_size % cfg.optim.accum_steps:
     raise UserError(f"batch_size {cfg.batch_size} must be a multiple of optim.accum_steps {cfg.optim.accum_steps}")
-  if cfg.select_metric not in ("accuracy", "loss"):
-    raise UserError(f"select_metric must be accuracy or loss, got {cfg.select_metric!r}")
   if not 0 <= cfg.data.val_fraction < 1:
     raise UserError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
   _validate_data(cfg.data)
