@@ -12,6 +12,8 @@
   imgrec sweep --config C --study DIR --trials N --space 'optim.lr=loguniform(1e-4,1e-1)' [--space ...]
                [--storage URL] [--metric val.accuracy] [--direction maximize] [--pruner median] [--config.KEY=VALUE ...]
   imgrec models [NAME ...] [--flops [NAME ...]] [--json]
+  imgrec make-detection-data DIR [--train N] [--test N] [--size S] [--glyphs digits|fashion_mnist]
+                                  (the digit_boxes set as COCO JSON + PNGs + preview.png)
 
 Exit codes: 0 done; 2 a user error (one line on stderr, no traceback); 75 (errors.EXIT_PREEMPTED) `train`
 stopped by SIGTERM/SIGINT after writing a checkpoint at the step it reached: rerun the same command to resume;
@@ -44,9 +46,7 @@ def _eval(args, overrides):
   if args.json:
     print(json.dumps(evaluate.headline(result)))
   else:
-    print(f"{result['split']} accuracy {result['accuracy']:.4f} (top-5 {result['top5_accuracy']:.4f}), "
-          f"loss {result['loss']:.4f}, ECE {result['ece']:.4f}, macro F1 {result['macro']['f1']:.4f}, "
-          f"{result['examples']} examples (checkpoint step {result['step']}); report: {result['report']}/report.md")
+    print(f"{result['line']}; report: {result['report']}/report.md")
 
 
 def _robustness(args, overrides):
@@ -149,6 +149,17 @@ def _models(args, overrides):
         f"(cached in {profile.cache_path()})" if flops else "; GFLOPs with --flops [NAME ...]"))
 
 
+def _make_detection_data(args, overrides):
+  from imgrec.tasks.detection import synthetic
+  if args.train < 1 or args.test < 1 or args.size < 32:
+    raise UserError(f"--train and --test need at least 1 image and --size at least 32 px (glyphs are 12-48 px), "
+                    f"got {args.train}, {args.test}, {args.size}")
+  counts = synthetic.write_coco(args.dir, (args.train, args.test), args.size, kind=args.glyphs)
+  print(f"wrote {args.dir}: train {args.train} images {counts['train']} boxes, test {args.test} images "
+        f"{counts['test']} boxes (annotations/instances_*.json, train/, test/, preview.png); "
+        f"read it with --config.data.source=coco:{args.dir}")
+
+
 def parser():
   p = argparse.ArgumentParser(prog="imgrec", description="Image recognition in JAX.")
   sub = p.add_subparsers(dest="command", required=True)
@@ -245,6 +256,15 @@ def parser():
                  help="also forward GFLOPs (a compile each, then cached): of NAMEs, or of every listed model")
   m.add_argument("--json", action="store_true", help="print the rows as JSON")
   m.set_defaults(func=_models)
+  d = sub.add_parser("make-detection-data", help="write the embedded detection set (digits on textured canvases) "
+                     "as COCO JSON + PNG folders, with a preview.png")
+  d.add_argument("dir", help="output directory (coco:DIR reads it)")
+  d.add_argument("--train", type=int, default=2000, help="training images")
+  d.add_argument("--test", type=int, default=500, help="test images (from other source digits than train's)")
+  d.add_argument("--size", type=int, default=96, help="square canvas size in pixels")
+  d.add_argument("--glyphs", default="digits", choices=("digits", "fashion_mnist"),
+                 help="what is pasted: sklearn's digits, or Fashion-MNIST items (Debian's dataset-fashion-mnist)")
+  d.set_defaults(func=_make_detection_data)
   return p
 
 

@@ -19,9 +19,11 @@ def defaults():
   """The full schema. Its values are the default run: a small CNN on `digits`."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.task = "classification"  # what is recognised (imgrec/tasks): classification
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "digits"    # digits | fashion_mnist | mnist | idx:DIR | folder:DIR | tfds:NAME
+  #                             detection: digit_boxes | coco:DIR | coco:ANN.json@IMAGES (tasks/detection/data.py)
   c.data.dir = ""             # overrides the directory of fashion_mnist / mnist; tfds: its data_dir
   c.data.image_size = 0       # resize to this square size (0: keep the source's size); photos: the crop size
   c.data.test_fraction = 0.2  # for sources without a test split (digits, flat folders)
@@ -45,6 +47,14 @@ def defaults():
   c.data.val_fraction = 0.0   # > 0: hold out this stratified fraction of train as "val" for model selection
   c.data.classes = ()         # keep only these class indices, relabelled 0..k-1 in this order (): all
   c.data.train_per_class = 0  # k-shot: keep N training examples per class (fixed draw); 0: all
+  # Detection: boxes per example, padded to this static size (batches need one shape); an image with more
+  # keeps its largest (COCO's most crowded image has 93 non-crowd boxes).
+  c.data.max_boxes = 100
+  # digit_boxes, the embedded detection set: images generated per split, and their square canvas size.
+  c.data.digit_boxes_train = 2000
+  c.data.digit_boxes_test = 500
+  c.data.digit_boxes_size = 96
+  c.data.digit_boxes_glyphs = "digits"  # or "fashion_mnist" (the Debian package dataset-fashion-mnist)
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "small_cnn"
@@ -78,7 +88,7 @@ def defaults():
   c.optim.prune_sparsity = 0.0  # > 0: gradual global magnitude pruning of the kernels to this sparsity
   c.optim.prune_every = 10      # steps between re-computations of the pruning masks
 
-  c.select_metric = "accuracy"  # val metric that picks the best checkpoint: accuracy (max) | loss (min)
+  c.select_metric = "accuracy"  # val metric that picks the best checkpoint (the task's SELECT): accuracy | loss
   c.early_stop_patience = 0     # > 0: stop after this many evaluations without a better val metric
 
   c.transfer = ml_collections.ConfigDict()  # fine-tuning (imgrec/transfer.py)
@@ -227,8 +237,6 @@ def validate(cfg):
     raise UserError(f"optim.lr must be positive, got {cfg.optim.lr}")
   if cfg.optim.accum_steps < 1 or cfg.batch_size % cfg.optim.accum_steps:
     raise UserError(f"batch_size {cfg.batch_size} must be a multiple of optim.accum_steps {cfg.optim.accum_steps}")
-  if cfg.select_metric not in ("accuracy", "loss"):
-    raise UserError(f"select_metric must be accuracy or loss, got {cfg.select_metric!r}")
   if not 0 <= cfg.data.val_fraction < 1:
     raise UserError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
   _validate_data(cfg.data)
@@ -243,10 +251,10 @@ def validate(cfg):
 
 
 def _validate_data(d):
-  encoded = d.source.startswith(("folder:", "tfds:"))
+  encoded = d.source.startswith(("folder:", "tfds:", "coco:")) or d.source == "digit_boxes"
   if (d.pp_train or d.pp_eval) and not encoded:
-    raise UserError(f"data.pp_train / data.pp_eval preprocess encoded images (folder:, tfds:); {d.source!r} is "
-                    "held in memory as arrays: use data.image_size, and data.augment on device")
+    raise UserError(f"data.pp_train / data.pp_eval preprocess encoded images (folder:, tfds:, coco:, digit_boxes); "
+                    f"{d.source!r} is held in memory as arrays: use data.image_size, and data.augment on device")
   if (d.pp_train or d.pp_eval) and d.image_size:
     raise UserError("set data.image_size or data.pp_train / data.pp_eval, not both: the op strings give the size, "
                     "e.g. decode|resize_small(146)|central_crop(128)")
@@ -267,6 +275,13 @@ def _validate_data(d):
                     "std > 0")
   if d.stats_examples < 1:
     raise UserError(f"data.stats_examples must be positive, got {d.stats_examples}")
+  if d.max_boxes < 1:
+    raise UserError(f"data.max_boxes must be positive (boxes kept per image), got {d.max_boxes}")
+  if d.digit_boxes_train < 1 or d.digit_boxes_test < 1 or d.digit_boxes_size < 32:
+    raise UserError(f"digit_boxes needs data.digit_boxes_train and _test >= 1 and data.digit_boxes_size >= 32 "
+                    f"(glyphs are 12-48 px), got {d.digit_boxes_train}, {d.digit_boxes_test}, {d.digit_boxes_size}")
+  if d.digit_boxes_glyphs not in ("digits", "fashion_mnist"):
+    raise UserError(f"data.digit_boxes_glyphs must be digits or fashion_mnist, got {d.digit_boxes_glyphs!r}")
 
 
 def _validate_detection(d):

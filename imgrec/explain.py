@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from imgrec import plots, steps, workdir as wd
+from imgrec import plots, steps, tasks, workdir as wd
 from imgrec.data import preprocess
 from imgrec.errors import UserError
 
@@ -221,6 +221,7 @@ def explain_workdir(workdir, images=None, split="test", n=16, layer=None, ig_ste
                     overrides=()):
   """Explains `n` examples of `split` (a fixed random sample), or the files `images`. Writes W/explain/."""
   run = wd.restore(workdir, params_only=True, overrides=overrides)
+  tasks.require_classification(run.cfg, "explain", workdir)  # the maps explain a class score
   info, model = run.info, run.model
   variables = jax.device_get(run.variables)
   class_names = info["class_names"]

@@ -1,8 +1,9 @@
 """Serialises a trained model's predict function with `jax.export` (StableHLO).
 
 The artifact is a zip file:
-  predict.jaxexport   `Exported.serialize()` of `predict(uint8[b, H, W, C]) -> float32[b, K]` logits,
-                      batch dimension `b` symbolic, normalisation and weights baked in as constants
+  predict.jaxexport   `Exported.serialize()` of the run's task's predict (classification: `predict(uint8[b, H, W,
+                      C]) -> float32[b, K]` logits), batch dimension `b` symbolic, normalisation and weights baked
+                      in as constants
   meta.json           class names, image shape, input dtype, platforms, source workdir
 
 Loading needs only jax (no imgrec model code): `load(path)` here, or by hand:
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from imgrec import steps, workdir as wd
+from imgrec import tasks, workdir as wd
 from imgrec.errors import UserError
 
 MODULE_NAME = "predict.jaxexport"
@@ -25,9 +26,11 @@ META_NAME = "meta.json"
 DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
 
 
-def make_predict(model, variables, mean, std):
-  """`predict(uint8 NHWC images) -> float32 logits`: `steps.predict` with `variables` closed over (baked in)."""
-  return lambda images: steps.predict(model, variables, images, mean, std)
+def make_predict(model, variables, mean, std, task=tasks.classification):
+  """`predict(uint8 NHWC images) -> outputs` (classification: float32 logits): the task's predict with `variables`
+  closed over (baked in)."""
+  predict = task.make_predict(model, mean, std)
+  return lambda images: predict(variables, images)
 
 
 def export_predict(predict, image_shape, platforms=DEFAULT_PLATFORMS):
@@ -54,11 +57,11 @@ def write(path, exported, meta):
 def export_workdir(workdir, out, platforms=DEFAULT_PLATFORMS):
   """Exports the latest checkpoint of `workdir` to the artifact `out`; returns its meta dict."""
   run = wd.restore(workdir, params_only=True)
-  info = run.info
-  predict = make_predict(run.model, jax.device_get(run.variables), info["mean"], info["std"])
+  info, task = run.info, tasks.get(run.cfg.task)
+  predict = make_predict(run.model, jax.device_get(run.variables), info["mean"], info["std"], task)
   exported = export_predict(predict, tuple(info["image_shape"]), platforms)
   meta = {"format": "imgrec-jax-export-v1", "class_names": info["class_names"],
-          "image_shape": list(info["image_shape"]), "input_dtype": "uint8", "output": "logits",
+          "image_shape": list(info["image_shape"]), "input_dtype": "uint8", "output": task.PREDICTS,
           "platforms": list(exported.platforms), "workdir": os.path.abspath(workdir),
           "step": int(run.state.step)}
   write(out, exported, meta)

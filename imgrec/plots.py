@@ -14,17 +14,19 @@ def subplots(*grid, figsize, **kwargs):
   return fig, fig.subplots(*grid, **kwargs)
 
 
-def plot_curves(records, out_path):
-  """Loss and accuracy against step: the train records and every evaluation (`metrics.jsonl` rows)."""
+def plot_curves(records, out_path, metric="accuracy"):
+  """Loss and the task's `metric` against step: the train records and every evaluation (`metrics.jsonl` rows;
+  a record without the metric, e.g. train records of a task that only evaluates it, is left out of its panel)."""
   train = [r for r in records if r["split"] == "train"]
   evals = [r for r in records if r["split"] != "train"]
   fig, (ax1, ax2) = subplots(1, 2, figsize=(10, 4))
   ax1.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
   ax1.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label=evals[0]["split"] if evals else "eval")
-  ax1.set(xlabel="step", ylabel="cross-entropy loss", title="Loss", yscale="log")
-  ax2.plot([r["step"] for r in train], [r["accuracy"] for r in train], label="train (batch)")
-  ax2.plot([r["step"] for r in evals], [r["accuracy"] for r in evals], "o-", label=evals[0]["split"] if evals else "eval")
-  ax2.set(xlabel="step", ylabel="accuracy", title="Accuracy")
+  ax1.set(xlabel="step", ylabel="loss", title="Loss", yscale="log")
+  train, evals = [r for r in train if metric in r], [r for r in evals if metric in r]
+  ax2.plot([r["step"] for r in train], [r[metric] for r in train], label="train (batch)")
+  ax2.plot([r["step"] for r in evals], [r[metric] for r in evals], "o-", label=evals[0]["split"] if evals else "eval")
+  ax2.set(xlabel="step", ylabel=metric, title=metric.replace("_", " ").capitalize())
   for ax in (ax1, ax2):
     ax.grid(alpha=0.3)
     ax.legend()

@@ -34,7 +34,7 @@ LENGTH = "length"        # accepted when the run gets no shorter; the lr schedul
 LOCATION = "location"    # where the data is read from: accepted when it is the same data (dataset.json unchanged)
 OBSERVE = "observe"      # how the run is logged, evaluated, saved, read or placed on devices: accepted, logged
 KEYS = {
-    "seed": RUN, "batch_size": RUN, "epochs": LENGTH, "steps": LENGTH,
+    "seed": RUN, "task": RUN, "batch_size": RUN, "epochs": LENGTH, "steps": LENGTH,
     **dict.fromkeys(("data.source", "data.dir"), LOCATION),
     **dict.fromkeys(("data.image_size", "data.test_fraction", "data.train_split", "data.eval_split", "data.augment",
                      "data.val_fraction", "data.classes", "data.train_per_class"), RUN),

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 import tqdm
 
-from imgrec import parallel, plots, steps, workdir as wd
+from imgrec import parallel, plots, steps, tasks, workdir as wd
 from imgrec.data import splits
 from imgrec.errors import UserError
 
@@ -147,6 +147,7 @@ def robustness_workdir(workdir, split=None, batch_size=None, limit=0, corruption
   `limit` > 0 evaluates a fixed random subset of that many examples (the same for every corruption).
   """
   run = wd.restore(workdir, params_only=True, overrides=overrides)
+  tasks.require_classification(run.cfg, "robustness", workdir)  # accuracy under corruptions and attacks
   cfg, info, model, variables = run.cfg, run.info, run.model, run.variables
   split = split or cfg.data.eval_split
   mesh = parallel.make_mesh()
@@ -158,8 +159,7 @@ def robustness_workdir(workdir, split=None, batch_size=None, limit=0, corruption
   for name in corruptions:
     corrupt(np.zeros((1, 2, 2, 1), np.uint8), name, 0)  # validates the names before any work
   mean, std, prefetch = info["mean"], info["std"], cfg.data.prefetch
-  eval_outputs = steps.make_eval_step(model, mean, std)
-  clean_fn = lambda v, b: eval_outputs(v, b)["correct"]
+  clean_fn = lambda v, b: jnp.argmax(steps.predict(model, v, b["image"], mean, std), -1) == b["label"]
   clean = _accuracy(clean_fn, variables, data, batch_size, mesh, prefetch, desc="clean")
   table = {}
   bar = tqdm.tqdm(total=len(corruptions) * len(SEVERITIES), desc="corruptions", unit="run",

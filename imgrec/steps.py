@@ -1,15 +1,15 @@
 """The pure functions of a model, and the one loop that streams a split through one of them.
 
-  train_step(state, batch[, teacher]) -> (state, metrics)     make_train_step(...)
+  train_step(state, batch[, aux]) -> (state, metrics)     make_train_step(..., the task's inputs and loss)
+      the task-agnostic skeleton: accumulation, penalties, the optimiser, EMA, grad_norm;
       metrics["finite"]: loss and gradient norm are finite, checked on device (the loop reads it without waiting)
   all_finite(tree) -> bool: every float leaf is finite (checked before a checkpoint is written)
-  eval_outputs(variables, batch) -> per-example nll, correct  make_eval_step(...)
   predict(model, variables, uint8 images, mean, std) -> logits: the one predict, used by training
       evaluation, `imgrec eval`, robustness, explain, compress, export and the server
   stream(fn, variables, split, ...) -> fn's per-example outputs over a whole split, in order
 
-Images arrive as uint8 NHWC; conversion to float, normalisation and augmentation happen here, on
-device, inside the jitted function.
+Images arrive as uint8 NHWC; conversion to float, normalisation and augmentation happen on device, inside the
+jitted function (augmentation and targets in the task's `inputs`, imgrec/tasks).
 """
 import functools
 
@@ -19,8 +19,8 @@ import numpy as np
 import optax
 import tqdm
 
-from imgrec import config, losses, optim, parallel
-from imgrec.data import augment, pipeline
+from imgrec import config, optim, parallel
+from imgrec.data import pipeline
 from imgrec.state import variables
 
 
@@ -48,62 +48,56 @@ def predict(model, variables, images, mean, std, tta=False):
   return jnp.log(probs / 2)
 
 
-def make_train_step(model, tx, mean, std, cfg=None, objective=None):
-  """The pure training step. `cfg` adds augmentation, label smoothing, penalties, accumulation and EMA;
-  without it the step is plain cross-entropy.
+def make_train_step(model, tx, mean, std, inputs, loss, cfg=None):
+  """The pure training step, for any task: `train_step(state, batch[, aux]) -> (state, metrics)`.
 
-  `objective(logits, soft_targets, x, teacher) -> scalar` replaces cross-entropy; the step then takes
-  `teacher` (the distillation teacher's variables) as a third argument, so they are an input of the
-  compiled program rather than constants baked into it.
+  The task gives `inputs(rng, batch) -> (float images in [0, 1] after augmentation, targets pytree)` and
+  `loss(outputs, targets, x, aux) -> (scalar loss, {train metric: scalar})`, `x` being the model's standardised
+  input and `aux` the step's optional third argument (classification's distillation teacher variables: an
+  input of the compiled program rather than constants baked into it). `cfg` adds penalties, accumulation and
+  EMA (None: none of them). metrics: the loss (without penalties), the task's metrics, "grad_norm", "finite".
 
-  With `optim.accum_steps` > 1 the batch runs as that many micro-batches and their gradients are
-  averaged. BatchNorm normalises each micro-batch by its own statistics (as any accumulation does); the
-  running statistics are updated once per step, with the mean of the micro-batches' statistics.
+  With `optim.accum_steps` > 1 the batch runs as that many micro-batches (every leaf of the targets split
+  alike) and their gradients and metrics are averaged. BatchNorm normalises each micro-batch by its own
+  statistics (as any accumulation does); the running statistics are updated once per step, with the mean of
+  the micro-batches' statistics.
   """
   cfg = cfg or config.defaults()
-  ops = augment.parse(cfg.data.augment)
-  smoothing, accum, ema_decay = cfg.optim.label_smoothing, cfg.optim.accum_steps, cfg.optim.ema_decay
-  objective = objective or (lambda logits, targets, x, teacher: losses.soft_cross_entropy(logits, targets))
+  accum, ema_decay = cfg.optim.accum_steps, cfg.optim.ema_decay
 
-  def loss_fn(params, batch_stats, x, targets, rng, teacher):
-    logits, updates = model.apply(variables(params, batch_stats), x, train=True,
-                                  rngs={"dropout": rng}, mutable=["batch_stats"])
-    loss = objective(logits, targets, x, teacher)
-    return loss + optim.penalty(cfg, params), (loss, logits, updates.get("batch_stats", batch_stats))
+  def loss_fn(params, batch_stats, x, targets, rng, aux):
+    outputs, updates = model.apply(variables(params, batch_stats), x, train=True,
+                                   rngs={"dropout": rng}, mutable=["batch_stats"])
+    value, task_metrics = loss(outputs, targets, x, aux)
+    return value + optim.penalty(cfg, params), ({"loss": value, **task_metrics},
+                                                updates.get("batch_stats", batch_stats))
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def train_step(state, batch, teacher=None):
+  def train_step(state, batch, aux=None):
     rng = jax.random.fold_in(state.rng, state.step)
     aug_rng, drop_rng = jax.random.split(rng)
-    num_classes = model.num_classes
-    x, targets = augment.apply(ops, aug_rng, to_float(batch["image"]),
-                               jax.nn.one_hot(batch["label"], num_classes))
-    targets = targets * (1.0 - smoothing) + smoothing / num_classes
+    x, targets = inputs(aug_rng, batch)
     x = standardize(x, mean, std)
     if accum == 1:
-      (_, (loss, logits, batch_stats)), grads = grad_fn(state.params, state.batch_stats, x, targets, drop_rng,
-                                                        teacher)
-      correct = jnp.sum(jnp.argmax(logits, -1) == batch["label"])
+      (_, (metrics, batch_stats)), grads = grad_fn(state.params, state.batch_stats, x, targets, drop_rng, aux)
     else:
       # Micro-batch i takes every accum-th example, so each stays spread over all devices.
       split = lambda a: jnp.swapaxes(a.reshape((a.shape[0] // accum, accum) + a.shape[1:]), 0, 1)
-      micro = (split(x), split(targets), split(batch["label"]), jnp.arange(accum))
+      micro = (split(x), jax.tree.map(split, targets), jnp.arange(accum))
+      add = lambda a, b: jax.tree.map(jnp.add, a, b)
 
-      def body(carry, inputs):
-        grads, stats, loss, correct = carry
-        mx, mt, ml, i = inputs
-        (_, (l, logits, new_stats)), g = grad_fn(state.params, state.batch_stats, mx, mt,
-                                                 jax.random.fold_in(drop_rng, i), teacher)
-        add = lambda a, b: jax.tree.map(jnp.add, a, b)
-        return (add(grads, g), add(stats, new_stats), loss + l,
-                correct + jnp.sum(jnp.argmax(logits, -1) == ml)), None
+      def body(carry, inputs_i):
+        mx, mt, i = inputs_i
+        (_, (m, new_stats)), g = grad_fn(state.params, state.batch_stats, mx, mt, jax.random.fold_in(drop_rng, i),
+                                         aux)
+        return add(carry, (g, new_stats, m)), None
 
-      zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)
-      (grads, batch_stats, loss, correct), _ = jax.lax.scan(
-          body, (zeros(state.params), zeros(state.batch_stats), 0.0, 0), micro)
-      grads, batch_stats = (jax.tree.map(lambda a: a / accum, t) for t in (grads, batch_stats))
-      loss = loss / accum
+      zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
+      first = (micro[0][0], jax.tree.map(lambda a: a[0], micro[1]))
+      metrics = jax.eval_shape(lambda: grad_fn(state.params, state.batch_stats, *first, drop_rng, aux))[0][1][0]
+      (grads, batch_stats, metrics), _ = jax.lax.scan(body, zeros((state.params, state.batch_stats, metrics)), micro)
+      grads, batch_stats, metrics = jax.tree.map(lambda a: a / accum, (grads, batch_stats, metrics))
     param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, param_updates)
     ema_params, ema_stats = state.ema_params, state.ema_batch_stats
@@ -114,8 +108,8 @@ def make_train_step(model, tx, mean, std, cfg=None, objective=None):
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
                               ema_params=ema_params, ema_batch_stats=ema_stats)
     grad_norm = optax.tree.norm(grads)
-    metrics = {"loss": loss, "accuracy": correct / batch["label"].shape[0], "grad_norm": grad_norm,
-               "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
+    metrics = {**metrics, "grad_norm": grad_norm,
+               "finite": jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)}
     return new_state, metrics
   return train_step
 
@@ -125,15 +119,6 @@ def all_finite(tree):
   """Whether every floating-point leaf of `tree` is finite (integer leaves, like step counters, always are)."""
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
-
-
-def make_eval_step(model, mean, std):
-  """`eval_outputs(variables, batch) -> {"nll", "correct"}` per example: what training evaluates."""
-  def eval_outputs(variables, batch):
-    logits = predict(model, variables, batch["image"], mean, std)
-    return {"nll": optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]),
-            "correct": jnp.argmax(logits, -1) == batch["label"]}
-  return eval_outputs
 
 
 @functools.lru_cache(maxsize=32)
@@ -146,7 +131,7 @@ def _jitted(fn, mesh):
 def stream(fn, variables, split, batch_size, mesh, prefetch=2, transform=None, desc="eval"):
   """`fn(variables, batch)`'s per-example outputs (a host numpy pytree) over every example of `split`, in order.
 
-  `batch` is {"image", "label", "mask"} with the global batch sharded over the devices like training's; the
+  `batch` is the split's features and "mask", with the global batch sharded over the devices like training's; the
   last batch is padded and its padding dropped here. `transform(images, batch_index) -> images` alters each
   process-local uint8 batch on the host first (corruptions), on the prefetch thread.
   """

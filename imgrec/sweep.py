@@ -34,7 +34,7 @@ import tqdm
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from imgrec import config as config_lib, models, tracking, workdir as wd
+from imgrec import config as config_lib, models, tasks, workdir as wd
 from imgrec.errors import UserError
 
 DISTRIBUTIONS = ("loguniform(LOW,HIGH)", "uniform(LOW,HIGH)", "int(LOW,HIGH)", "logint(LOW,HIGH)", "choice(A,B,...)")
@@ -104,9 +104,10 @@ def check(config, fixed, space, metric):
       raise UserError(f"--space {text!r}: {e}") from None
   config_lib.validate(cfg)
   split, _, key = metric.partition(".")
-  if split != "val" or key not in tracking.EVAL_KEYS:
-    raise UserError(f"--metric {metric!r}: use val.accuracy or val.loss (hyper-parameters are chosen on the "
-                    "validation split, never on test)")
+  task = tasks.get(cfg.task)
+  if split != "val" or key not in task.RECORD or key == "examples":  # a metric the task's evaluations record
+    raise UserError(f"--metric {metric!r}: use " + " or ".join(f"val.{m}" for m in task.SELECT) +
+                    " (hyper-parameters are chosen on the validation split, never on test)")
   if cfg.data.val_fraction <= 0:
     raise UserError(f"--metric {metric} is measured on a validation split, and this config holds none out: "
                     "add --config.data.val_fraction=0.1 (or set it in the config file)")

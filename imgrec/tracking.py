@@ -2,10 +2,10 @@
 
 `metrics.jsonl` stays the source of truth; `Tracker` mirrors it into `W/tensorboard/` for
 `tensorboard --logdir runs/` (each workdir is a run there):
-  train/{loss,accuracy,grad_norm,lr,img_per_sec}  at every training-log step
-  {val,test}/{accuracy,loss}                     at every evaluation, and the final test evaluation
+  train/{loss,accuracy,grad_norm,lr,img_per_sec}  at every training-log step (every number the record has)
+  {val,test}/{accuracy,loss,...}                 at every evaluation, and the final test evaluation
   train/augmented_examples                       an image, at the run's first evaluation
-  test/{confusion_matrix,reliability}            images of the selected model's final evaluation
+  test/{confusion_matrix,reliability}            the task's images of the selected model's final evaluation
 
 Resume: TensorBoard keeps every event file, and a run killed after its last checkpoint has already
 written steps that the resumed run writes again. The resumed writer starts its file with
@@ -21,6 +21,7 @@ the purge marker.
 """
 import glob
 import io
+import numbers
 import os
 import sys
 import time
@@ -29,14 +30,12 @@ import jax
 import numpy as np
 from PIL import Image
 
-from imgrec import plots, workdir as wd
-from imgrec.data import augment
+from imgrec import workdir as wd
 from imgrec.errors import UserError
 
 TB_DIR = "tensorboard"
 PROFILE_DIR = "profile"
-TRAIN_KEYS = ("loss", "accuracy", "grad_norm", "lr", "img_per_sec")
-EVAL_KEYS = ("accuracy", "loss", "top5_accuracy", "ece")
+NOT_SCALARS = ("step", "examples")  # numbers of a metrics.jsonl record that are not curves
 
 
 def render(plot, *args):
@@ -75,47 +74,46 @@ class Tracker:
   writer purges what a killed earlier process wrote after it.
   """
 
-  def __init__(self, workdir, cfg, start_step=0, enabled=True):
-    self.cfg, self.start_step, self.step = cfg, start_step, start_step
+  def __init__(self, workdir, cfg, start_step=0, enabled=True, preview=None):
+    """`preview`: the task's augmented training examples, (plot function, its arguments but the file), or None."""
+    self.cfg, self.start_step, self.step, self.preview = cfg, start_step, start_step, preview
     self.writer, self.logged = None, set()  # (prefix, step) written by this process
     if enabled:
       self.writer = _writer(workdir, purge_step=start_step + 1 if start_step else None)
     # The augmented examples go with the run's first evaluation: done already if one is on record.
-    self.examples_due = not any(r["split"] != "train" and r["step"] <= start_step for r in wd.read_metrics(workdir))
+    self.examples_due = preview is not None and not any(r["split"] != "train" and r["step"] <= start_step for r in wd.read_metrics(workdir))
 
-  def _scalars(self, prefix, record, keys):
+  def _scalars(self, prefix, record):
     step = record["step"]
     if self.writer is None or step <= self.start_step or (prefix, step) in self.logged:
       return False  # on record already (the final evaluation of a run without val is its last one)
     self.logged.add((prefix, step))
-    for k in keys:
-      if k in record:
-        self.writer.add_scalar(f"{prefix}/{k}", record[k], step)
+    for k, v in record.items():  # whatever the task records: accuracy and loss, mAP, ...
+      if k not in NOT_SCALARS and isinstance(v, numbers.Real) and not isinstance(v, bool):
+        self.writer.add_scalar(f"{prefix}/{k}", v, step)
     self.step = max(self.step, step)
     return True
 
   def train(self, record):
     """A training record of metrics.jsonl ({"step", "loss", "accuracy", "lr", ...})."""
-    self._scalars("train", record, TRAIN_KEYS)
+    self._scalars("train", record)
 
   def eval(self, record):
     """An evaluation ({"step", "split", "accuracy", "loss", ...}); the first one adds the augmented examples."""
-    if not self._scalars(record["split"], record, EVAL_KEYS):
+    if not self._scalars(record["split"], record):
       return
     if self.examples_due:
       self.examples_due = False
-      self.images(record["step"], {"train/augmented_examples": render(augment.preview, self.cfg)})
+      self.images(record["step"], {"train/augmented_examples": render(*self.preview)})
     self.writer.flush()  # an evaluation is worth seeing at once
 
-  def end(self, result, summary):
-    """The final evaluation at the last step trained: its headline `result` ({"split", "accuracy", ...}) and,
-    from its `metrics.summary`, the confusion matrix and the reliability diagram."""
-    if not self._scalars(result["split"], {**result, "step": self.step}, EVAL_KEYS):
+  def end(self, result, images):
+    """The final evaluation at the last step trained: its headline `result` ({"split", "accuracy", ...}) and the
+    task's images of it ({tag: (plot function, its arguments but the file)}: classification's confusion matrix
+    and reliability diagram)."""
+    if not self._scalars(result["split"], {**result, "step": self.step}):
       return
-    names = [c["class"] for c in summary["per_class"]]
-    self.images(self.step, {
-        f"{result['split']}/confusion_matrix": render(plots.plot_confusion, summary["confusion"], names),
-        f"{result['split']}/reliability": render(plots.plot_reliability, summary["reliability"], summary["ece"])})
+    self.images(self.step, {tag: render(*plot) for tag, plot in images.items()})
 
   def images(self, step, images):
     """{tag: HxWxC uint8 array} at `step`."""

@@ -1,8 +1,10 @@
 """The trainer: `train(cfg, workdir)` reads top to bottom, in banner sections.
 
-Everything it uses lies below it: the resume guard and the workdir lock (resume.py), the run on disk
-(workdir.py), the pure steps and the one evaluation loop (steps.py), the state (state.py), the optimiser
-(optim.py), the input pipeline (data/). Only the CLI and scripts import this module.
+Everything it uses lies below it: the task (imgrec/tasks: data, inputs and loss, evaluation record, selection
+direction, lines and images; `config.task`), the resume guard and the workdir lock (resume.py), the run on disk
+(workdir.py), the pure step skeleton and the one evaluation loop (steps.py), the state (state.py), the optimiser
+(optim.py), the input pipeline (data/). Nothing here names a task's targets or metrics but `loss`, `grad_norm`
+and `finite`. Only the CLI and scripts import this module.
 
 A run does not lose work. A config that would change the run already in the workdir is refused before anything
 is written. A checkpoint is written only when every step before it had a finite loss and gradient norm (each step
@@ -20,14 +22,13 @@ import jax
 import numpy as np
 import tqdm
 
-from imgrec import checkpoint, compile_cache, config as config_lib, evaluate as evaluate_lib, losses, metrics
-from imgrec import parallel, plots, resume, steps, tracking, transfer, workdir as wd
-from imgrec.data import pipeline, sources
+from imgrec import checkpoint, compile_cache, config as config_lib, parallel, plots, resume, steps, tasks, tracking
+from imgrec import transfer, workdir as wd
+from imgrec.data import pipeline
 from imgrec.errors import Preempted, UserError
 from imgrec.state import variables
 
 MAX_UNCHECKED = 8  # steps in flight whose finite flag is not read yet; past this the loop waits for the oldest
-EVAL_RECORD = ("accuracy", "loss", "examples", "top5_accuracy", "ece")  # what metrics.jsonl keeps of an evaluation
 
 
 def train(cfg, workdir, restart=False):
@@ -36,6 +37,7 @@ def train(cfg, workdir, restart=False):
   A config that would change the run already in `workdir` is refused, unless `restart` moves that run aside to
   W/previous-<timestamp>/. SIGTERM or SIGINT: a checkpoint at the current step, then `Preempted` is raised."""
   config_lib.validate(cfg)
+  task = tasks.for_config(cfg)  # what differs between tasks (imgrec/tasks); the rest of this file is shared
   compile_cache.enable(cfg.compile_cache)  # a second run loads its executables instead of compiling them
 
   # ---------------------------------------------------------------- devices and mesh
@@ -47,34 +49,35 @@ def train(cfg, workdir, restart=False):
 
   with resume.lock(workdir, enabled=is_main), Signals() as stop:
     # -------------------------------------------------------------- data, and the resume guard
-    ds, info, monitor = open_data(cfg)
+    ds, info, monitor = open_data(cfg, task)
     train_split = ds.split(cfg.data.train_split)
     per_epoch, total_steps = wd.schedule_lengths(cfg, len(train_split))
     for line in resume.prepare(workdir, cfg, info, restart, is_main):  # refuses before anything is written
       print(line, flush=True)
 
     # -------------------------------------------------------------- model and state
-    model, tx, lr_fn, init, abstract, shardings = wd.build(cfg, info, mesh)
+    built = wd.build(cfg, info, mesh)
+    model, abstract, shardings = built.model, built.abstract, built.shardings
     mngr = checkpoint.manager(workdir, cfg.keep_checkpoints)
-    state = restore_or_init(cfg, info, workdir, mngr, abstract, init, shardings, is_main)
+    state = restore_or_init(cfg, info, workdir, mngr, abstract, built.init, shardings, is_main)
     start_step = int(state.step)
     print(banner(cfg, ds, state, monitor, total_steps, per_epoch), flush=True)
 
     # -------------------------------------------------------------- compiled steps
-    train_step = compile_train_step(cfg, model, tx, info, shardings, batch_sharding)
-    logits_fn = evaluate_lib.logits_fn(model, info["mean"], info["std"])
+    train_step = compile_train_step(cfg, task, model, built.tx, info, shardings, batch_sharding)
+    eval_fn = task.make_eval_fn(model, info["mean"], info["std"])
 
-    def evaluate(state, split):  # -> (the record metrics.jsonl keeps, the full `metrics.summary`)
-      out = steps.stream(logits_fn, variables(state), ds.split(split), cfg.batch_size, mesh, cfg.data.prefetch,
+    def evaluate(state, split):  # -> (the record metrics.jsonl keeps, the task's full summary)
+      out = steps.stream(eval_fn, variables(state), ds.split(split), cfg.batch_size, mesh, cfg.data.prefetch,
                          desc=f"eval {split}")
-      summary = metrics.summary(out["logits"], out["label"], info["class_names"])
-      return {"split": split, **{k: summary[k] for k in EVAL_RECORD}}, summary
+      record, summary = task.evaluate(out, ds.split(split), info)
+      return {"split": split, **record}, summary
 
     # -------------------------------------------------------------- model selection
-    best = Selection(cfg, workdir, enabled=cfg.data.val_fraction > 0)  # a held-out val split, not the reported one
+    best = Selection(cfg, task, workdir, enabled=cfg.data.val_fraction > 0)  # on a held-out val split, never test
 
     # -------------------------------------------------------------- loop
-    log = TrainLog(cfg, workdir, lr_fn, total_steps, start_step, is_main)
+    log = TrainLog(cfg, task, workdir, built.lr, total_steps, start_step, is_main)
     profiler = tracking.Profiler(cfg.profile, os.path.join(workdir, tracking.PROFILE_DIR))
     eval_every, ckpt_every = cfg.eval_every or per_epoch, cfg.checkpoint_every or per_epoch
     end_step = start_step if best.stop_early() else total_steps
@@ -112,12 +115,10 @@ def train(cfg, workdir, restart=False):
 
 # ---------------------------------------------------------------------------- the sections' helpers
 
-def open_data(cfg):
-  """(data set, its dataset.json info, the split evaluated during training). Evaluations during training,
-  and model selection, use a held-out val split when there is one: never test."""
-  ds = sources.load(cfg.data)
-  if cfg.data.val_fraction > 0:
-    ds = sources.with_validation(ds, cfg.data.train_split, cfg.data.val_fraction)
+def open_data(cfg, task):
+  """(the task's data set, its dataset.json info, the split evaluated during training). Evaluations during
+  training, and model selection, use a held-out val split when there is one: never test."""
+  ds = task.open_data(cfg.data)
   return ds, wd.data_info(cfg, ds), "val" if cfg.data.val_fraction > 0 else cfg.data.eval_split
 
 
@@ -158,16 +159,18 @@ def banner(cfg, ds, state, monitor, total_steps, per_epoch):
           f"{total_steps} steps ({per_epoch}/epoch), {origin}")
 
 
-def compile_train_step(cfg, model, tx, info, shardings, batch_sharding):
-  """`step(state, batch) -> (state, metrics)`, jitted with the state donated. With distillation the teacher's
-  variables are an argument of the compiled step (restored once here), not constants inside it."""
+def compile_train_step(cfg, task, model, tx, info, shardings, batch_sharding):
+  """`step(state, batch) -> (state, metrics)` over the task's inputs and loss, jitted with the state donated.
+  With distillation the teacher's variables are an argument of the compiled step (restored once here), not
+  constants inside it."""
+  inputs = task.make_inputs(cfg, info)
   if not cfg.distill.teacher:
-    step = steps.make_train_step(model, tx, info["mean"], info["std"], cfg)
+    step = steps.make_train_step(model, tx, info["mean"], info["std"], inputs, task.make_loss(cfg, info), cfg)
     return jax.jit(step, in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None),
                    donate_argnums=(0,))
   teacher = wd.restore(cfg.distill.teacher, params_only=True)
-  objective = losses.distillation(teacher.model, teacher.info, info, cfg.distill.alpha, cfg.distill.temperature)
-  step = jax.jit(steps.make_train_step(model, tx, info["mean"], info["std"], cfg, objective),
+  step = jax.jit(steps.make_train_step(model, tx, info["mean"], info["std"], inputs,
+                                       task.make_loss(cfg, info, teacher), cfg),
                  in_shardings=(shardings, batch_sharding, None), out_shardings=(shardings, None), donate_argnums=(0,))
   teacher_variables = teacher.variables
   return lambda state, batch: step(state, batch, teacher_variables)
@@ -241,9 +244,10 @@ class Selection:
   """Model selection on the val split: the best checkpoint (by `select_metric`) in W/best/, and early stopping.
   Rebuilt from metrics.jsonl on resume. Disabled (a no-op) without a val split."""
 
-  def __init__(self, cfg, workdir, enabled):
+  def __init__(self, cfg, task, workdir, enabled):
     self.enabled, self.metric, self.patience = enabled, cfg.select_metric, cfg.early_stop_patience
-    self.better = (lambda a, b: a > b) if self.metric == "accuracy" else (lambda a, b: a < b)
+    direction = tasks.select_direction(task, self.metric)  # the task's SELECT: "max" or "min"
+    self.better = (lambda a, b: a > b) if direction == "max" else (lambda a, b: a < b)
     self.value, self.step, self.since = None, None, 0
     self.mngr = checkpoint.manager(workdir, 1, "best") if enabled else None
     for rec in wd.read_metrics(workdir) if enabled else []:
@@ -286,10 +290,10 @@ class TrainLog:
   bar closes however it ends (and the TensorBoard events reach the disk); `finish` records the final
   evaluation and closes the TensorBoard writer."""
 
-  def __init__(self, cfg, workdir, lr_fn, total_steps, start_step, is_main):
-    self.cfg, self.workdir, self.lr_fn, self.is_main = cfg, workdir, lr_fn, is_main
+  def __init__(self, cfg, task, workdir, lr_fn, total_steps, start_step, is_main):
+    self.cfg, self.task, self.workdir, self.lr_fn, self.is_main = cfg, task, workdir, lr_fn, is_main
     self.pending, self.checked = [], 0  # (step, metrics) on device; how many of them are known finite
-    self.tracker = tracking.Tracker(workdir, cfg, start_step, enabled=is_main)
+    self.tracker = tracking.Tracker(workdir, cfg, start_step, enabled=is_main, preview=task.augment_preview(cfg))
     self.bar = tqdm.tqdm(total=total_steps, initial=start_step, desc="train", unit="step", disable=not is_main,
                          dynamic_ncols=True)
     self.t0 = time.perf_counter()
@@ -304,10 +308,9 @@ class TrainLog:
       self.tracker.close()
 
   def finish(self, result, summary):
-    """The final evaluation: a line on stdout, TensorBoard scalars and the confusion / reliability images."""
-    print(f"{result['split']} accuracy: {result['accuracy']:.4f} (loss {result['loss']:.4f}, "
-          f"{result['examples']} examples)", flush=True)
-    self.tracker.end(result, summary)
+    """The final evaluation: the task's line on stdout, TensorBoard scalars and the task's images."""
+    print(self.task.final_line(result), flush=True)
+    self.tracker.end(result, self.task.summary_images(result, summary))
     self.tracker.close()
 
   def add(self, step, metrics):
@@ -352,10 +355,10 @@ class TrainLog:
     if self.is_main:
       wd.append_metrics(self.workdir, {"step": step, **result})
       with wd.writing(os.path.join(self.workdir, "curves.png")):
-        plots.plot_curves(wd.read_metrics(self.workdir), os.path.join(self.workdir, "curves.png"))
+        plots.plot_curves(wd.read_metrics(self.workdir), os.path.join(self.workdir, "curves.png"),
+                          self.task.DEFAULT_SELECT)
     self.tracker.eval({"step": step, **result})
-    self.write(f"step {step}: {result['split']} accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}"
-               + (" (best so far)" if is_best else ""))
+    self.write(f"step {step}: {self.task.progress_line(result)}" + (" (best so far)" if is_best else ""))
     self.t0 = time.perf_counter()  # evaluation time is not training throughput
 
   def write(self, line):

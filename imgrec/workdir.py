@@ -6,11 +6,12 @@
   W/params.npz       variables by name (imported, pruned or compressed weights)
   W/train.lock       held by the `imgrec train` running in W, W/previous-T/ and W/damaged-T/: imgrec/resume.py
 
-`build(cfg, info, mesh)` makes the model, optimiser and the state's abstract shapes from a config and a
+`build(cfg, info, mesh)` makes the model (through the run's task, imgrec/tasks), optimiser and the state's abstract shapes from a config and a
 dataset.json; `restore(W)` loads a run through it (`params_only=True` for inference: no optimiser state
 is read or held); `write(W, cfg, info, state)` writes one (training, pruning and channel pruning alike).
 """
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -21,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from imgrec import checkpoint, config as config_lib, models, optim, parallel
-from imgrec.data import pipeline, sources
+from imgrec import checkpoint, config as config_lib, models, optim, parallel, tasks
+from imgrec.data import pipeline
 from imgrec.errors import UserError
 from imgrec.state import TrainState, init_state, variables
 
@@ -45,14 +46,25 @@ def schedule_lengths(cfg, num_train):
   return per_epoch, total
 
 
+@dataclasses.dataclass(frozen=True)
+class Built:
+  """What `build` makes of a config and its dataset.json."""
+  model: Any        # the task's Linen module (`tasks.get(cfg.task).create_model`)
+  tx: Any           # the optax optimiser
+  lr: Any           # step -> learning rate
+  init: Any         # () -> a fresh TrainState (jit it with out_shardings=shardings to initialise in place)
+  abstract: Any     # the state's shapes, carrying their target shardings (what a checkpoint restores into)
+  shardings: Any    # the state's shardings
+
+
 def build(cfg, info, mesh, fsdp=None):
-  """Model, optimiser, learning-rate schedule, `init()` and the state's abstract shapes with their target
-  shardings: `(model, tx, lr, init, abstract, shardings)`.
+  """The model (through the run's task), optimiser, learning-rate schedule, `init()` and the state's abstract
+  shapes with their target shardings: a `Built`.
 
   The one recipe shared by training and everything that restores a checkpoint. The state is sharded
   FSDP-style when `fsdp` (default: `cfg.parallel.fsdp`), else replicated.
   """
-  model = create_model(cfg, len(info["class_names"]))
+  model = tasks.get(cfg.task).create_model(cfg, info)
   per_epoch, total = schedule_lengths(cfg, info["num_train"])
   tx, lr = optim.make(cfg, total, per_epoch)
   init = functools.partial(init_state, model, tx, cfg.seed, tuple(info["image_shape"]), cfg.optim.ema_decay > 0)
@@ -60,14 +72,15 @@ def build(cfg, info, mesh, fsdp=None):
   fsdp = cfg.parallel.fsdp if fsdp is None else fsdp
   shardings = parallel.state_shardings(abstract, mesh, fsdp, cfg.parallel.fsdp_min_size)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-  return model, tx, lr, init, abstract, shardings
+  return Built(model, tx, lr, init, abstract, shardings)
 
 
 def initial_state(cfg, info, mesh, params=None, batch_stats=None):
   """The step-0 TrainState of `cfg`, placed in its shardings; with `params` (and `batch_stats`), starting from
   those weights instead of a fresh initialisation (its optimiser state and EMA then start from them)."""
-  _, tx, _, init, _, shardings = build(cfg, info, mesh)
-  state = jax.jit(init, out_shardings=shardings)()  # initialised already in place
+  built = build(cfg, info, mesh)
+  tx, shardings = built.tx, built.shardings
+  state = jax.jit(built.init, out_shardings=shardings)()  # initialised already in place
   if params is None:
     return state
   params, batch_stats = jax.device_put((params, batch_stats or {}), (shardings.params, shardings.batch_stats))
@@ -160,7 +173,8 @@ def restore(workdir, mesh=None, params_only=False, overrides=()):
   apply_data_overrides(cfg, overrides)
   info = read_info(workdir)
   mesh = mesh or parallel.make_mesh()
-  model, _, _, _, abstract, _ = build(cfg, info, mesh, fsdp=False)  # replicated, whatever wrote it
+  built = build(cfg, info, mesh, fsdp=False)  # replicated, whatever wrote it
+  model, abstract = built.model, built.abstract
   if params_only:  # the optimiser state is neither read nor held
     abstract = {"step": abstract.step, "params": abstract.params, "batch_stats": abstract.batch_stats,
                 "ema_params": abstract.ema_params, "ema_batch_stats": abstract.ema_batch_stats}
@@ -182,9 +196,12 @@ def restore(workdir, mesh=None, params_only=False, overrides=()):
 
 
 def dataset(run):
-  """The data set of a restored run (`sources.load` of its config's data), checked against its dataset.json:
-  the model needs the classes and the image shape it was trained on."""
-  ds = sources.load(run.cfg.data)
+  """The data set of a restored run (its task's `open_data` of its config's data, the splits as the source gives
+  them: no val split carved out), checked against its dataset.json: the model needs the classes and the image
+  shape it was trained on."""
+  data_cfg = run.cfg.data.copy_and_resolve_references()
+  data_cfg.val_fraction = 0.0
+  ds = tasks.get(run.cfg.task).open_data(data_cfg)
   saved = {"class_names": run.info["class_names"], "image_shape": run.info["image_shape"]}
   found = {"class_names": list(ds.class_names), "image_shape": list(ds.image_shape)}
   diff = [f"{k} {saved[k]} -> {found[k]}" for k in saved if saved[k] != found[k]]

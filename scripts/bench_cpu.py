@@ -27,6 +27,7 @@ import numpy as np
 
 from imgrec import config as config_lib, parallel, steps, workdir as wd
 from imgrec.data import sources
+from imgrec.tasks import classification
 
 
 def interleaved_times(fns, steps, warmup=3, round_steps=3):
@@ -58,10 +59,11 @@ def median_time(fn, steps, warmup=3):
 def imgrec_step(cfg, info, images, labels):
   """A closure running one real imgrec train step (compiled here) and waiting for it."""
   mesh = parallel.make_mesh()
-  model, tx, _, init, _, shardings = wd.build(cfg, info, mesh)
+  built = wd.build(cfg, info, mesh)
+  model, tx, init, shardings = built.model, built.tx, built.init, built.shardings
   state = jax.jit(init, out_shardings=shardings)()
   sharding = parallel.batch_sharding(mesh)
-  step = jax.jit(steps.make_train_step(model, tx, info["mean"], info["std"], cfg),
+  step = jax.jit(classification.make_train_step(model, tx, info, cfg),
                  in_shardings=(shardings, sharding), out_shardings=(shardings, None), donate_argnums=(0,))
   batch = jax.device_put({"image": images, "label": labels}, sharding)
   box = [state]

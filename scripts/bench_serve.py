@@ -60,7 +60,7 @@ def load_predict(workdir):
   """(jitted predict(variables, uint8 images) -> logits, variables): the function every server runs."""
   import jax
   from imgrec.serve.app import load_workdir
-  variables, _, _, fns = load_workdir(workdir)
+  variables, _, _, fns, _ = load_workdir(workdir)
   return jax.jit(fns["uint8"]), variables
 
 
@@ -349,7 +349,7 @@ PARSE_TIMING = """
 import json, sys, timeit
 import numpy as np
 from imgrec.serve import protocol as p
-spec, limits = p.ModelSpec((32, 32, 3), tuple(map(str, range(10)))), p.Limits()
+spec, limits = p.ModelSpec((32, 32, 3), tuple(map(str, range(10))), "", (("logits", "FP32", ("K",)),)), p.Limits()
 image = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
 tensor = {"name": "images", "shape": [1, 32, 32, 3], "datatype": "UINT8"}
 body = json.dumps({"inputs": [{**tensor, "data": image.ravel().tolist()}], "outputs": [{"name": "logits"}]}).encode()
@@ -360,7 +360,7 @@ def us(f, n=2000):
   return min(timeit.repeat(f, number=n, repeat=5)) / n * 1e6
 print(json.dumps({"json": us(lambda: p.parse_v2_infer(body, None, spec, limits)),
                   "binary": us(lambda: p.parse_v2_infer(head + image.tobytes(), str(len(head)), spec, limits)),
-                  "reply": us(lambda: p.v2_response("m", 1, req, logits, logits, spec.class_names))}))
+                  "reply": us(lambda: p.v2_response("m", 1, req, {"logits": logits}, None))}))
 """
 
 

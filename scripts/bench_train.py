@@ -6,7 +6,7 @@
   python scripts/bench_train.py --model small_cnn --size 28 --channels 1 --batch 128 --pipeline fashion_mnist
   python scripts/bench_train.py --compile-cache --model small_cnn --size 8 --channels 1 --batch 32
 
-Each model: `workdir.build` (state initialised sharded) + `steps.make_train_step` (optimiser, BatchNorm,
+Each model: `workdir.build` (state initialised sharded) + classification's `make_train_step` (optimiser, BatchNorm,
 normalisation of uint8 on device) jitted with donation exactly as `train.train` does, fed one synthetic
 uint8 batch that stays on the devices. Prints, per model: img/s (median over windows of timed steps after
 warm-up), compile time (lower + compile of the train step, persistent cache off unless --cache-dir),
@@ -93,11 +93,13 @@ def setup(model, size, channels, batch, dtype, classes, kwargs, optim):
 def compiled_step(cfg, info, mesh):
   """(model, initial state, compiled train step, compile seconds, batch sharding): as in train.train."""
   import jax
-  from imgrec import parallel, steps, workdir as wd
-  model, tx, _, init, abstract, shardings = wd.build(cfg, info, mesh)
+  from imgrec import parallel, workdir as wd
+  from imgrec.tasks import classification
+  built = wd.build(cfg, info, mesh)
+  model, tx, init, abstract, shardings = built.model, built.tx, built.init, built.abstract, built.shardings
   state = jax.jit(init, out_shardings=shardings)()
   batch_sharding = parallel.batch_sharding(mesh)
-  step = jax.jit(steps.make_train_step(model, tx, info["mean"], info["std"], cfg),
+  step = jax.jit(classification.make_train_step(model, tx, info, cfg),
                  in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None), donate_argnums=(0,))
   h, w, c = info["image_shape"]
   batch_shape = {"image": jax.ShapeDtypeStruct((cfg.batch_size, h, w, c), jax.numpy.uint8, sharding=batch_sharding),

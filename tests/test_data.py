@@ -116,8 +116,8 @@ def test_folder_of_mixed_images_is_an_index_decoded_to_the_configured_size(tmp_p
   assert gray and all((x[k, ..., 0] == x[k, ..., 2]).all() for k in gray)  # grey images broadcast to RGB
   # Eval is deterministic; each training draw differs.
   np.testing.assert_array_equal(test.get(np.arange(6))[0], x)
-  a, _ = train.example(0, True, np.random.default_rng(1))
-  b, _ = train.example(0, True, np.random.default_rng(2))
+  a = train.example(0, True, np.random.default_rng(1))["image"]
+  b = train.example(0, True, np.random.default_rng(2))["image"]
   assert a.shape == (24, 24, 3) and not np.array_equal(a, b)
   # Explicit op strings; a folder of grayscale images only is one channel.
   ds = sources.load(data_cfg(f"folder:{tmp_path}", pp_train="decode|resize(10, 14)", pp_eval="decode|resize(10, 14)",

@@ -6,7 +6,8 @@ from tests.helpers import run_python
 
 FSDP_VS_DP = r"""
 import sys, jax, numpy as np
-from imgrec import parallel, steps, workdir as wd
+from imgrec import parallel, workdir as wd
+from imgrec.tasks import classification
 from imgrec.data import sources
 from tests.conftest import tiny_config
 assert jax.device_count() == 8
@@ -18,9 +19,10 @@ mesh = parallel.make_mesh()
 batch_sharding = parallel.batch_sharding(mesh)
 results = []
 for fsdp in (False, True):
-  model, tx, _, init, _, shardings = wd.build(cfg, info, mesh, fsdp=fsdp)
+  built = wd.build(cfg, info, mesh, fsdp=fsdp)
+  model, tx, init, shardings = built.model, built.tx, built.init, built.shardings
   state = jax.jit(init, out_shardings=shardings)()
-  step = jax.jit(steps.make_train_step(model, tx, info["mean"], info["std"], cfg),
+  step = jax.jit(classification.make_train_step(model, tx, info, cfg),
                  in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None), donate_argnums=(0,))
   for i in range(4):
     images, labels = ds.split("train").get(np.arange(32 * i, 32 * i + 32))

@@ -111,3 +111,19 @@ def test_the_trainer_is_only_the_loop():
     tree = ast.parse(f.read())
   fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "train")
   assert fn.end_lineno - fn.lineno + 1 <= 80, f"train() is {fn.end_lineno - fn.lineno + 1} lines"
+
+
+# What a task's examples, outputs and metrics are called (imgrec/tasks): the shared modules name none of them.
+TASK_NAMES = {"label", "labels", "logits", "probabilities", "accuracy", "top5_accuracy", "ece", "boxes", "classes",
+              "box_mask", "num_classes"}
+SHARED = ("train.py", "steps.py", "data/pipeline.py", "serve/batcher.py", "export.py", "checkpoint.py", "resume.py",
+          "tracking.py", "state.py", "optim.py")
+
+
+def test_shared_modules_name_no_task_targets():
+  for rel in SHARED:
+    with open(os.path.join(PACKAGE, rel)) as f:
+      tree = ast.parse(f.read())
+    found = sorted({n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in TASK_NAMES}
+                   | {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr in TASK_NAMES})
+    assert not found, f"imgrec/{rel} names {found}: what a task's examples or outputs hold belongs in imgrec/tasks"

@@ -6,6 +6,7 @@ import pytest
 from imgrec import config, optim, parallel, state as train_state, steps, train, workdir as wd
 from imgrec.data import sources
 from imgrec.errors import UserError
+from imgrec.tasks import classification
 from tests.conftest import tiny_config
 
 
@@ -13,9 +14,10 @@ def _step_once(cfg, images, labels):
   ds_info = {"class_names": [str(i) for i in range(10)], "image_shape": [8, 8, 1], "mean": [0.3], "std": [0.4],
              "num_train": 1000}
   mesh = parallel.make_mesh()
-  model, tx, _, init, _, shardings = wd.build(cfg, ds_info, mesh)
+  built = wd.build(cfg, ds_info, mesh)
+  model, tx, init, shardings = built.model, built.tx, built.init, built.shardings
   state = jax.jit(init)()
-  step = jax.jit(steps.make_train_step(model, tx, ds_info["mean"], ds_info["std"], cfg))
+  step = jax.jit(classification.make_train_step(model, tx, ds_info, cfg))
   state, metrics = step(state, {"image": images, "label": labels})
   return state, metrics
 
@@ -33,7 +35,7 @@ def test_accumulation_over_4_micro_batches_equals_one_big_step():
   # The step really moved the params (lr > 0), so the equality above means something.
   cfg = tiny_config(**kw)
   init = jax.jit(wd.build(cfg, {"class_names": list("0123456789"), "image_shape": [8, 8, 1], "mean": [0.3],
-                                   "std": [0.4], "num_train": 1000}, parallel.make_mesh())[3])()
+                                   "std": [0.4], "num_train": 1000}, parallel.make_mesh()).init)()
   moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(big.params),
                                                                jax.tree.leaves(init.params)))
   assert moved > 1e-3
@@ -65,13 +67,13 @@ def test_ema_state_is_used_for_evaluation():
   assert train_state.variables(state)["params"] is state.ema_params
   # One step from ema = params0, at the warmed-up decay min(0.5, 1/10): ema = 0.1 * p0 + 0.9 * p1.
   p0 = jax.jit(wd.build(cfg, {"class_names": list("0123456789"), "image_shape": [8, 8, 1], "mean": [0.3],
-                                  "std": [0.4], "num_train": 1000}, parallel.make_mesh())[3])().params
+                                  "std": [0.4], "num_train": 1000}, parallel.make_mesh()).init)().params
   for e, a, b in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(p0), jax.tree.leaves(state.params)):
     np.testing.assert_allclose(e, 0.1 * a + 0.9 * b, atol=1e-6)
   # The BatchNorm statistics evaluated with the EMA weights are their own EMA, at the same decay.
   assert train_state.variables(state)["batch_stats"] is state.ema_batch_stats
   bs0 = jax.jit(wd.build(cfg, {"class_names": list("0123456789"), "image_shape": [8, 8, 1], "mean": [0.3],
-                                   "std": [0.4], "num_train": 1000}, parallel.make_mesh())[3])().batch_stats
+                                   "std": [0.4], "num_train": 1000}, parallel.make_mesh()).init)().batch_stats
   moved = 0.0
   for e, a, b in zip(jax.tree.leaves(state.ema_batch_stats), jax.tree.leaves(bs0),
                      jax.tree.leaves(state.batch_stats)):

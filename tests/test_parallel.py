@@ -16,6 +16,7 @@ EIGHT_VS_ONE = r"""
 import sys, jax, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from imgrec import steps, train, workdir as wd
+from imgrec.tasks import classification
 from imgrec.errors import UserError
 from imgrec.data import pipeline, sources
 from tests.conftest import tiny_config
@@ -29,10 +30,11 @@ images, labels = ds.split("train").get(np.arange(32))
 results = []
 for devices in (jax.devices()[:1], jax.devices()):
   mesh = Mesh(np.array(devices), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  model, tx, _, init, _, shardings = wd.build(cfg, info, mesh)
+  built = wd.build(cfg, info, mesh)
+  model, tx, init, shardings = built.model, built.tx, built.init, built.shardings
   state = jax.jit(init, out_shardings=shardings)()
   batch_sharding = NamedSharding(mesh, P("data"))
-  step = jax.jit(steps.make_train_step(model, tx, info["mean"], info["std"], cfg),
+  step = jax.jit(classification.make_train_step(model, tx, info, cfg),
                  in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None))
   if len(sys.argv) > 1:
     batches = [b for _, b in pipeline.train_batches(ds.split("train"), 32, 0, 0, 3, batch_sharding, 2, workers=2)]

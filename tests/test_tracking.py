@@ -17,6 +17,10 @@ TINY = ["--config.model.kwargs.widths=(8,16)", "--config.model.kwargs.hidden=32"
         "--config.data.prefetch=0"]
 
 
+# What a classification run shows: every number of its metrics.jsonl records (tracking names none).
+TRAIN_KEYS = ("loss", "accuracy", "grad_norm", "lr", "img_per_sec")
+EVAL_KEYS = ("accuracy", "loss", "top5_accuracy", "ece")
+
 def read_events(path):
   acc = event_accumulator.EventAccumulator(path, size_guidance={event_accumulator.SCALARS: 0,
                                                                  event_accumulator.IMAGES: 0})
@@ -48,12 +52,12 @@ def test_resumed_run_shows_each_step_once_with_eval_metrics_and_images(tmp_path)
     by_split[r["split"]].append(r["step"])
   assert by_split["train"] == [5, 8, 10, 15, 16, 20] and by_split["val"] == [10, 20]  # metrics.jsonl, trimmed
   tags = acc.Tags()["scalars"]
-  for key in tracking.TRAIN_KEYS:
+  for key in TRAIN_KEYS:
     assert steps_of(acc, f"train/{key}") == by_split["train"], key
-  for key in tracking.EVAL_KEYS:
+  for key in EVAL_KEYS:
     assert steps_of(acc, f"val/{key}") == by_split["val"]
     assert steps_of(acc, f"test/{key}") == [20]
-  assert len(tags) == len(tracking.TRAIN_KEYS) + 2 * len(tracking.EVAL_KEYS)
+  assert len(tags) == len(TRAIN_KEYS) + 2 * len(EVAL_KEYS)
   # The values are metrics.jsonl's: the resumed process's, not the killed one's.
   loss = {e.step: e.value for e in acc.Scalars("val/loss")}
   assert loss == pytest.approx({r["step"]: r["loss"] for r in records if r["split"] == "val"}, rel=1e-6)

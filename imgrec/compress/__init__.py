@@ -12,7 +12,7 @@ import tempfile
 import jax
 import jax.numpy as jnp
 
-from imgrec import parallel, steps, workdir as wd
+from imgrec import parallel, steps, tasks, workdir as wd
 from imgrec.compress import channels, prune, quantize
 from imgrec.errors import UserError
 
@@ -43,6 +43,7 @@ def compress_workdir(source, method, out, sparsity=0.9, steps=200, finetune=None
   if method in ("prune", "channels") and steps > 0 and finetune is None:
     raise ValueError(f"compress_workdir(method={method!r}) fine-tunes: pass finetune=imgrec.train.train")
   run = wd.restore(source, params_only=True)
+  tasks.require_classification(run.cfg, "compress", source)  # every method is measured by top-1 accuracy
   variables = jax.device_get(run.variables)
   test = wd.dataset(run).split(run.cfg.data.eval_split)
   acc = lambda model, v: accuracy(model, v, test, run.info["mean"], run.info["std"])

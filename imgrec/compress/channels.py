@@ -138,7 +138,7 @@ def prepare(source, out, sparsity, steps=200, lr_scale=0.3, criterion="bn"):
     new_cfg.eval_every = new_cfg.checkpoint_every = int(steps)
   params, batch_stats = pruned["params"], pruned.get("batch_stats", {})
   mesh = parallel.make_mesh()
-  _, _, _, _, abstract, _ = wd.build(new_cfg, run.info, mesh)
+  abstract = wd.build(new_cfg, run.info, mesh).abstract
   shapes = lambda t: jax.tree.map(np.shape, t)
   if shapes(params) != shapes(abstract.params) or shapes(batch_stats) != shapes(abstract.batch_stats):
     raise AssertionError("pruned variables do not fit the smaller model: a bug in imgrec.compress.channels")

@@ -25,7 +25,6 @@ import jax
 import numpy as np
 from absl import flags
 
-from imgrec.data import splits
 from imgrec.errors import UserError
 
 log = logging.getLogger("imgrec")
@@ -35,6 +34,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 LUMA = (0.299, 0.587, 0.114)  # the ImageNet constants of a 1-channel image: their luma
 ARRAY_STATS_EXAMPLES = 10000  # in-memory splits are cheap to read: normalisation uses this many
 SUBSTITUTE_TRIES = 100  # unreadable training images skipped in a row before giving up
+
+
+def in_memory(split):
+  """Whether a split is held in memory as arrays: it then gives `take(indices) -> {feature: [N, ...]}`, read
+  directly on a background thread (no decoding, no worker processes)."""
+  return hasattr(split, "take")
 
 
 def steps_per_epoch(num_examples, global_batch):
@@ -132,9 +137,14 @@ def prefetch(iterator, size):
 # These callables are pickled into the Grain worker processes: plain data and numpy only.
 
 
+def _empty(spec, n, fill=np.empty):
+  """{feature: array [n, *shape]} for a split's `spec`: the batch the examples are written into."""
+  return {name: fill((n, *shape), dtype) for name, (shape, dtype) in spec.items()}
+
+
 @dataclasses.dataclass
 class TrainBatch:
-  """step -> this process's slice of training batch `step`: {"image", "label", "bad"}.
+  """step -> this process's slice of training batch `step`: the split's features, stacked, and "bad".
 
   An unreadable image under data.on_bad_image="skip" is replaced by the next example of the
   epoch's order that reads; "bad" names the skipped files."""
@@ -155,29 +165,30 @@ class TrainBatch:
     perm = self._perm[1]
     local = self.global_batch // self.process_count
     first = self.process_index * local  # position of this slice in the global batch
-    images = np.empty((local, *self.split.reading.image_shape), np.uint8)
-    labels = np.empty(local, np.int32)
+    out = _empty(self.split.spec, local)
     bad = []
     for k in range(local):
       pos = i * self.global_batch + first + k
       rng = np.random.default_rng([self.seed, int(step), first + k])
       for attempt in range(SUBSTITUTE_TRIES):
         index = int(perm[(pos + attempt) % n])
-        image, label = self.split.example(index, True, rng)
-        if image is not None:
+        example = self.split.example(index, True, rng)
+        if example is not None:
           break
         bad.append(self.split.describe(index))
       else:
         raise UserError(f"{SUBSTITUTE_TRIES} unreadable images in a row (last: {bad[-1]}); "
                         "is the data set damaged?")
-      images[k], labels[k] = image, label
-    return {"image": images, "label": labels, "bad": bad}
+      for name in out:
+        out[name][k] = example[name]
+    return {**out, "bad": bad}
 
 
 @dataclasses.dataclass
 class EvalBatch:
-  """b -> this process's slice of eval batch b over `indices` (all examples when None), padded:
-  {"image", "label", "mask", "bad"}; padding and skipped unreadable images have mask False."""
+  """b -> this process's slice of eval batch b over `indices` (all examples when None), padded: the
+  split's features, stacked, with "mask" and "bad"; padding and skipped unreadable images have mask False
+  (and zeros)."""
   split: object
   global_batch: int
   indices: object = None
@@ -190,18 +201,18 @@ class EvalBatch:
     pos = _slice(pos, self.process_index, self.process_count)
     mask = pos < n
     idx = np.where(mask, pos, 0) if self.indices is None else np.asarray(self.indices)[np.where(mask, pos, 0)]
-    images = np.zeros((len(idx), *self.split.reading.image_shape), np.uint8)
-    labels = np.zeros(len(idx), np.int32)
+    out = _empty(self.split.spec, len(idx), np.zeros)
     bad = []
     for k, index in enumerate(idx):
       if mask[k]:
-        image, label = self.split.example(int(index), False, np.random.default_rng([0, int(index)]))
-        if image is None:
+        example = self.split.example(int(index), False, np.random.default_rng([0, int(index)]))
+        if example is None:
           mask[k] = False
           bad.append(self.split.describe(int(index)))
         else:
-          images[k], labels[k] = image, label
-    return {"image": images, "label": labels, "mask": mask, "bad": bad}
+          for name in out:
+            out[name][k] = example[name]
+    return {**out, "mask": mask, "bad": bad}
 
 
 def _watch_parent(parent, worker_index, worker_count):
@@ -282,15 +293,14 @@ class _BadImages:
 
 
 def train_batches(split, global_batch, seed, start_step, end_step, sharding, prefetch_size=2, workers=None):
-  """Yields (step, {"image", "label"}) global device arrays for training; `.close()` stops it.
+  """Yields (step, {feature: global device array}) for training (the features of `split.spec`); `.close()` stops it.
 
   `workers`: decoding processes for encoded splits (None: the split's data.workers; -1: one
   per core; 0: decode on the background thread here). In-memory splits need none."""
-  if isinstance(split, splits.ArraySplit):
+  if in_memory(split):
     def produce():
       for step, idx in train_indices(len(split), global_batch, seed, start_step, end_step):
-        images, labels = split.get(local_slice(idx))
-        yield step, to_global(sharding, {"image": images, "label": labels})
+        yield step, to_global(sharding, split.take(local_slice(idx)))
     return prefetch(produce(), prefetch_size)
   steps_per_epoch(len(split), global_batch)  # a batch larger than the split is an error before any work
   fn = TrainBatch(split, seed, global_batch, jax.process_index(), jax.process_count())
@@ -309,8 +319,8 @@ def train_batches(split, global_batch, seed, start_step, end_step, sharding, pre
 
 
 def eval_batches(split, global_batch, sharding, prefetch_size=2, workers=None, transform=None):
-  """Yields {"image", "label", "mask"} global device arrays covering the split once, the last
-  batch padded (mask False). `transform(images, batch_index) -> images`, when given, alters each
+  """Yields {feature: global device array} (`split.spec`'s features and "mask") covering the split once, the
+  last batch padded (mask False). `transform(images, batch_index) -> images`, when given, alters each
   process-local uint8 batch on the host first (robustness's corruptions)."""
   count = -(-len(split) // global_batch)
 
@@ -319,11 +329,10 @@ def eval_batches(split, global_batch, sharding, prefetch_size=2, workers=None, t
       local["image"] = transform(local["image"], b)
     return to_global(sharding, local)
 
-  if isinstance(split, splits.ArraySplit):
+  if in_memory(split):
     def produce():
       for b, (idx, mask) in enumerate(eval_indices(len(split), global_batch)):
-        images, labels = split.get(local_slice(idx))
-        yield finish(b, {"image": images, "label": labels, "mask": local_slice(mask)})
+        yield finish(b, {**split.take(local_slice(idx)), "mask": local_slice(mask)})
     return prefetch(produce(), prefetch_size)
   fn = EvalBatch(split, global_batch, None, jax.process_index(), jax.process_count())
 
@@ -345,9 +354,8 @@ def image_stats(split, max_examples=ARRAY_STATS_EXAMPLES, workers=None):
   encoded split's sample is decoded (eval preprocessing) in the workers, 256 images at a time."""
   n = len(split)
   idx = np.arange(n) if n <= max_examples else np.sort(np.random.default_rng(0).choice(n, max_examples, replace=False))
-  if isinstance(split, splits.ArraySplit):
-    images, _ = split.get(idx)
-    x = images.astype(np.float64) / 255.0
+  if in_memory(split):
+    x = split.take(idx)["image"].astype(np.float64) / 255.0
     mean = x.mean(axis=(0, 1, 2))
     std = np.maximum(x.std(axis=(0, 1, 2)), 1e-3)
     return [float(m) for m in mean], [float(s) for s in std]
@@ -374,7 +382,7 @@ def normalization(data_cfg, split):
   """(mean, std) per channel of [0, 1] pixels for a run: data.norm="imagenet" (torchvision's
   constants), else data.mean / data.std when set, else estimated on the training split (up to
   data.stats_examples images of an encoded split, decoded in the workers)."""
-  channels = split.images.shape[-1] if isinstance(split, splits.ArraySplit) else split.reading.image_shape[2]
+  channels = split.spec["image"][0][2]
   if data_cfg.norm == "imagenet":
     if channels == 1:
       return [float(np.dot(LUMA, IMAGENET_MEAN))], [float(np.dot(LUMA, IMAGENET_STD))]
@@ -384,6 +392,6 @@ def normalization(data_cfg, split):
       raise UserError(f"data.mean {tuple(data_cfg.mean)} and data.std {tuple(data_cfg.std)} need one value per "
                       f"channel ({channels})")
     return [float(m) for m in data_cfg.mean], [float(s) for s in data_cfg.std]
-  if isinstance(split, splits.ArraySplit):
+  if in_memory(split):
     return image_stats(split)
   return image_stats(split, data_cfg.stats_examples)

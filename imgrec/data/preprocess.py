@@ -13,6 +13,11 @@ Ops, left to right:
   resize_small(size)              the shorter side to `size`, the longer one int(size * long / short)
   central_crop(size) | (h, w)     the central window (an image smaller than it is enlarged first)
   random_resized_crop(size, scale=(0.08, 1.0), ratio=(3/4, 4/3))   torchvision's RandomResizedCrop
+  letterbox(size, fill=0)         aspect kept: the longer side to `size`, the image at the top left of a
+                                  size x size canvas, the rest `fill` (detection eval)
+  random_scale_crop(size, scale=(0.5, 1.5), fill=0)   scale jitter: letterbox scale times a random factor
+                                  in `scale`, then a random size x size window (padded with `fill` where the
+                                  image is smaller); boxes stay consistent (detection train)
   flip | flip(p)                  horizontal flip with probability p (0.5)
 
 The ops are planned on the image header before any pixel is decoded, then run as one decode and
@@ -21,25 +26,26 @@ output size (`resample`). A JPEG whose box is at least twice the output size is 
 1/4 or 1/8 scale straight from the DCT coefficients (draft mode), which skips most of the
 decoding work and leaves less than 2x to resample. Randomness comes from the `rng` the caller
 passes (keyed by seed and example).
+
+`process_with_map` also returns the plan's affine map from source pixels to output pixels (flip
+included): what moves boxes with the pixels (imgrec/tasks/detection/transforms.py) and maps a
+prediction back onto the uploaded image. Coordinates are continuous, pixel i spanning [i, i + 1).
 """
 import ast
 import dataclasses
 import functools
-import io
 import math
 import re
 
-import cv2
 import numpy as np
-import simplejpeg
-from PIL import Image, UnidentifiedImageError
 
+# Decoding lives in decode.py; its names are re-exported, as callers know them as preprocess.BadImage etc.
+from imgrec.data.decode import BadImage, decode, header, resample, resample_padded  # noqa: F401
 from imgrec.errors import UserError
 
 IMAGENET_TRAIN = "decode|random_resized_crop(224)|flip"
 IMAGENET_EVAL = "decode|resize_small(256)|central_crop(224)"
 EVAL_CROP_FRACTION = 0.875  # 224 / 256: the eval crop's share of the resized short side
-cv2.setNumThreads(1)  # one image per call, in one of several worker processes: no thread pool
 
 # ----------------------------------------------------------------------------- op strings
 
@@ -71,7 +77,10 @@ OPS = {"decode": ((), {}),
        "resize_small": (("size",), {}),
        "central_crop": (("size", "width"), {"width": None}),
        "random_resized_crop": (("size", "scale", "ratio"), {"scale": (0.08, 1.0), "ratio": (3 / 4, 4 / 3)}),
+       "letterbox": (("size", "fill"), {"fill": 0}),
+       "random_scale_crop": (("size", "scale", "fill"), {"scale": (0.5, 1.5), "fill": 0}),
        "flip": (("p",), {"p": 0.5})}
+FIXED_SIZE = ("resize", "central_crop", "random_resized_crop", "letterbox", "random_scale_crop")
 
 
 def _number_pair(op, arg, v, low_inclusive):
@@ -96,6 +105,7 @@ class Op:
   scale: tuple = ()
   ratio: tuple = ()
   p: float = 0.5
+  fill: int = 0        # letterbox, random_scale_crop: the value of padded pixels
 
 
 @functools.lru_cache(maxsize=64)
@@ -131,6 +141,12 @@ def parse(spec):
       hw = (_size(name, s[0]), _size(name, s[1])) if isinstance(s, tuple) and len(s) == 2 else (_size(name, s),) * 2
       ops.append(Op(name, hw, scale=_number_pair(name, "scale", values["scale"], 1.0),
                     ratio=_number_pair(name, "ratio", values["ratio"], None)))
+    elif name in ("letterbox", "random_scale_crop"):
+      fill = values["fill"]
+      if isinstance(fill, bool) or not isinstance(fill, int) or not 0 <= fill <= 255:
+        raise UserError(f"preprocessing {name}(fill={fill!r}) is out of range: a pixel value in 0..255")
+      scale = _number_pair(name, "scale", values["scale"], None) if name == "random_scale_crop" else ()
+      ops.append(Op(name, (_size(name, values["size"]),) * 2, scale=scale, fill=fill))
     elif name == "flip":
       p = values["p"]
       if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
@@ -147,7 +163,7 @@ def output_size(ops):
   """(h, w) every image comes out at, or None when it follows each image's size."""
   size = None
   for op in ops:
-    if op.name in ("resize", "central_crop", "random_resized_crop"):
+    if op.name in FIXED_SIZE:
       size = op.size
     elif op.name == "resize_small":
       size = None
@@ -165,16 +181,32 @@ def defaults(photo, image_size):
   return pp, pp
 
 
+def detection_defaults(size):
+  """(pp_train, pp_eval) for detection at `size` x `size`: scale jitter with box-consistent crops and
+  flips for training; aspect kept and padded (one scale, one translation) for evaluation and serving."""
+  return f"decode|random_scale_crop({size})|flip", f"decode|letterbox({size})"
+
+
 # ----------------------------------------------------------------------------- planning
 
 
 @dataclasses.dataclass
 class Plan:
-  """Where the ops leave the image: the source box (x0, y0, x1, y1) resampled to (h, w), then mirrored."""
+  """Where the ops leave the image: the source box (x0, y0, x1, y1) resampled to (h, w), then mirrored.
+  `fill` set (letterbox, random_scale_crop): the box may reach past the image, which is padded with it."""
   box: tuple
   h: int
   w: int
   flip: bool = False
+  fill: int | None = None
+
+  def affine(self):
+    """(sx, sy, tx, ty): source point (x, y) lands at output (x * sx + tx, y * sy + ty); sx < 0 when flipped."""
+    x0, y0, x1, y1 = self.box
+    sx, sy = self.w / (x1 - x0), self.h / (y1 - y0)
+    if self.flip:  # output column c shows source column x1 - c / sx
+      return (-sx, sy, x1 * sx, -y0 * sy)
+    return (sx, sy, -x0 * sx, -y0 * sy)
 
   def crop(self, top, left, height, width):
     """The window (top, left, height, width) of the current (h, w) image, as a source box."""
@@ -228,6 +260,20 @@ def plan(ops, width, height, rng):
     elif op.name == "random_resized_crop":
       p.crop(*random_resized_crop_window(p.h, p.w, op.scale, op.ratio, rng))
       p.h, p.w = op.size
+    elif op.name == "letterbox":
+      side = op.size[0] / max(p.h, p.w)  # output pixels per current pixel
+      p.crop(0.0, 0.0, op.size[0] / side, op.size[0] / side)  # the canvas, image at its top left
+      p.h = p.w = op.size[0]
+      p.fill = op.fill
+    elif op.name == "random_scale_crop":
+      k = op.size[0] / max(p.h, p.w) * rng.uniform(op.scale[0], op.scale[1])
+      # A random window where the scaled image is larger than the output; the image at the top left
+      # (padded right and below, as letterbox pads) where it is smaller.
+      top = rng.uniform(0.0, max(0.0, p.h * k - op.size[0]))
+      left = rng.uniform(0.0, max(0.0, p.w * k - op.size[0]))
+      p.crop(top / k, left / k, op.size[0] / k, op.size[0] / k)
+      p.h = p.w = op.size[0]
+      p.fill = op.fill
     elif op.name == "flip":
       if rng.random() < op.p:
         p.flip = not p.flip
@@ -243,87 +289,36 @@ def draft_factor(p):
   return 1
 
 
-# ----------------------------------------------------------------------------- decoding
+# ----------------------------------------------------------------------------- running the plan
 
 
-class BadImage(Exception):
-  """An image that cannot be decoded; the source names the file and applies data.on_bad_image."""
-
-
-def header(data):
-  """(width, height, channels) of an encoded image, from its header only."""
-  if isinstance(data, np.ndarray):
-    return data.shape[1], data.shape[0], 1 if data.ndim == 2 else data.shape[2]
-  try:
-    if simplejpeg.is_jpeg(data):
-      h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-      return w, h, 1 if colorspace == "Gray" else 3
-    with Image.open(io.BytesIO(data)) as im:
-      return im.size[0], im.size[1], 1 if im.mode in ("1", "L", "I", "I;16", "F") else 3
-  except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-    raise BadImage(str(e) or type(e).__name__) from None
-
-
-def _pil(data, channels, factor):
-  """Any format through Pillow; JPEG in draft mode at 1/factor."""
-  mode = "L" if channels == 1 else "RGB"
-  with Image.open(io.BytesIO(data)) as im:
-    if factor > 1 and im.format == "JPEG":
-      im.draft(mode, (-(-im.size[0] // factor), -(-im.size[1] // factor)))
-    return np.asarray(im.convert(mode)).reshape(im.size[1], im.size[0], channels)
-
-
-def decode(data, channels, factor=1):
-  """Encoded bytes (or an already decoded array) -> uint8 [H, W, channels] (1: grey, 3: RGB), JPEGs
-  at 1/factor of their size straight from the DCT coefficients. Raises BadImage."""
-  try:
-    if isinstance(data, np.ndarray):
-      a = data if data.ndim == 3 else data[..., None]
-      if a.shape[-1] == 1:
-        return a if channels == 1 else np.repeat(a, 3, -1)
-      a = np.ascontiguousarray(a[..., :3])
-      return a if channels == 3 else np.asarray(Image.fromarray(a).convert("L"))[..., None]
-    if simplejpeg.is_jpeg(data):
-      h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-      if colorspace not in ("CMYK", "YCCK"):  # those go through Pillow's colour conversion
-        try:
-          return simplejpeg.decode_jpeg(data, colorspace="GRAY" if channels == 1 else "RGB",
-                                        min_height=-(-h // factor), min_width=-(-w // factor))
-        except ValueError:
-          pass  # libjpeg-turbo's strict mode refuses what Pillow accepts (e.g. extraneous bytes): let Pillow decide
-    return _pil(data, channels, factor)
-  except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-    raise BadImage(str(e) or type(e).__name__) from None
-
-
-def resample(a, box, h, w):
-  """The source box (x0, y0, x1, y1) of uint8 [H, W, C] resampled to [h, w, C]. Under 2x reduction:
-  bilinear at half-pixel centres on the exact (fractional) box, as TF's resize that big_vision uses
-  (OpenCV, ~4x Pillow's speed); from 2x up (PNGs and decoded arrays get no DCT scaling): Pillow's
-  antialiased bilinear, so large reductions do not alias."""
-  c = a.shape[2]
-  x0, y0, x1, y1 = box
-  sx, sy = (x1 - x0) / w, (y1 - y0) / h
-  if sx < 2 and sy < 2:
-    m = np.array([[sx, 0.0, x0 + 0.5 * sx - 0.5], [0.0, sy, y0 + 0.5 * sy - 0.5]])
-    out = cv2.warpAffine(a, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
-  else:
-    out = np.asarray(Image.fromarray(a[..., 0] if c == 1 else a).resize((w, h), Image.Resampling.BILINEAR, box=box))
-  return out.reshape(h, w, c)
-
-
-def process(ops, data, channels, rng):
-  """One example: encoded bytes or a decoded array -> uint8 [h, w, channels] after `ops`."""
+def process_with_map(ops, data, channels, rng):
+  """One example: encoded bytes or a decoded array -> (uint8 [h, w, channels] after `ops`, the plan's
+  affine map (sx, sy, tx, ty) from source pixels to output pixels; see Plan.affine)."""
   width, height, _ = header(data)
   p = plan(ops, width, height, rng)
   factor = draft_factor(p) if not isinstance(data, np.ndarray) else 1
   a = decode(data, channels, factor)
   sy, sx = a.shape[0] / height, a.shape[1] / width
-  box = (max(p.box[0] * sx, 0.0), max(p.box[1] * sy, 0.0), min(p.box[2] * sx, float(a.shape[1])),
-         min(p.box[3] * sy, float(a.shape[0])))  # clamped: float rounding must not leave the image
-  if box != (0.0, 0.0, float(a.shape[1]), float(a.shape[0])) or (p.h, p.w) != a.shape[:2]:
-    a = resample(a, box, p.h, p.w)
-  return np.ascontiguousarray(a[:, ::-1]) if p.flip else a
+  if p.fill is not None:
+    a = resample_padded(a, (p.box[0] * sx, p.box[1] * sy, p.box[2] * sx, p.box[3] * sy), p.h, p.w, p.fill)
+  else:
+    box = (max(p.box[0] * sx, 0.0), max(p.box[1] * sy, 0.0), min(p.box[2] * sx, float(a.shape[1])),
+           min(p.box[3] * sy, float(a.shape[0])))  # clamped: float rounding must not leave the image
+    if box != (0.0, 0.0, float(a.shape[1]), float(a.shape[0])) or (p.h, p.w) != a.shape[:2]:
+      a = resample(a, box, p.h, p.w)
+  return (np.ascontiguousarray(a[:, ::-1]) if p.flip else a), p.affine()
+
+
+def process(ops, data, channels, rng):
+  """One example: encoded bytes or a decoded array -> uint8 [h, w, channels] after `ops`."""
+  return process_with_map(ops, data, channels, rng)[0]
+
+
+def invert(affine):
+  """The inverse of an affine map (sx, sy, tx, ty): output pixels -> source pixels."""
+  sx, sy, tx, ty = affine
+  return (1.0 / sx, 1.0 / sy, -tx / sx, -ty / sy)
 
 
 def fit(image, image_shape):
@@ -338,4 +333,14 @@ def for_model(data, pp_eval, image_shape):
   """An encoded image -> uint8 `image_shape` as the run's evaluation saw it: its eval preprocessing
   (dataset.json's pp_eval), fitted to the model's input; a plain resize for runs without one
   (in-memory sets). What `imgrec serve` and `imgrec explain --images` apply to any image."""
-  return fit(process(parse(pp_eval or "decode"), data, image_shape[2], None), image_shape)
+  return for_model_with_map(data, pp_eval, image_shape)[0]
+
+
+def for_model_with_map(data, pp_eval, image_shape):
+  """`for_model`, and the map (sx, sy, tx, ty) from the model input's pixels back to the uploaded image's:
+  what puts a predicted box onto the image the client sent."""
+  image, affine = process_with_map(parse(pp_eval or "decode"), data, image_shape[2], None)
+  h, w = image.shape[:2]
+  out = fit(image, image_shape)
+  k = (out.shape[1] / w, out.shape[0] / h)  # fit's resize, composed after the plan's map
+  return out, invert((affine[0] * k[0], affine[1] * k[1], affine[2] * k[0], affine[3] * k[1]))

@@ -1,9 +1,12 @@
-"""Splits: random access to a data set's examples by index.
+"""Splits of the classification task: random access to a data set's examples by index.
 
 ArraySplit holds arrays in memory (digits, IDX). FileSplit (image files) and TfdsSplit (tfds
 records) are indexes whose examples are decoded and preprocessed when read (`example`), in the
-data workers during training. Every split has `len(split)`, `split.labels` (read without decoding
-any image) and `split.get(indices)` -> (uint8 [N, H, W, C], int32 [N]) with the eval preprocessing.
+data workers during training. Every split gives what the task contract (imgrec/tasks) asks of one:
+`len(split)`, `split.spec` ({"image": ((H, W, C), uint8), "label": ((), int32)}) and
+`split.example(i, train, rng)` -> {"image", "label"} (None for an unreadable image under skip); and, for
+classification's own commands, `split.labels` (read without decoding any image) and `split.get(indices)`
+-> (uint8 [N, H, W, C], int32 [N]) with the eval preprocessing.
 """
 import dataclasses
 import functools
@@ -27,6 +30,23 @@ class ArraySplit:
   def get(self, indices):
     return self.images[indices], self.labels[indices]
 
+  @property
+  def spec(self):
+    return spec(self.images.shape[1:])
+
+  def take(self, indices):
+    """{feature: [len(indices), ...]} at once: the pipeline's fast path for in-memory splits."""
+    return {"image": self.images[indices], "label": self.labels[indices]}
+
+  def example(self, i, train, rng):
+    del train, rng  # in-memory images are used as they are; augmentation happens on device
+    return {"image": self.images[i], "label": self.labels[i]}
+
+
+def spec(image_shape):
+  """A classification example's features: {name: (shape, numpy dtype)}."""
+  return {"image": (tuple(int(d) for d in image_shape), np.uint8), "label": ((), np.int32)}
+
 
 @dataclasses.dataclass(frozen=True)
 class Reading:
@@ -44,18 +64,24 @@ class Reading:
 
 class EncodedSplit:
   """Base of splits whose examples are decoded when read: subclasses give `reading`, `__len__`,
-  `labels`, `raw(i) -> (encoded bytes or array, label)` and `describe(i)` (the file, for errors)."""
+  `labels`, `raw(i) -> (encoded bytes or array, label or other target)` and `describe(i)` (the file,
+  for errors)."""
 
-  def example(self, i, train, rng):
-    """(uint8 [H, W, C] after the train or eval preprocessing, label); (None, label) for an
-    unreadable image under data.on_bad_image="skip"."""
+  @property
+  def spec(self):
+    return spec(self.reading.image_shape)
+
+  def read(self, i, train, rng):
+    """(uint8 [H, W, C] after the train or eval preprocessing, the plan's affine map from source to
+    output pixels (preprocess.process_with_map), the target `raw` gave); None for an unreadable image
+    under data.on_bad_image="skip"."""
     r = self.reading
     try:
-      data, label = self.raw(i)
-      image = preprocess.process(r.ops[train], data, r.image_shape[2], rng)
+      data, target = self.raw(i)
+      image, affine = preprocess.process_with_map(r.ops[train], data, r.image_shape[2], rng)
     except preprocess.BadImage as e:
       if r.on_bad_image == "skip":
-        return None, -1
+        return None
       raise UserError(f"unreadable image {self.describe(i)}: {e}; remove or replace it, "
                       "or set --config.data.on_bad_image=skip") from None
     if image.shape != tuple(r.image_shape):
@@ -63,16 +89,22 @@ class EncodedSplit:
                       f"{r.pp_train if train else r.pp_eval!r}, but this data set's images are "
                       f"{r.image_shape[1]}x{r.image_shape[0]}: add resize(N) or central_crop(N) to data.pp_train "
                       "and data.pp_eval, or set data.image_size")
-    return image, label
+    return image, affine, target
+
+  def example(self, i, train, rng):
+    """{"image": uint8 [H, W, C] after the train or eval preprocessing, "label"}; None for an unreadable
+    image under data.on_bad_image="skip"."""
+    got = self.read(i, train, rng)
+    return None if got is None else {"image": got[0], "label": np.int32(got[2])}
 
   def get(self, indices):
     """Eval-preprocessed images (black for an unreadable one under skip) and labels."""
     indices = np.asarray(indices).reshape(-1)
     images = np.zeros((len(indices), *self.reading.image_shape), np.uint8)
     for k, i in enumerate(indices):
-      image, _ = self.example(int(i), False, np.random.default_rng([0, int(i)]))
-      if image is not None:
-        images[k] = image
+      example = self.example(int(i), False, np.random.default_rng([0, int(i)]))
+      if example is not None:
+        images[k] = example["image"]
     return images, self.labels[indices]
 
 
@@ -164,9 +196,15 @@ class Subset:
     images, labels = self.split.get(self.indices[np.asarray(indices)])
     return images, labels if self.relabel is None else self.relabel[labels]
 
+  @property
+  def spec(self):
+    return self.split.spec
+
   def example(self, i, train, rng):
-    image, label = self.split.example(int(self.indices[i]), train, rng)
-    return image, label if self.relabel is None else int(self.relabel[label])
+    example = self.split.example(int(self.indices[i]), train, rng)
+    if example is not None and self.relabel is not None:
+      example["label"] = np.int32(self.relabel[example["label"]])
+    return example
 
   def describe(self, i):
     return self.split.describe(int(self.indices[i]))

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from imgrec import steps, workdir as wd
+from imgrec import tasks, workdir as wd
 from imgrec.errors import UserError
 from imgrec.serve import auth, grpc_service, page, protocol
 from imgrec.serve.batcher import Batcher, QueueFull, Replica
@@ -67,22 +67,22 @@ def parse_model_arg(arg):
   return name, (int(version) if version else None), path
 
 
-def make_predict(model, mean, std):
-  """The pure predict functions: uint8 pixels (normalised on device) or already-normalised floats -> logits."""
-  def predict_uint8(variables, images):
-    return steps.predict(model, variables, images, mean, std)
-
+def make_predict(task, model, mean, std):
+  """The pure predict functions: uint8 pixels (the task's predict, normalised on device) or already-normalised
+  floats -> the model's outputs."""
   def predict_float(variables, x):
     return model.apply(variables, x, train=False)
-  return predict_uint8, predict_float
+  return task.make_predict(model, mean, std), predict_float
 
 
 def load_workdir(workdir):
   """Everything the server takes from a trained workdir (restored without optimiser state):
-  -> (variables, data info, step, {"uint8": fn, "float32": fn}), each `fn(variables, images) -> logits`."""
+  -> (variables, data info, step, {"uint8": fn, "float32": fn}, task), each `fn(variables, images) -> outputs`
+  and `task` the run's task module (its post-processing makes the served outputs)."""
   run = wd.restore(workdir, params_only=True)
-  predict_uint8, predict_float = make_predict(run.model, run.info["mean"], run.info["std"])
-  return run.variables, run.info, int(run.state.step), {"uint8": predict_uint8, "float32": predict_float}
+  task = tasks.get(run.cfg.task)
+  predict_uint8, predict_float = make_predict(task, run.model, run.info["mean"], run.info["std"])
+  return run.variables, run.info, int(run.state.step), {"uint8": predict_uint8, "float32": predict_float}, task
 
 
 def compile_replica(fn, variables, device, sizes, image_shape, dtype):
@@ -93,7 +93,7 @@ def compile_replica(fn, variables, device, sizes, image_shape, dtype):
   for b in sizes:
     x = jax.ShapeDtypeStruct((b, *image_shape), dtype, sharding=sharding)
     compiled[b] = jitted.lower(variables, x).compile()
-    np.asarray(compiled[b](variables, np.zeros(x.shape, dtype)))
+    jax.block_until_ready(compiled[b](variables, np.zeros(x.shape, dtype)))  # any pytree of outputs
 
   def launch(x):  # host-to-device copy and an asynchronous dispatch; np.asarray(result) waits
     return compiled[len(x)](variables, jax.device_put(x, sharding))
@@ -105,12 +105,15 @@ class ServedModel:
 
   def __init__(self, name, version, workdir):
     self.name, self.version, self.workdir = name, version, workdir
-    self.spec, self.batchers, self.ready = None, {}, False
+    self.spec, self.batchers, self.ready, self.task = None, {}, False, None
 
   def load(self, options, metrics):
-    variables, info, step, fns = load_workdir(self.workdir)
+    variables, info, step, fns, self.task = load_workdir(self.workdir)
     self.version = self.version or step
-    self.spec = protocol.ModelSpec(tuple(info["image_shape"]), tuple(info["class_names"]), info.get("pp_eval", ""))
+    names = tuple(info["class_names"])
+    classify = getattr(self.task, "classification_strings", None)
+    self.spec = protocol.ModelSpec(tuple(info["image_shape"]), names, info.get("pp_eval", ""), self.task.OUTPUTS,
+                                   classify and (lambda values, k: classify(values, k, names)))
     if not options.float_inputs:
       del fns["float32"]
     devices = jax.local_devices()[:options.replicas or None]
@@ -126,7 +129,7 @@ class ServedModel:
     self.ready = True
 
   async def infer(self, images, kind, timeout):
-    """-> (logits, probabilities) as numpy float32."""
+    """-> the task's served outputs {name: numpy array} (classification: logits and probabilities, float32)."""
     if kind not in self.batchers:
       raise RequestError(400, "FP32 inputs are disabled on this server; send UINT8 pixels or encoded images")
     if len(images) == 0:
@@ -137,12 +140,17 @@ class ServedModel:
       raise RequestError(503, f"server busy: {e}; retry shortly", {"retry-after": "1"})
     try:
       async with asyncio.timeout(timeout):  # on expiry the future is cancelled, so the batcher skips it
-        logits = await asyncio.wrap_future(fut)
+        outputs = await asyncio.wrap_future(fut)
     except TimeoutError:
       raise RequestError(504, f"inference did not finish within {timeout} s")
-    logits = np.asarray(logits, np.float32)
-    e = np.exp(logits - logits.max(-1, keepdims=True))
-    return logits, e / e.sum(-1, keepdims=True)
+    return self.task.postprocess(outputs)
+
+  def classifier(self, route):
+    """This model's task module, for the routes that only classification answers (TF-Serving, uploads)."""
+    if self.task.NAME != tasks.classification.NAME:
+      raise RequestError(400, f"model {self.name!r} is a {self.task.NAME} model; {route} serves classifiers "
+                         "only: use the OIP v2 /v2/models/{name}/infer route")
+    return self.task
 
   def close(self):
     for b in self.batchers.values():
@@ -277,9 +285,9 @@ def create_app(models, options=Options()):
     raw = await read_body(request)
     req = await parse(len(raw), protocol.parse_v2_infer, raw, request.headers.get("inference-header-content-length"),
                       m.spec, limits)
-    logits, probs = await m.infer(req.images, req.kind, options.timeout_s)
+    tensors = await m.infer(req.images, req.kind, options.timeout_s)
     body, headers = await protocol.off_loop(len(req.images) > protocol.BIG_REPLY_IMAGES, protocol.v2_response,
-                                            m.name, m.version, req, logits, probs, m.spec.class_names)
+                                            m.name, m.version, req, tensors, m.spec.classify)
     return Response(body, headers=headers)
 
   # ---------------------------------------------------------------- TF-Serving REST and uploads
@@ -294,7 +302,8 @@ def create_app(models, options=Options()):
     raw = await read_body(request)
     body = await parse(len(raw), protocol.load_json, raw, limits)
     images, kind, columnar = await parse(len(raw), protocol.parse_tfs, body, m.spec, limits)
-    _, probs = await m.infer(images, kind, options.timeout_s)
+    m.classifier(":predict")
+    probs = (await m.infer(images, kind, options.timeout_s))["probabilities"]
     return JSONResponse({"outputs": probs.tolist()} if columnar else {"predictions": probs.tolist()})
 
   async def v1_classify(request):
@@ -303,14 +312,15 @@ def create_app(models, options=Options()):
       k = int(request.query_params.get("k", 5))
     except ValueError:
       raise RequestError(400, "query parameter k must be an integer")
+    task = m.classifier(":classify")
     k = max(1, min(k, len(m.spec.class_names)))
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":  # TF-Serving style: results per instance as [label, score] pairs
       raw = await read_body(request)
       body = await parse(len(raw), protocol.load_json, raw, limits)
       images, kind, _ = await parse(len(raw), protocol.parse_tfs, body, m.spec, limits)
-      _, probs = await m.infer(images, kind, options.timeout_s)
-      top = np.argsort(-probs, -1, kind="stable")[:, :k]
+      probs = (await m.infer(images, kind, options.timeout_s))["probabilities"]
+      top = task.top_k(probs, k)
       return JSONResponse({"results": [[[m.spec.class_names[j], float(p[j])] for j in t]
                                        for p, t in zip(probs, top)]})
     if ctype == "multipart/form-data":
@@ -325,8 +335,8 @@ def create_app(models, options=Options()):
     if not data:
       raise RequestError(400, "empty body; send an image, e.g. curl --data-binary @cat.png URL")
     image = await anyio.to_thread.run_sync(protocol.decode_image, data, m.spec, limits)
-    _, probs = await m.infer(image[None], "uint8", options.timeout_s)
-    top = np.argsort(-probs[0], kind="stable")[:k]
+    probs = (await m.infer(image[None], "uint8", options.timeout_s))["probabilities"]
+    top = task.top_k(probs[0], k)
     return JSONResponse({"model": m.name, "version": str(m.version), "predictions": [
         {"label": m.spec.class_names[j], "index": int(j), "probability": float(probs[0, j])} for j in top]})
 

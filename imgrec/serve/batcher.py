@@ -39,6 +39,22 @@ class _Item:
 _STOP = object()
 
 
+# A model's outputs are an array or a dict of them (a task's named outputs): rows are taken, joined and handed
+# out alike in every one.
+def _rows(result, take):
+  return {k: _rows(v, take) for k, v in result.items()} if isinstance(result, dict) else np.asarray(result)[:take]
+
+
+def _concat(outs):
+  if isinstance(outs[0], dict):
+    return {k: _concat([o[k] for o in outs]) for k in outs[0]}
+  return np.concatenate(outs) if len(outs) > 1 else outs[0]
+
+
+def _part(y, start, stop):
+  return {k: _part(v, start, stop) for k, v in y.items()} if isinstance(y, dict) else y[start:stop]
+
+
 def pad_size(n, sizes):
   """The smallest compiled size >= n (sizes sorted ascending; n <= sizes[-1])."""
   for s in sizes:
@@ -202,8 +218,7 @@ class Batcher:
         return
       live, chunks = job
       try:
-        outs = [np.asarray(result)[:take] for result, take in chunks]  # waits for the device
-        y = np.concatenate(outs) if len(outs) > 1 else outs[0]
+        y = _concat([_rows(result, take) for result, take in chunks])  # waits for the device
       except Exception as e:
         log.exception("batch failed")
         for it in live:
@@ -211,7 +226,7 @@ class Batcher:
       else:
         start = 0
         for it in live:
-          it.future.set_result(y[start:start + len(it.images)])
+          it.future.set_result(_part(y, start, start + len(it.images)))
           start += len(it.images)
       finally:
         self._release(replica)

@@ -99,23 +99,22 @@ def parse_infer(request, spec, limits):
   if request.outputs:
     outputs = [{"name": o.name, "parameters": {k: parameter_value(v) for k, v in o.parameters.items()}}
                for o in request.outputs]
-  outputs = protocol.requested_outputs(outputs, True, len(spec.class_names))
+  outputs = protocol.requested_outputs(outputs, True, spec)
   return protocol.InferRequest(images, kind, outputs, request.id or None)
 
 
-def infer_response(model, request, logits, probs):
-  """-> ModelInferResponse with every output in raw_output_contents, as Triton sends them."""
+def infer_response(model, request, tensors):
+  """-> ModelInferResponse with every output ({name: float32 array}) in raw_output_contents, as Triton sends them."""
   resp = MESSAGES["ModelInfer"][1](model_name=model.name, model_version=str(model.version), id=request.id or "")
-  tensors = {"logits": logits, "probabilities": probs}
   for o in request.outputs:
     values, k = tensors[o["name"]], o["classification"]
     if k:
-      rows = protocol.classification_strings(values, k, model.spec.class_names)
+      rows = model.spec.classify(values, k)
       resp.outputs.add(name=o["name"], datatype="BYTES", shape=[len(rows), k])
       resp.raw_output_contents.append(protocol.join_bytes_elements([s.encode() for r in rows for s in r]))
     else:
-      resp.outputs.add(name=o["name"], datatype="FP32", shape=list(values.shape))
-      resp.raw_output_contents.append(np.ascontiguousarray(values, "<f4").tobytes())
+      resp.outputs.add(name=o["name"], datatype=o["datatype"], shape=list(values.shape))
+      resp.raw_output_contents.append(protocol.tensor_bytes(values, o["datatype"]))
   return resp
 
 
@@ -157,9 +156,8 @@ class Service:
                                   self.options.limits)
     remaining = context.time_remaining()  # the client's deadline, when it set one
     timeout = self.options.timeout_s if remaining is None else min(remaining, self.options.timeout_s)
-    logits, probs = await m.infer(req.images, req.kind, timeout)
-    return await protocol.off_loop(len(req.images) > protocol.BIG_REPLY_IMAGES, infer_response, m, req, logits,
-                                   probs)
+    tensors = await m.infer(req.images, req.kind, timeout)
+    return await protocol.off_loop(len(req.images) > protocol.BIG_REPLY_IMAGES, infer_response, m, req, tensors)
 
   def handler(self):
     """A generic handler with auth, error mapping, metrics and access log around every method."""

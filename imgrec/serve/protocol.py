@@ -29,7 +29,6 @@ from PIL import Image, UnidentifiedImageError
 from imgrec.data import preprocess
 
 INPUT_NAME = "images"
-OUTPUTS = ("logits", "probabilities")
 
 # OIP v2 datatype -> numpy dtype (BYTES is handled apart).
 DTYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
@@ -63,6 +62,8 @@ class ModelSpec:
   image_shape: tuple   # (H, W, C)
   class_names: tuple
   pp_eval: str = ""    # the run's eval preprocessing (dataset.json), applied to encoded images; "": resize
+  outputs: tuple = ()  # the task's OUTPUTS: (name, datatype, per-example shape; "K" = len(class_names))
+  classify: object = None  # (values, k) -> per row k "score:index:label" strings; None: no classification extension
 
 
 # Work above these sizes runs in a worker thread, below them on the event loop: a thread hop costs about
@@ -317,7 +318,8 @@ def model_metadata(model, served):
   K = len(model.spec.class_names)
   return {"name": model.name, "versions": [str(x.version) for x in served if x.name == model.name],
           "platform": "jax_flax", "inputs": [{"name": INPUT_NAME, "datatype": "UINT8", "shape": [-1, H, W, C]}],
-          "outputs": [{"name": n, "datatype": "FP32", "shape": [-1, K]} for n in OUTPUTS]}
+          "outputs": [{"name": n, "datatype": dtype, "shape": [-1, *(K if d == "K" else d for d in shape)]}
+                      for n, dtype, shape in model.spec.outputs]}
 
 
 @dataclasses.dataclass
@@ -372,44 +374,48 @@ def parse_v2_infer(raw, header_length, spec, limits):
   images, kind = image_batch(name, arr, spec, limits)
   rparams = body.get("parameters") or {}
   binary_default = bool(isinstance(rparams, dict) and rparams.get("binary_data_output", False))
-  outputs = requested_outputs(body.get("outputs"), binary_default, len(spec.class_names))
+  outputs = requested_outputs(body.get("outputs"), binary_default, spec)
   rid = body.get("id")
   return InferRequest(images, kind, outputs, rid if isinstance(rid, str) else None)
 
 
-def requested_outputs(outputs, binary_default, num_classes):
-  """OIP `outputs` ([{"name", "parameters"}] or None for all) -> [{"name", "binary", "classification"}]."""
+def requested_outputs(outputs, binary_default, spec):
+  """OIP `outputs` ([{"name", "parameters"}] or None for all) -> [{"name", "datatype", "binary", "classification"}]
+  (datatype: the task's, from the model's spec)."""
+  datatypes = {n: d for n, d, _ in spec.outputs}
+  names = list(datatypes)
   if outputs is None:
-    return [{"name": n, "binary": binary_default, "classification": 0} for n in OUTPUTS]
+    return [{"name": n, "datatype": datatypes[n], "binary": binary_default, "classification": 0} for n in names]
   if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
     raise RequestError(400, "'outputs' must be a list of objects")
   result = []
   for o in outputs:
     name, params = o.get("name"), o.get("parameters") or {}
-    if name not in OUTPUTS:
-      raise RequestError(400, f"unknown output {name!r}; this model has {list(OUTPUTS)}")
+    if name not in names:
+      raise RequestError(400, f"unknown output {name!r}; this model has {names}")
     k = params.get("classification", 0)
     if not isinstance(k, int) or isinstance(k, bool) or k < 0:
       raise RequestError(400, f"output '{name}': classification must be a non-negative integer")
-    result.append({"name": name, "binary": bool(params.get("binary_data", binary_default)),
-                   "classification": min(k, num_classes)})
+    if k and spec.classify is None:
+      raise RequestError(400, f"output '{name}': this model is not a classifier; drop the classification parameter")
+    result.append({"name": name, "datatype": datatypes[name], "binary": bool(params.get("binary_data", binary_default)),
+                   "classification": min(k, len(spec.class_names))})
   return result
 
 
-def classification_strings(values, k, class_names):
-  """Triton classification extension: per row the top-k "score:index:label" strings of `values`."""
-  top = np.argsort(-values, axis=-1, kind="stable")[:, :k]
-  return [[f"{values[i, j]:f}:{j}:{class_names[j]}" for j in row] for i, row in enumerate(top)]
+def tensor_bytes(values, datatype):
+  """An output tensor's raw little-endian bytes (binary extension, gRPC raw_output_contents)."""
+  return np.ascontiguousarray(values, np.dtype(DTYPES[datatype]).newbyteorder("<")).tobytes()
 
 
-def v2_response(model_name, version, request, logits, probs, class_names):
-  """-> (body bytes, extra headers). Binary outputs follow the JSON header, in output order."""
-  tensors = {"logits": logits, "probabilities": probs}
+def v2_response(model_name, version, request, tensors, classify):
+  """-> (body bytes, extra headers) for the model's outputs {name: array}; `classify(values, k)`: the task's
+  classification-extension strings. Binary outputs follow the JSON header, in output order."""
   outs, blobs = [], []
   for o in request.outputs:
     values = tensors[o["name"]]
     if o["classification"]:
-      rows = classification_strings(values, o["classification"], class_names)
+      rows = classify(values, o["classification"])
       entry = {"name": o["name"], "datatype": "BYTES", "shape": [len(rows), o["classification"]]}
       flat = [s for r in rows for s in r]
       if o["binary"]:
@@ -417,9 +423,9 @@ def v2_response(model_name, version, request, logits, probs, class_names):
       else:
         entry["data"] = flat
     else:
-      entry = {"name": o["name"], "datatype": "FP32", "shape": list(values.shape)}
+      entry = {"name": o["name"], "datatype": o["datatype"], "shape": list(values.shape)}
       if o["binary"]:
-        blob = np.ascontiguousarray(values, "<f4").tobytes()
+        blob = tensor_bytes(values, o["datatype"])
       else:
         entry["data"] = values.ravel().tolist()
     if o["binary"]:

@@ -1,0 +1,197 @@
+"""Classification: one label per image. The task contract (imgrec/tasks/__init__.py), filled in.
+
+Examples are {"image", "label"} (imgrec/data/splits.py, from imgrec/data/sources.py); the model maps images to
+logits over `info["class_names"]`. Training: on-device augmentation on one-hot (smoothed) targets, cross-entropy
+or the distillation objective (imgrec/losses.py), "accuracy" as the train metric. Evaluation: the logits of a
+whole split, then imgrec/metrics.py (accuracy, top-5, NLL, ECE, per class, confusion). Serving: softmax scores
+and top-k classes. Distillation is a classification feature.
+"""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from imgrec import config, losses, metrics, models, plots, steps
+from imgrec.data import augment, sources
+
+NAME = "classification"
+SELECT = {"accuracy": "max", "loss": "min"}  # what model selection may maximise / minimise
+DEFAULT_SELECT = "accuracy"
+RECORD = ("accuracy", "loss", "examples", "top5_accuracy", "ece")  # what metrics.jsonl keeps of an evaluation
+OUTPUTS = (("logits", "FP32", ("K",)), ("probabilities", "FP32", ("K",)))  # served; "K": the number of classes
+PREDICTS = "logits"  # what make_predict returns (an export artifact's meta.json "output")
+
+
+# ---------------------------------------------------------------------------- data and model
+
+def open_data(data_cfg):
+  """The data set named by the config's `data` section, with its "val" split carved out of the training split
+  when data.val_fraction > 0."""
+  ds = sources.load(data_cfg)
+  if data_cfg.val_fraction > 0:
+    ds = sources.with_validation(ds, data_cfg.train_split, data_cfg.val_fraction)
+  return ds
+
+
+def create_model(cfg, info):
+  """The zoo model `cfg.model.name`, with one logit per class of `info` (dataset.json)."""
+  return models.create(cfg.model.name, len(info["class_names"]), dtype=jnp.dtype(cfg.model.dtype),
+                       **cfg.model.kwargs.to_dict())
+
+
+# ---------------------------------------------------------------------------- training (inside the jitted step)
+
+def make_inputs(cfg, info):
+  """`fn(rng, batch) -> (augmented float images in [0, 1], {"soft": smoothed one-hot [N, K], "label": [N]})`."""
+  ops = augment.parse(cfg.data.augment)
+  num_classes, smoothing = len(info["class_names"]), cfg.optim.label_smoothing
+
+  def inputs(rng, batch):
+    x, soft = augment.apply(ops, rng, steps.to_float(batch["image"]), jax.nn.one_hot(batch["label"], num_classes))
+    return x, {"soft": soft * (1.0 - smoothing) + smoothing / num_classes, "label": batch["label"]}
+  return inputs
+
+
+def make_loss(cfg, info, teacher=None):
+  """`fn(logits, targets, x, teacher variables) -> (loss, {"accuracy"})`: cross-entropy against the soft
+  targets; with a `teacher` run (a restored `workdir.Run`, cfg.distill.teacher), the distillation objective."""
+  if teacher is None:
+    return loss_of()
+  return loss_of(losses.distillation(teacher.model, teacher.info, info, cfg.distill.alpha, cfg.distill.temperature))
+
+
+def loss_of(objective=None):
+  """The loss fn around `objective(logits, soft targets, x, teacher variables) -> scalar` (None: cross-entropy);
+  "accuracy" is computed once, from the logits the loss saw."""
+  objective = objective or (lambda logits, soft, x, teacher: losses.soft_cross_entropy(logits, soft))
+
+  def loss(logits, targets, x, teacher):
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == targets["label"])
+    return objective(logits, targets["soft"], x, teacher), {"accuracy": accuracy}
+  return loss
+
+
+def make_train_step(model, tx, info, cfg=None, objective=None):
+  """`steps.make_train_step` over this task's inputs and loss (cfg None: the defaults; `objective`: see
+  `loss_of`), for callers that build a step by hand (tests, benchmarks, pruning)."""
+  cfg = cfg or config.defaults()
+  return steps.make_train_step(model, tx, info["mean"], info["std"], make_inputs(cfg, info), loss_of(objective), cfg)
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+def make_eval_fn(model, mean, std, tta=False):
+  """`fn(variables, batch) -> {"logits", "label"}` per example, for `steps.stream`."""
+  return lambda v, b: {"logits": steps.predict(model, v, b["image"], mean, std, tta), "label": b["label"]}
+
+
+def evaluate(outputs, split, info):
+  """(the record metrics.jsonl keeps, the full `metrics.summary`) of a split's streamed outputs."""
+  del split
+  summary = metrics.summary(outputs["logits"], outputs["label"], info["class_names"])
+  return {k: summary[k] for k in RECORD}, summary
+
+
+def progress_line(result):
+  """An evaluation during training, after "step N: "."""
+  return f"{result['split']} accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}"
+
+
+def final_line(result):
+  """The end-of-run line."""
+  return (f"{result['split']} accuracy: {result['accuracy']:.4f} (loss {result['loss']:.4f}, "
+          f"{result['examples']} examples)")
+
+
+def augment_preview(cfg):
+  """TensorBoard's augmented training examples: (plot function, its arguments but the file)."""
+  return augment.preview, cfg
+
+
+def summary_images(result, summary):
+  """The final evaluation's images for TensorBoard: {tag: (plot function, its arguments but the file)}."""
+  names = [c["class"] for c in summary["per_class"]]
+  return {f"{result['split']}/confusion_matrix": (plots.plot_confusion, summary["confusion"], names),
+          f"{result['split']}/reliability": (plots.plot_reliability, summary["reliability"], summary["ece"])}
+
+
+def headline(result):
+  """The short JSON summary of an evaluation (`imgrec eval --json`)."""
+  keys = ("split", "accuracy", "loss", "examples", "top5_accuracy", "ece", "step", "tta")
+  return {**{k: result[k] for k in keys}, "macro_f1": result["macro"]["f1"], "weighted_f1": result["weighted"]["f1"]}
+
+
+# ---------------------------------------------------------------------------- prediction and serving
+
+def make_predict(model, mean, std):
+  """`fn(variables, uint8 images) -> logits` (pure; the server compiles it per padded batch size)."""
+  return lambda variables, images: steps.predict(model, variables, images, mean, std)
+
+
+def postprocess(logits):
+  """The served outputs of a batch of logits, on the host: {"logits", "probabilities"} as float32 [B, K]."""
+  logits = np.asarray(logits, np.float32)
+  e = np.exp(logits - logits.max(-1, keepdims=True))
+  return {"logits": logits, "probabilities": e / e.sum(-1, keepdims=True)}
+
+
+def top_k(scores, k):
+  """The indices of the k highest scores of each row, highest first (ties: lower index first)."""
+  return np.argsort(-scores, axis=-1, kind="stable")[..., :k]
+
+
+def classification_strings(values, k, class_names):
+  """Triton's classification extension: per row the top-k "score:index:label" strings of `values`."""
+  return [[f"{values[i, j]:f}:{j}:{class_names[j]}" for j in row] for i, row in enumerate(top_k(values, k))]
+
+
+def eval_line(result):
+  """`imgrec eval`'s line."""
+  return (f"{result['split']} accuracy {result['accuracy']:.4f} (top-5 {result['top5_accuracy']:.4f}), "
+          f"loss {result['loss']:.4f}, ECE {result['ece']:.4f}, macro F1 {result['macro']['f1']:.4f}, "
+          f"{result['examples']} examples (checkpoint step {result['step']})")
+
+
+# ---------------------------------------------------------------------------- report
+
+def write_report(out, outputs, split, info, summary, n_mistakes=24):
+  """out/{metrics.json (`summary`), report.md, confusion.png, reliability.png, per_class.png, mistakes.png}."""
+  logits, labels, class_names, result = outputs["logits"], outputs["label"], info["class_names"], summary
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "metrics.json"), "w") as f:
+    json.dump(result, f, indent=2)
+  plots.plot_confusion(result["confusion"], class_names, os.path.join(out, "confusion.png"))
+  plots.plot_reliability(result["reliability"], result["ece"], os.path.join(out, "reliability.png"))
+  plots.plot_per_class(result["per_class"], os.path.join(out, "per_class.png"))
+  probs = metrics.softmax(np.asarray(logits, np.float64))
+  preds = probs.argmax(-1)
+  wrong = np.flatnonzero(preds != labels)
+  worst = wrong[np.argsort(-probs[wrong, preds[wrong]], kind="stable")][:n_mistakes]
+  images, _ = split.get(np.sort(worst)) if len(worst) else (np.zeros((0, 1, 1, 1), np.uint8), None)
+  order = np.argsort(np.argsort(worst))  # `get` took sorted indices; put them back in confidence order
+  images = images[order] if len(worst) else images
+  plots.plot_mistakes(images, labels[worst], preds[worst], probs[worst, preds[worst]], class_names,
+                      os.path.join(out, "mistakes.png"))
+  with open(os.path.join(out, "report.md"), "w") as f:
+    f.write(report_markdown(result))
+
+
+def report_markdown(r):
+  lines = [f"# Evaluation report: split `{r['split']}`, checkpoint step {r['step']}", "",
+           f"{r['examples']} examples" + (", test-time augmentation: horizontal-flip averaging" if r["tta"] else ""),
+           "",
+           "| metric | value |", "|---|---|",
+           f"| top-1 accuracy | {r['accuracy']:.4f} |", f"| top-5 accuracy | {r['top5_accuracy']:.4f} |",
+           f"| loss (NLL) | {r['loss']:.4f} |", f"| ECE ({r['reliability']['bins']} bins) | {r['ece']:.4f} |"]
+  for avg in ("macro", "weighted"):
+    a = r[avg]
+    lines.append(f"| {avg} precision / recall / F1 | {a['precision']:.4f} / {a['recall']:.4f} / {a['f1']:.4f} |")
+  lines += ["", "## Per class", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+  lines += [f"| {c['class']} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |"
+            for c in r["per_class"]]
+  lines += ["", "![per-class scores](per_class.png)", "", "## Confusion matrix", "", "![confusion](confusion.png)", "",
+            "## Calibration", "", "![reliability](reliability.png)", "", "## Most confident mistakes", "",
+            "![mistakes](mistakes.png)", ""]
+  return "\n".join(lines)
