@@ -23,7 +23,7 @@ import numpy as np
 from imgrec import steps
 from imgrec.data import augment
 from imgrec.errors import UserError
-from imgrec.tasks.detection import coco_eval, decode, loss, model as fcos, plots
+from imgrec.tasks.detection import coco_eval, data, decode, holdout, loss, model as fcos, plots
 
 NAME = "detection"
 SELECT = {"AP": "max", "AP50": "max", "AP75": "max", "AR100": "max"}  # what model selection may maximise
@@ -39,7 +39,16 @@ PREDICTS = ("TF Object Detection API outputs: detection_boxes [K, 4] (ymin, xmin
 REPORT_IMAGES = 12  # test images drawn with their boxes in the report
 
 
-# ---------------------------------------------------------------------------- model
+# ---------------------------------------------------------------------------- data and model
+
+def open_data(data_cfg):
+  """The detection data set named by the config's `data` section (data.py: digit_boxes, coco:DIR,
+  coco:ANN.json@IMAGES, tfds:coco/2017), with a "val" split held out of training when data.val_fraction > 0."""
+  ds = data.open_data(data_cfg)
+  if data_cfg.val_fraction > 0:
+    ds = holdout.with_validation(ds, data_cfg.train_split, data_cfg.val_fraction)
+  return ds
+
 
 def create_model(cfg, info):
   """FCOS on the zoo backbone cfg.model.name (kwargs: cfg.model.kwargs), head and decoding from cfg.detection."""
@@ -135,6 +144,13 @@ def final_line(result):
 def summary_images(result, summary):
   """The final evaluation's images for TensorBoard: {tag: (plot function, its arguments but the file)}."""
   return {f"{result['split']}/precision_recall": (plots.plot_pr_curves, summary["curves"], summary["per_class"])}
+
+
+def eval_line(result):
+  """`imgrec eval`'s line."""
+  return (f"{result['split']} AP {result['AP']:.4f} (AP50 {result['AP50']:.4f}, AP75 {result['AP75']:.4f}, "
+          f"APs/m/l {result['APs']:.4f}/{result['APm']:.4f}/{result['APl']:.4f}, AR100 {result['AR100']:.4f}), "
+          f"{result['examples']} images (checkpoint step {result['step']})")
 
 
 def augment_preview(cfg):
