@@ -6,7 +6,7 @@ import os
 import ml_collections
 import pytest
 
-from imgrec import config, evaluate, train, workdir as wd
+from imgrec import cli, config, train, workdir as wd
 from tests.helpers import assert_png
 
 pytestmark = pytest.mark.slow
@@ -52,11 +52,14 @@ def test_training_records_ap_and_selects_on_it(run):
   assert result["split"] == "test" and 0 <= result["AP"] <= 1 and result["examples"] == 16
 
 
-def test_eval_writes_the_report(run):
-  workdir, _ = run
-  out = evaluate.evaluate_workdir(workdir)
+def test_imgrec_eval_writes_the_report(run, capsys):
+  workdir, result = run
+  assert cli.main(["eval", "--workdir", workdir, "--json"]) == 0
+  out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   report = os.path.join(workdir, "report")
-  assert out["split"] == "test" and out["step"] == 12  # the latest checkpoint (training reported the best's)
+  # the selected model, as training's final test evaluation saw it
+  best = max((r for r in wd.read_metrics(workdir) if r["split"] == "val"), key=lambda r: r["AP"])
+  assert out["split"] == "test" and out["step"] == best["step"] and out["AP"] == pytest.approx(result["AP"])
   with open(os.path.join(report, "metrics.json")) as f:
     metrics = json.load(f)
   assert metrics["AP"] == pytest.approx(out["AP"]) and 0 <= out["AP"] <= 1
