@@ -42,6 +42,11 @@ def compress_workdir(source, method, out, sparsity=0.9, steps=200, finetune=None
     raise UserError(f"unknown compression method {method!r}; use {', '.join(METHODS)}")
   if method in ("prune", "channels") and steps > 0 and finetune is None:
     raise ValueError(f"compress_workdir(method={method!r}) fine-tunes: pass finetune=imgrec.train.train")
+  if method in ("prune", "channels"):  # before anything is read or written: no run is ever overwritten
+    wd.refuse_existing_run(out, f"compress --method {method}")
+  elif os.path.exists(out):
+    raise UserError(f"{out} exists; compress --method {method} writes a new .npz and never overwrites a file: give "
+                    "another --out (nothing was written)")
   run = wd.restore(source, params_only=True)
   variables = jax.device_get(run.variables)
   test = wd.dataset(run).split(run.cfg.data.eval_split)
