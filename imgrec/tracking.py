@@ -19,6 +19,7 @@ the purge marker.
 `Profiler` traces the train steps of `config.profile = "START:STOP"` with `jax.profiler` into
 `W/profile/` (TensorBoard's profile tab, or Perfetto: perfetto_trace.json.gz beside it).
 """
+import functools
 import glob
 import io
 import os
@@ -75,8 +76,8 @@ class Tracker:
   writer purges what a killed earlier process wrote after it.
   """
 
-  def __init__(self, workdir, cfg, start_step=0, enabled=True):
-    self.cfg, self.start_step, self.step = cfg, start_step, start_step
+  def __init__(self, workdir, cfg, start_step=0, enabled=True, ds=None):
+    self.cfg, self.start_step, self.step, self.ds = cfg, start_step, start_step, ds  # ds: the open data set
     self.writer, self.logged = None, set()  # (prefix, step) written by this process
     if enabled:
       self.writer = _writer(workdir, purge_step=start_step + 1 if start_step else None)
@@ -104,7 +105,7 @@ class Tracker:
       return
     if self.examples_due:
       self.examples_due = False
-      self.images(record["step"], {"train/augmented_examples": render(augment.preview, self.cfg)})
+      self.images(record["step"], {"train/augmented_examples": render(functools.partial(augment.preview, ds=self.ds), self.cfg)})
     self.writer.flush()  # an evaluation is worth seeing at once
 
   def end(self, result, summary):
