@@ -112,7 +112,7 @@ writing = files.writing  # a failed write of a path (disk full, read-only) as a 
 # What a run consists of: the only names `imgrec train --restart` moves aside (with the run's extra outputs:
 # reports, TensorBoard events, profiles, compressed variables), so a directory's other files are never touched.
 RUN_FILES = (CONFIG_FILE, INFO_FILE, METRICS_FILE, PARAMS_FILE, "checkpoints", "best", "curves.png", "tensorboard",
-             "profile", "report", "explain", "robustness", "import.json", "augment_preview.png")
+             "profile", "report", "explain", "robustness", "import.json", "train.log")  # train.log: a sweep trial's
 
 
 def holds_run(workdir):
