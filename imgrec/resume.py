@@ -137,11 +137,13 @@ def set_aside_dir(workdir, prefix):
 
 
 def move_aside(workdir):
-  """--restart: moves everything of the run in `workdir` into W/previous-<timestamp>/ (deleting nothing);
-  returns that directory, or None when there was nothing to move."""
-  names = [n for n in sorted(os.listdir(workdir)) if n != LOCK_FILE and not n.startswith("previous-")]
-  if not names:
+  """--restart: moves the run in `workdir` into W/previous-<timestamp>/ (deleting nothing); returns that
+  directory, or None when there was nothing to move. Only a directory holding an imgrec run (its config.json) is
+  touched, and only the run's own files (`workdir.RUN_FILES` and earlier damaged-*/ copies): whatever else
+  lives there (a repository, data, notes) stays where it is."""
+  if not os.path.isfile(os.path.join(workdir, wd.CONFIG_FILE)):
     return None
+  names = [n for n in sorted(os.listdir(workdir)) if n in wd.RUN_FILES or n.startswith("damaged-")]
   dest = set_aside_dir(workdir, "previous")
   with wd.writing(dest):
     os.makedirs(dest)
@@ -187,6 +189,7 @@ def lock(workdir, enabled=True):
     yield
     return
   path = os.path.join(workdir, LOCK_FILE)
+  created = not os.path.isdir(workdir)  # removed again if the run fails before writing anything in it
   with wd.writing(workdir):
     os.makedirs(workdir, exist_ok=True)
   while True:
@@ -223,3 +226,6 @@ def lock(workdir, enabled=True):
     with contextlib.suppress(FileNotFoundError):
       os.unlink(path)
     os.close(fd)
+    if created:
+      with contextlib.suppress(OSError):  # fails, as it should, once the run wrote anything
+        os.rmdir(workdir)
