@@ -40,6 +40,8 @@ KEYS = {
                      "data.val_fraction", "data.classes", "data.train_per_class"), RUN),
     **dict.fromkeys(("data.pp_train", "data.pp_eval", "data.channels"), RUN),  # what the model sees
     **dict.fromkeys(("data.norm", "data.mean", "data.std", "data.stats_examples"), RUN),  # its normalisation
+    **dict.fromkeys(("data.max_boxes", "data.digit_boxes_train", "data.digit_boxes_test", "data.digit_boxes_size",
+                     "data.digit_boxes_glyphs"), RUN),  # detection: the targets and the generated set
     "data.prefetch": OBSERVE, "data.workers": OBSERVE,  # how fast batches come, not which
     "data.on_bad_image": OBSERVE,  # turning skipping on is how a run that met a broken file resumes
     **dict.fromkeys(("model.name", "model.kwargs", "model.dtype"), RUN),
