@@ -14,7 +14,10 @@ def parse_arg(arg, **defaults):
     key, eq, text = item.partition("=")
     if key not in defaults:
       raise UserError(f"unknown config argument {key!r}; known: {', '.join(defaults)}")
-    values[key] = parse_value(text, defaults[key]) if eq else True
+    try:
+      values[key] = parse_value(text, defaults[key]) if eq else True
+    except ValueError as e:
+      raise UserError(f"bad value {text!r} for config argument {key!r}: {e}") from None
   return types.SimpleNamespace(**values)
 
 

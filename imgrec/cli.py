@@ -30,6 +30,28 @@ import sys
 from imgrec.errors import EXIT_PREEMPTED, Preempted, UserError
 
 
+# Platforms `jax.export` lowers for (what a serving machine's jax.default_backend() may be).
+EXPORT_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+
+
+def csv_arg(text, flag, convert=str, allowed=None, example="1,8,32"):
+  """A comma-separated option's values, each converted by `convert` (and, with `allowed`, one of those); a bad
+  item is a UserError naming the option and an example. Empty items are dropped."""
+  values = []
+  for item in (t.strip() for t in text.split(",")):
+    if not item:
+      continue
+    try:
+      value = convert(item)
+    except ValueError:
+      value = None
+    if value is None or (allowed is not None and value not in allowed) or (convert is int and value < 1):
+      kind = f"one of {', '.join(allowed)}" if allowed else f"positive {'integers' if convert is int else 'numbers'}"
+      raise UserError(f"{flag} {text!r}: {item!r} is not valid; give {kind}, comma-separated, e.g. {example}")
+    values.append(value)
+  return tuple(values)
+
+
 def _train(args, overrides):
   from imgrec import config, train
   cfg = config.load(args.config)
@@ -52,10 +74,8 @@ def _eval(args, overrides):
 def _robustness(args, overrides):
   from imgrec import robustness
   names = tuple(filter(None, args.corruptions.split(","))) if args.corruptions is not None else robustness.CORRUPTIONS
-  try:
-    eps = tuple(float(e) for e in args.epsilons.split(",") if e) if args.epsilons is not None else robustness.EPSILONS
-  except ValueError:
-    raise UserError(f"--epsilons takes comma-separated numbers in 1/255 units, e.g. 1,2,4,8; got {args.epsilons!r}")
+  eps = (csv_arg(args.epsilons, "--epsilons (in 1/255 units)", float, example="1,2,4,8")
+         if args.epsilons is not None else robustness.EPSILONS)
   result = robustness.robustness_workdir(args.workdir, args.split, args.batch_size, args.limit, names, eps,
                                          args.pgd_steps, overrides=overrides)
   print(robustness.table_markdown(result))
@@ -84,7 +104,10 @@ def _augment_preview(args, overrides):
 
 def _export(args, overrides):
   from imgrec import export
-  meta = export.export_workdir(args.workdir, args.out, platforms=args.platforms.split(","))
+  platforms = csv_arg(args.platforms, "--platforms", allowed=EXPORT_PLATFORMS, example="cpu,cuda")
+  if not platforms:
+    raise UserError(f"--platforms is empty; give one or more of {', '.join(EXPORT_PLATFORMS)}, e.g. cpu,cuda")
+  meta = export.export_workdir(args.workdir, args.out, platforms=platforms)
   print(f"exported {meta['workdir']} (step {meta['step']}) to {args.out}: uint8[b, "
         f"{', '.join(map(str, meta['image_shape']))}] -> logits[b, {len(meta['class_names'])}], "
         f"platforms {','.join(meta['platforms'])}, {os.path.getsize(args.out)} bytes")
@@ -112,8 +135,8 @@ def _serve(args, overrides):
   from imgrec import config, workdir as wd
   from imgrec.serve import app
   wd.apply_data_overrides(config.defaults(), overrides)  # the server reads no data: only refuse other keys
-  sizes = tuple(int(s) for s in args.batch_sizes.split(",") if s.strip())
-  if not sizes or min(sizes) < 1:
+  sizes = csv_arg(args.batch_sizes, "--batch-sizes", int, example="1,8,32,64")
+  if not sizes:
     raise UserError(f"--batch-sizes {args.batch_sizes!r}: give positive integers, e.g. 1,8,32,64")
   options = app.Options(batch_sizes=sizes, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
                         timeout_s=args.timeout, float_inputs=not args.no_float_inputs)

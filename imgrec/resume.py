@@ -40,6 +40,8 @@ KEYS = {
                      "data.val_fraction", "data.classes", "data.train_per_class"), RUN),
     **dict.fromkeys(("data.pp_train", "data.pp_eval", "data.channels"), RUN),  # what the model sees
     **dict.fromkeys(("data.norm", "data.mean", "data.std", "data.stats_examples"), RUN),  # its normalisation
+    **dict.fromkeys(("data.max_boxes", "data.digit_boxes_train", "data.digit_boxes_test", "data.digit_boxes_size",
+                     "data.digit_boxes_glyphs"), RUN),  # detection: the targets and the generated set
     "data.prefetch": OBSERVE, "data.workers": OBSERVE,  # how fast batches come, not which
     "data.on_bad_image": OBSERVE,  # turning skipping on is how a run that met a broken file resumes
     **dict.fromkeys(("model.name", "model.kwargs", "model.dtype"), RUN),
@@ -137,11 +139,13 @@ def set_aside_dir(workdir, prefix):
 
 
 def move_aside(workdir):
-  """--restart: moves everything of the run in `workdir` into W/previous-<timestamp>/ (deleting nothing);
-  returns that directory, or None when there was nothing to move."""
-  names = [n for n in sorted(os.listdir(workdir)) if n != LOCK_FILE and not n.startswith("previous-")]
-  if not names:
+  """--restart: moves the run in `workdir` into W/previous-<timestamp>/ (deleting nothing); returns that
+  directory, or None when there was nothing to move. Only a directory holding an imgrec run (its config.json) is
+  touched, and only the run's own files (`workdir.RUN_FILES` and earlier damaged-*/ copies): whatever else
+  lives there (a repository, data, notes) stays where it is."""
+  if not os.path.isfile(os.path.join(workdir, wd.CONFIG_FILE)):
     return None
+  names = [n for n in sorted(os.listdir(workdir)) if n in wd.RUN_FILES or n.startswith("damaged-")]
   dest = set_aside_dir(workdir, "previous")
   with wd.writing(dest):
     os.makedirs(dest)
@@ -187,6 +191,7 @@ def lock(workdir, enabled=True):
     yield
     return
   path = os.path.join(workdir, LOCK_FILE)
+  created = not os.path.isdir(workdir)  # removed again if the run fails before writing anything in it
   with wd.writing(workdir):
     os.makedirs(workdir, exist_ok=True)
   while True:
@@ -223,3 +228,6 @@ def lock(workdir, enabled=True):
     with contextlib.suppress(FileNotFoundError):
       os.unlink(path)
     os.close(fd)
+    if created:
+      with contextlib.suppress(OSError):  # fails, as it should, once the run wrote anything
+        os.rmdir(workdir)

@@ -33,7 +33,7 @@ import re
 import jax
 import numpy as np
 
-from imgrec import models, workdir as wd
+from imgrec import files, models, workdir as wd
 from imgrec.errors import UserError
 
 LEAF = {"kernel": "weight", "bias": "bias", "scale": "weight", "mean": "running_mean", "var": "running_var"}
@@ -207,13 +207,14 @@ def import_torchvision(arch, weights, workdir):
   returns (flat {imgrec name: array}, info {"model": {"name", "kwargs"}, "num_classes", ...})."""
   if arch not in ARCHS:  # before reading a possibly large file
     raise UserError(f"no converter for {arch!r}; supported: {', '.join(ARCHS)}")
+  wd.refuse_existing_run(workdir, "import-torchvision")
   flat, info = convert(arch, read_state_dict(weights))
-  os.makedirs(workdir, exist_ok=True)
-  np.savez(os.path.join(workdir, wd.PARAMS_FILE), **flat)
+  with wd.writing(workdir):
+    os.makedirs(workdir, exist_ok=True)
+    np.savez(os.path.join(workdir, wd.PARAMS_FILE), **flat)
   note = "torchvision expects RGB inputs normalised with ImageNet mean/std"
   if arch.startswith("vit"):
     note += (f"; the position embedding is for {info['image_size']} px images: at another size `transfer.init_from` "
              "interpolates its patch grid (bilinear; 'resized' in the load table)")
-  with open(os.path.join(workdir, "import.json"), "w") as f:
-    json.dump({**info, "weights": os.path.abspath(weights), "note": note}, f, indent=2)
+  files.write_json(os.path.join(workdir, "import.json"), {**info, "weights": os.path.abspath(weights), "note": note})
   return flat, info

@@ -1,4 +1,7 @@
 """imgrec's convolution (im2col path forced on) against lax.conv_general_dilated / nn.Conv."""
+import collections
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -156,11 +159,28 @@ def test_conv2d_int8_matches_lax_exactly():
       np.testing.assert_array_equal(ours, ref, err_msg=f"{name}, dilation {dilation}")
 
 
-def test_impl_auto_uses_lax_off_cpu(monkeypatch):
-  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  x, kernel = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 6))
-  jaxpr = str(jax.make_jaxpr(lambda x, k: jax.grad(lambda k: layers.conv2d(x, k).sum())(k))(x, kernel))
-  assert "custom_vjp" not in jaxpr and "conv_general_dilated" in jaxpr
+def _ops(fn, platform, *args):
+  """{stablehlo op: count} of `fn` lowered for `platform` (jax.export lowers for any platform on a CPU host)."""
+  text = jax.export.export(jax.jit(fn), platforms=(platform,))(*args).mlir_module()
+  return collections.Counter(re.findall(r"stablehlo\.(\w+)", text))
+
+
+def test_impl_auto_picks_the_path_by_the_platform_lowered_for():
+  """What the code chooses with `lax.platform_dependent`: a program lowered for cuda or tpu holds XLA's
+  convolution and reduce_window; lowered for CPU, im2col taps and elementwise maxima instead. Forcing one path
+  (IMPL="im2col" or "lax") makes the other platform's assertion fail."""
+  x, depthwise = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 1, 4))
+  conv = lambda x, k: layers.conv2d(x, k, feature_group_count=4)
+  pool = lambda x: layers.max_pool(x, 2)
+  for platform in ("cuda", "tpu"):
+    ops = _ops(conv, platform, x, depthwise)
+    assert ops["convolution"] == 1 and ops["slice"] == 0, (platform, ops)
+    ops = _ops(pool, platform, x)
+    assert ops["reduce_window"] == 1 and ops["maximum"] == 1, (platform, ops)  # the maximum inside the window
+  ops = _ops(conv, "cpu", x, depthwise)
+  assert ops["convolution"] == 0 and ops["slice"] >= 9, ops  # one strided view per kernel tap
+  ops = _ops(pool, "cpu", x)
+  assert ops["reduce_window"] == 0 and ops["maximum"] == 3, ops  # 2x2 window: three elementwise maxima
 
 
 SHARDED = """
