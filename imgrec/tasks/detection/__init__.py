@@ -153,9 +153,9 @@ def eval_line(result):
           f"{result['examples']} images (checkpoint step {result['step']})")
 
 
-def augment_preview(cfg):
+def augment_preview(cfg, ds):
   """TensorBoard's augmented training examples: none for detection (the report draws test images with boxes)."""
-  del cfg
+  del cfg, ds
   return None
 
 
