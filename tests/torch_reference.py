@@ -28,9 +28,11 @@ import timm  # noqa: E402  (after the op schemas above)
 import transformers  # noqa: E402
 
 
-def randomise(model, seed=0):
+def randomise(model, x=None, seed=0):
   """Every parameter and buffer random at a scale that keeps activations O(1): weights ~ N(0, 1/fan_in),
-  biases, norms' affine parameters, BatchNorm statistics, layer scales and tokens all non-trivial."""
+  biases, norms' affine parameters, BatchNorm statistics, layer scales and tokens all non-trivial. With
+  images `x` (NHWC numpy), each BatchNorm's running statistics are then its input's statistics on them,
+  perturbed (so deep BatchNorm networks keep a signal that depends on the image, and every statistic matters)."""
   g = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
@@ -49,6 +51,17 @@ def randomise(model, seed=0):
         t.copy_(torch.rand(t.shape, generator=g) + 0.5)
       else:  # biases, tokens, position embeddings
         t.copy_(torch.randn(t.shape, generator=g) * 0.1)
+    if x is not None:
+      def calibrate(m, inputs):
+        var = inputs[0].var((0, 2, 3))
+        var = torch.maximum(var, var.mean())  # a channel that hardly varies would amplify float32 rounding
+        m.running_var.copy_(var * (torch.rand(var.shape, generator=g) + 0.5))
+        m.running_mean.copy_(inputs[0].mean((0, 2, 3)) + 0.3 * var.sqrt() * torch.randn(var.shape, generator=g))
+      hooks = [m.register_forward_pre_hook(calibrate) for m in model.modules()
+               if isinstance(m, torch.nn.BatchNorm2d)]
+      logits(model.eval(), x)  # eval mode: each layer sees the statistics set before it
+      for h in hooks:
+        h.remove()
   return model.eval()
 
 

@@ -157,8 +157,14 @@ def read_safetensors(path, config=None, extra=None):
   size = os.path.getsize(path)
   with open(path, "rb") as fh:
     n = struct.unpack("<Q", fh.read(8))[0] if size >= 8 else size + 1
-  if n + 8 > size:
-    raise UserError(f"{path} is truncated ({size} bytes, its header alone says {n + 8}); download it again")
+    try:  # the header says where every tensor ends: a file shorter than that was cut
+      header = json.loads(fh.read(n)) if n + 8 <= size else None
+      end = 8 + n + max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, TypeError, KeyError, AttributeError):
+      header, end = None, size + 1
+  if header is None or end > size:
+    raise UserError(f"{path} is truncated or damaged ({size} bytes; its header says {end if header else n + 8}); "
+                    "download it again")
   try:
     handle = safe_open(path, framework="numpy")
     shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}

@@ -95,7 +95,7 @@ def arch(source, layout_, model=None):
     width, _, p, _ = s[patch_key]
     depth = sum(1 for i in range(10_000) if block.format(i) in s) if block.format(0) in s else 0
     mlp = s[mlp_key][0] if mlp_key in s else 4 * width
-    heads = cfg.get("num_attention_heads") or HEADS.get(width)
+    heads = cfg.get("num_attention_heads") or (cfg.get("model_args") or {}).get("num_heads") or HEADS.get(width)
     cls, pos = cls_key in s, s.get(pos_key)
     classes = s[head_key][0] if head_key in s else None
   if pos is None or len(pos) != 3:
@@ -111,11 +111,12 @@ def arch(source, layout_, model=None):
                       f"patch {p}): give e.g. vit_b16")
   else:
     name = f"vit_{LETTER.get(width, 'b')}{p if p in zoo.PATCHES else 16}"
+  if heads is None:
+    raise UserError(f"{source.path}: width {width} is not a published ViT size and the checkpoint does not say its "
+                    "number of attention heads (config.json num_attention_heads / model_args.num_heads)")
   fields = zoo.MODELS[name].keywords
   want = {"patch": p, "width": width, "depth": depth, "heads": heads, "mlp_dim": mlp}
-  kwargs = {k: int(v) for k, v in want.items() if v is not None and fields.get(k) != v}
-  if heads is None and "heads" not in fields:
-    raise UserError(f"{source.path}: width {width} is not a published ViT size, so the number of heads is unknown")
+  kwargs = {k: int(v) for k, v in want.items() if fields.get(k) != v}
   if not cls:
     kwargs["pool"] = "gap"
   if layout_ != "big_vision":

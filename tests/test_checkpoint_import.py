@@ -1,0 +1,249 @@
+"""`imgrec import`: timm, Hugging Face and big_vision checkpoints give the logits of the reference model.
+
+Nothing is downloaded: the references are timm / transformers models with random weights (every parameter,
+BatchNorm statistic, layer scale and token randomised; eval mode), saved as their libraries save them, then
+imported and run by imgrec. Check: max |imgrec - reference| <= 1e-4 x max |reference logit| (float32).
+Images are small where the architecture allows; vit_small_patch16_224 runs at its 224 px.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import torch
+from flax import traverse_util
+from safetensors.torch import save_file
+
+from imgrec import checkpoint_import, models, train
+from imgrec.checkpoint_import import formats
+from imgrec.errors import UserError
+from tests.conftest import tiny_config
+from tests.helpers import ROOT, photo_folder
+from tests.torch_reference import logits, randomise, state_dict, timm, transformers
+from timm.models import _hub, vision_transformer  # after tests.torch_reference, which makes timm importable
+
+TOL = 1e-4  # relative to the largest |logit|
+
+
+def images(size, n=2, seed=1):
+  return np.random.default_rng(seed).normal(size=(n, size, size, 3)).astype(np.float32)
+
+
+def check(spec, ref, x, **kw):
+  """Imports `spec`, runs imgrec's model on `x` and compares with the reference logits `ref`; returns info."""
+  values, info, rows = checkpoint_import.convert(spec, **kw)
+  assert {r["status"] for r in rows} == {"loaded"}, [r for r in rows if r["status"] != "loaded"][:5]
+  model = models.create(info["model"]["name"], info["num_classes"], **info["model"]["kwargs"])
+  got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(traverse_util.unflatten_dict(values, sep="/"),
+                                                                        x))
+  err, scale = float(np.abs(got - ref).max()), float(np.abs(ref).max())
+  print(f"{spec}: {info['layout']} -> {info['model']}: max |diff| {err:.2e}, max |logit| {scale:.3g}")
+  assert np.abs(ref[0] - ref[1]).max() > 0.05 * scale  # the logits depend on the image
+  assert got.shape == ref.shape and err <= TOL * scale, (err, scale)
+  return info
+
+
+@pytest.mark.parametrize("name,size", [("resnet50", 64), ("efficientnet_b0", 64)])
+def test_timm_safetensors_match_timm(name, size, tmp_path):
+  x = images(size)
+  ref = randomise(timm.create_model(name, pretrained=False, num_classes=5), x)
+  path = str(tmp_path / f"{name}.safetensors")
+  save_file(state_dict(ref), path)
+  info = check(path, logits(ref, x), x)
+  assert info["model"] == {"name": name, "kwargs": {"stem": "imagenet"}} and info["num_classes"] == 5
+  assert info["preprocessing"] is None  # a bare file: nothing says how it was trained
+
+
+@pytest.mark.slow
+def test_timm_vit_and_deit_at_224_match_timm(tmp_path):
+  """ViT-S/16 and DeiT-S/16 (one architecture: one compile of imgrec's vit_s16 for both) at full size."""
+  x = images(224)
+  model = models.create("vit_s16", 5, gelu_approximate=False)
+  forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  for name in ("vit_small_patch16_224", "deit_small_patch16_224"):
+    ref = randomise(timm.create_model(name, pretrained=False, num_classes=5), seed=len(name))
+    path = str(tmp_path / f"{name}.safetensors")
+    save_file(state_dict(ref), path)
+    values, info, _ = checkpoint_import.convert(path)
+    assert info["model"] == {"name": "vit_s16", "kwargs": {"gelu_approximate": False}} and info["image_size"] == 224
+    expected, got = logits(ref, x), np.asarray(forward(traverse_util.unflatten_dict(values, sep="/"), x))
+    err, scale = float(np.abs(got - expected).max()), float(np.abs(expected).max())
+    print(f"{name}: max |diff| {err:.2e}, max |logit| {scale:.3g}")
+    assert err <= TOL * scale and np.abs(expected[0] - expected[1]).max() > 0.05 * scale
+
+
+def test_timm_folder_with_config_convnext(tmp_path):
+  """A timm model folder (config.json + model.safetensors, as timm pushes to the Hub): the preprocessing comes
+  from its pretrained_cfg."""
+  ref = randomise(timm.create_model("convnext_tiny", pretrained=False, num_classes=5))
+  _hub.save_for_hf(ref, str(tmp_path / "cnx"), safe_serialization=True)
+  x = images(64)
+  info = check(str(tmp_path / "cnx"), logits(ref, x), x)
+  assert info["model"] == {"name": "convnext_tiny", "kwargs": {}}
+  pre = info["preprocessing"]
+  assert pre["mean"] == [0.485, 0.456, 0.406] and pre["pp_eval"] == "decode|resize_small(235)|central_crop(224)"  # crop_pct 0.95
+
+
+def test_hugging_face_vit_and_convnext(tmp_path):
+  x = images(32)
+  vit = randomise(transformers.ViTForImageClassification(transformers.ViTConfig(
+      hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=96, image_size=32, patch_size=8,
+      num_labels=5)))
+  vit.save_pretrained(tmp_path / "vit")
+  transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "vit")
+  info = check(str(tmp_path / "vit"), logits(vit, x), x)
+  assert info["model"]["kwargs"] == {"width": 48, "depth": 2, "heads": 3, "mlp_dim": 96, "gelu_approximate": False,
+                                     "ln_eps": 1e-12}
+  assert info["preprocessing"]["mean"] == [0.5, 0.5, 0.5] and info["preprocessing"]["image_size"] == 32
+  cnx = randomise(transformers.ConvNextForImageClassification(transformers.ConvNextConfig(
+      hidden_sizes=[16, 24, 32, 40], depths=[1, 1, 2, 1], num_labels=5)))
+  cnx.save_pretrained(tmp_path / "cnx")
+  x = images(64)
+  info = check(str(tmp_path / "cnx"), logits(cnx, x), x)
+  assert info["model"]["kwargs"] == {"depths": [1, 1, 2, 1], "dims": [16, 24, 32, 40], "head_norm_eps": 1e-12}
+
+
+def vit_repo_npz(sd, heads, big_vision=False):
+  """A timm ViT state_dict in the ViT repository's .npz layout, or (`big_vision`) in big_vision's: image tower of
+  a two-tower file, scanned blocks (one [depth, ...] array per parameter), its sub-module names."""
+  blk = "Transformer/encoderblock/" if big_vision else "Transformer/encoderblock_{}/"
+  mha, ln2, mlp = ("MultiHeadDotProductAttention_0", "LayerNorm_1", "MlpBlock_0") if big_vision else (
+      "MultiHeadDotProductAttention_1", "LayerNorm_2", "MlpBlock_3")
+  t = lambda k: sd[k].numpy()
+  out = {"embedding/kernel": t("patch_embed.proj.weight").transpose(2, 3, 1, 0), "embedding/bias": t("patch_embed.proj.bias"),
+         "Transformer/encoder_norm/scale": t("norm.weight"), "Transformer/encoder_norm/bias": t("norm.bias"),
+         "head/kernel": t("head.weight").T, "head/bias": t("head.bias"),
+         ("pos_embedding" if big_vision else "Transformer/posembed_input/pos_embedding"): t("pos_embed")}
+  if "cls_token" in sd:
+    out["cls"] = t("cls_token")
+  blocks = []
+  for i in range(sum(k.endswith("norm1.weight") for k in sd)):
+    b, d = f"blocks.{i}.", {}
+    dim = sd[b + "norm1.weight"].shape[0]
+    for n, w, bias in zip(("query", "key", "value"), sd[b + "attn.qkv.weight"].chunk(3), sd[b + "attn.qkv.bias"].chunk(3)):
+      d[f"{mha}/{n}/kernel"] = w.numpy().T.reshape(dim, heads, dim // heads)
+      d[f"{mha}/{n}/bias"] = bias.numpy().reshape(heads, dim // heads)
+    d[f"{mha}/out/kernel"] = t(b + "attn.proj.weight").T.reshape(heads, dim // heads, dim)
+    d[f"{mha}/out/bias"] = t(b + "attn.proj.bias")
+    for src, dst in (("norm1", "LayerNorm_0"), ("norm2", ln2)):
+      d[f"{dst}/scale"], d[f"{dst}/bias"] = t(b + src + ".weight"), t(b + src + ".bias")
+    for r in range(2):
+      d[f"{mlp}/Dense_{r}/kernel"], d[f"{mlp}/Dense_{r}/bias"] = t(b + f"mlp.fc{r + 1}.weight").T, t(b + f"mlp.fc{r + 1}.bias")
+    blocks.append(d)
+  if big_vision:
+    out.update({blk + k: np.stack([d[k] for d in blocks]) for k in blocks[0]})
+    out = {"params/img/" + k: v for k, v in out.items()}
+    out["params/txt/Embed_0/embedding"] = np.zeros((7, 4), np.float32)  # the other tower
+  else:
+    out.update({blk.format(i) + k: v for i, d in enumerate(blocks) for k, v in d.items()})
+  return out
+
+
+@pytest.mark.parametrize("big_vision", [False, True])
+def test_big_vision_npz_matches_timm(big_vision, tmp_path):
+  """The .npz layouts are checked by timm's own reader (`_load_weights`): it loads the file written here back into
+  a timm model bit for bit, then imgrec imports it. GELU is tanh there, as in the Flax models that wrote them;
+  the big_vision case is a GAP (no class token) image tower of a two-tower file, with scanned blocks."""
+  options = dict(img_size=32, num_classes=5, act_layer="gelu_tanh", embed_dim=96, depth=2, num_heads=3)
+  if big_vision:
+    options.update(class_token=False, global_pool="avg", fc_norm=False)
+  ref = randomise(timm.create_model("vit_small_patch16_224", pretrained=False, **options))
+  path = str(tmp_path / "vit.npz")
+  np.savez(path, **vit_repo_npz(state_dict(ref), 3, big_vision))
+  back = timm.create_model("vit_small_patch16_224", pretrained=False, **options)
+  vision_transformer._load_weights(back, path)
+  assert all(torch.equal(v, state_dict(back)[k]) for k, v in state_dict(ref).items())
+  x = images(32)
+  if big_vision:
+    with pytest.raises(UserError, match=r"two-tower file \(img, txt\): name the image tower, .*vit\.npz:img"):
+      checkpoint_import.convert(path)
+  info = check(path + (":img" if big_vision else ""), logits(ref, x), x)
+  assert info["model"]["kwargs"] == {"width": 96, "depth": 2, "heads": 3, "mlp_dim": 384, **(
+      {"pool": "gap"} if big_vision else {})}  # no gelu_approximate=False: big_vision's GELU is tanh
+  assert info["preprocessing"]["mean"] == [0.5] * 3
+
+
+@pytest.fixture(scope="module")
+def small_vit(tmp_path_factory):
+  """A small random timm ViT (ViT-Ti width, one block, patch 8, 32 px, 5 classes) as a timm model folder;
+  (folder, timm model)."""
+  folder = str(tmp_path_factory.mktemp("small_vit") / "vit")
+  ref = randomise(timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=5, img_size=32,
+                                    patch_size=8, embed_dim=192, depth=1, num_heads=3))
+  _hub.save_for_hf(ref, folder, safe_serialization=True)
+  return folder, ref
+
+
+def test_bad_inputs_say_what_is_wrong(small_vit, tmp_path):
+  folder, _ = small_vit
+  weights = os.path.join(folder, "model.safetensors")
+  with pytest.raises(UserError, match=r"is a timm vit checkpoint, not a resnet \(--model resnet50\)"):
+    checkpoint_import.convert(weights, model="resnet50")
+  data = open(weights, "rb").read()
+  (tmp_path / "cut.safetensors").write_bytes(data[:len(data) // 2])
+  with pytest.raises(UserError, match=r"cut\.safetensors is truncated or damaged"):
+    checkpoint_import.convert(str(tmp_path / "cut.safetensors"))
+  np.savez(tmp_path / "full.npz", **{"embedding/kernel": np.zeros((4, 4, 3, 8), np.float32)})
+  (tmp_path / "cut.npz").write_bytes((tmp_path / "full.npz").read_bytes()[:200])
+  with pytest.raises(UserError, match=r"cut\.npz is a damaged or truncated zip"):
+    checkpoint_import.convert(str(tmp_path / "cut.npz"))
+  save_file({"encoder.conv_a.weight": torch.zeros(2, 3), "encoder.conv_b.weight": torch.zeros(2)},
+            str(tmp_path / "other.safetensors"))
+  with pytest.raises(UserError, match=r"a key layout imgrec does not know \(first keys: encoder\.conv_a\.weight, "
+                     r"encoder\.conv_b\.weight\)"):
+    checkpoint_import.convert(str(tmp_path / "other.safetensors"))
+  np.savez(tmp_path / "pickled.npz", **{"embedding/kernel": np.array([{"code": 1}], dtype=object)})
+  with pytest.raises(UserError, match=r"holds pickled Python objects; imgrec never unpickles"):
+    checkpoint_import.convert(str(tmp_path / "pickled.npz"))
+  sd = dict(state_dict(small_vit[1]), **{"blocks.0.attn.qkv.weight": torch.zeros(570, 192)})
+  with pytest.raises(UserError, match=r"1 wrong shape \(params/encoder_layer_0/self_attention/in_proj/kernel \(192, 576\) "
+                     r"<- blocks\.0\.attn\.qkv\.weight \(570, 192\)\)"):
+    checkpoint_import.convert(formats.from_arrays(sd, "sd"))
+  with pytest.raises(UserError, match="not found"):
+    checkpoint_import.convert(str(tmp_path / "none.npz"))
+
+
+def test_cli_import_writes_a_folder_and_refuses_an_existing_one(small_vit, tmp_path):
+  folder, ref = small_vit
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, "-m", "imgrec", "import", folder, "--out", str(tmp_path / "w")]
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  assert "timm vit checkpoint -> imgrec vit_ti8: 20 tensors loaded" in proc.stdout
+  assert ("--config.model.name=vit_ti8 --config.model.kwargs.depth=1 --config.model.kwargs.gelu_approximate=False "
+          f"--config.transfer.init_from={tmp_path / 'w'}") in proc.stdout
+  info = json.loads((tmp_path / "w" / "import.json").read_text())
+  report = json.loads((tmp_path / "w" / "import_report.json").read_text())
+  assert info["counts"] == {"loaded": 20} and len(report) == 20 and info["num_classes"] == 5
+  with np.load(tmp_path / "w" / "params.npz") as f:
+    np.testing.assert_array_equal(f["params/head/kernel"], state_dict(ref)["head.weight"].numpy().T)
+  again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 2 and "exists and is not empty" in again.stderr and "Traceback" not in again.stderr
+
+
+@pytest.mark.slow
+def test_fine_tune_from_a_checkpoint_directly(small_vit, tmp_path, capsys):
+  """transfer.init_from=<timm folder>: at 16 px (the position embedding resampled from 4x4 to 2x2 patches) with 3
+  classes (a new head); the report is printed and saved, and the run normalises as the checkpoint's config says."""
+  folder, _ = small_vit
+  photo_folder(tmp_path / "photos", n=24, size=(20, 40))
+  cfg = tiny_config(steps=2, eval_every=2, checkpoint_every=2, log_every=1, batch_size=8)
+  cfg.data.source = f"folder:{tmp_path / 'photos'}"
+  cfg.data.image_size = 16
+  cfg.data.test_fraction = 0.25
+  cfg.model.name = "vit_ti8"
+  cfg.model.kwargs = {"depth": 1, "gelu_approximate": False}
+  cfg.transfer.init_from = folder
+  workdir = tmp_path / "ft"
+  train.train(cfg, str(workdir))
+  out = capsys.readouterr().out
+  assert "transfer:   resized          params/pos_embedding (1, 17, 192) -> (1, 5, 192)" in out
+  report = json.loads((workdir / "transfer.json").read_text())
+  assert report["counts"] == {"loaded": 17, "resized": 1, "re-initialised": 2, "missing": 0, "wrong shape": 0,
+                              "unexpected": 0}
+  info = json.loads((workdir / "dataset.json").read_text())
+  # vit_small_patch16_224's pretrained_cfg (AugReg) says mean = std = 0.5, not ImageNet's statistics
+  assert info["mean"] == [0.5] * 3 and info["checkpoint_preprocessing"]["from"].startswith("config.json")
