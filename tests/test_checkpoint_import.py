@@ -224,6 +224,17 @@ def test_cli_import_writes_a_folder_and_refuses_an_existing_one(small_vit, tmp_p
   assert again.returncode == 2 and "exists and is not empty" in again.stderr and "Traceback" not in again.stderr
 
 
+def test_fine_tuning_recipes_take_the_model_from_the_checkpoint(small_vit, monkeypatch):
+  from imgrec import config
+  monkeypatch.chdir(ROOT)
+  monkeypatch.syspath_prepend(ROOT)  # configs import configs.common
+  cfg = config.load(f"configs/finetune_vit_b16.py:init={small_vit[0]},source=folder:/data/x,size=64")
+  assert (cfg.model.name, cfg.model.kwargs.to_dict()) == ("vit_ti8", {"depth": 1, "gelu_approximate": False})
+  assert cfg.transfer.init_from == small_vit[0] and cfg.data.pp_eval == "decode|resize(64)" and cfg.steps == 500
+  with pytest.raises(UserError, match="is a vit_ti8 checkpoint; this recipe is for convnext_"):
+    config.load(f"configs/finetune_convnext_t.py:init={small_vit[0]}")
+
+
 @pytest.mark.slow
 def test_fine_tune_from_a_checkpoint_directly(small_vit, tmp_path, capsys):
   """transfer.init_from=<timm folder>: at 16 px (the position embedding resampled from 4x4 to 2x2 patches) with 3

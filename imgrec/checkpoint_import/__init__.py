@@ -182,6 +182,21 @@ def read_info(path):
     return json.load(f)
 
 
+def describe(path):
+  """What `path` (an `imgrec import` folder, or a checkpoint itself) is, without converting it: {"model":
+  {"name", "kwargs"}, "num_classes", "image_size", "preprocessing", "layout"}; for recipes that start from any
+  checkpoint (configs/finetune_*.py)."""
+  info = read_info(path) if os.path.isdir(path) and not is_checkpoint(path) else None
+  if info:
+    return info
+  source = formats.read(path)
+  family, layout, source = identify(source)
+  fam_name = next(k for k, v in FAMILIES.items() if v is family)
+  name, kwargs, num_classes, size = family.arch(source, layout)
+  return {"model": {"name": name, "kwargs": kwargs}, "num_classes": num_classes, "image_size": size,
+          "preprocessing": preprocessing(source, fam_name, layout), "layout": f"{layout} {fam_name}"}
+
+
 def checkpoint_preprocessing(path):
   """The preprocessing `transfer.init_from=path` expects: from import.json, or from the checkpoint itself."""
   if not path:
