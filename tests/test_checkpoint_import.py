@@ -57,6 +57,18 @@ def test_timm_safetensors_match_timm(name, size, tmp_path):
   assert info["preprocessing"] is None  # a bare file: nothing says how it was trained
 
 
+def test_timm_vit_variants_match_timm(tmp_path):
+  """SigLIP-style attention pooling (no class token, timm's AttentionPoolLatent) and DeiT-III's layer scale."""
+  x = images(32)
+  for options, kwargs in ((dict(class_token=False, global_pool="map"), {"pool": "map"}),
+                          (dict(init_values=1e-5), {"layer_scale": True})):
+    ref = randomise(timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5, img_size=32, depth=2,
+                                      **options))
+    save_file(state_dict(ref), str(tmp_path / "vit.safetensors"))
+    info = check(str(tmp_path / "vit.safetensors"), logits(ref, x), x)
+    assert info["model"] == {"name": "vit_ti16", "kwargs": {"depth": 2, "gelu_approximate": False, **kwargs}}
+
+
 @pytest.mark.slow
 def test_timm_vit_and_deit_at_224_match_timm(tmp_path):
   """ViT-S/16 and DeiT-S/16 (one architecture: one compile of imgrec's vit_s16 for both) at full size."""
@@ -108,7 +120,7 @@ def test_hugging_face_vit_and_convnext(tmp_path):
 
 def vit_repo_npz(sd, heads, big_vision=False):
   """A timm ViT state_dict in the ViT repository's .npz layout, or (`big_vision`) in big_vision's: image tower of
-  a two-tower file, scanned blocks (one [depth, ...] array per parameter), its sub-module names."""
+  a two-tower file, scanned blocks (one [depth, ...] array per parameter), its sub-module names, MAPHead_0."""
   blk = "Transformer/encoderblock/" if big_vision else "Transformer/encoderblock_{}/"
   mha, ln2, mlp = ("MultiHeadDotProductAttention_0", "LayerNorm_1", "MlpBlock_0") if big_vision else (
       "MultiHeadDotProductAttention_1", "LayerNorm_2", "MlpBlock_3")
@@ -119,6 +131,20 @@ def vit_repo_npz(sd, heads, big_vision=False):
          ("pos_embedding" if big_vision else "Transformer/posembed_input/pos_embedding"): t("pos_embed")}
   if "cls_token" in sd:
     out["cls"] = t("cls_token")
+  if "attn_pool.latent" in sd:  # SigLIP's attention-pooling head
+    dim = sd["attn_pool.latent"].shape[-1]
+    split_heads = lambda w: w.T.reshape(dim, heads, dim // heads)
+    out["MAPHead_0/probe"] = t("attn_pool.latent")
+    for n, w, bias in (("query", t("attn_pool.q.weight"), t("attn_pool.q.bias")),
+                       *zip(("key", "value"), np.split(t("attn_pool.kv.weight"), 2), np.split(t("attn_pool.kv.bias"), 2))):
+      out[f"MAPHead_0/MultiHeadDotProductAttention_0/{n}/kernel"] = split_heads(w)
+      out[f"MAPHead_0/MultiHeadDotProductAttention_0/{n}/bias"] = bias.reshape(heads, dim // heads)
+    out["MAPHead_0/MultiHeadDotProductAttention_0/out/kernel"] = t("attn_pool.proj.weight").T.reshape(heads, -1, dim)
+    out["MAPHead_0/MultiHeadDotProductAttention_0/out/bias"] = t("attn_pool.proj.bias")
+    out["MAPHead_0/LayerNorm_0/scale"], out["MAPHead_0/LayerNorm_0/bias"] = t("attn_pool.norm.weight"), t("attn_pool.norm.bias")
+    for r in range(2):
+      out[f"MAPHead_0/MlpBlock_0/Dense_{r}/kernel"] = t(f"attn_pool.mlp.fc{r + 1}.weight").T
+      out[f"MAPHead_0/MlpBlock_0/Dense_{r}/bias"] = t(f"attn_pool.mlp.fc{r + 1}.bias")
   blocks = []
   for i in range(sum(k.endswith("norm1.weight") for k in sd)):
     b, d = f"blocks.{i}.", {}
@@ -142,14 +168,16 @@ def vit_repo_npz(sd, heads, big_vision=False):
   return out
 
 
-@pytest.mark.parametrize("big_vision", [False, True])
-def test_big_vision_npz_matches_timm(big_vision, tmp_path):
+@pytest.mark.parametrize("pool", ["token", "avg", "map"])
+def test_big_vision_npz_matches_timm(pool, tmp_path):
   """The .npz layouts are checked by timm's own reader (`_load_weights`): it loads the file written here back into
-  a timm model bit for bit, then imgrec imports it. GELU is tanh there, as in the Flax models that wrote them;
-  the big_vision case is a GAP (no class token) image tower of a two-tower file, with scanned blocks."""
+  a timm model bit for bit, then imgrec imports it. GELU is tanh there, as in the Flax models that wrote them.
+  "token": the ViT repository's layout (class token); "avg" (GAP) and "map" (attention pooling, as SigLIP): the
+  image tower of a big_vision two-tower file without class token, with scanned blocks."""
+  big_vision = pool != "token"
   options = dict(img_size=32, num_classes=5, act_layer="gelu_tanh", embed_dim=96, depth=2, num_heads=3)
   if big_vision:
-    options.update(class_token=False, global_pool="avg", fc_norm=False)
+    options.update(class_token=False, global_pool=pool, fc_norm=False)
   ref = randomise(timm.create_model("vit_small_patch16_224", pretrained=False, **options))
   path = str(tmp_path / "vit.npz")
   np.savez(path, **vit_repo_npz(state_dict(ref), 3, big_vision))
@@ -162,7 +190,7 @@ def test_big_vision_npz_matches_timm(big_vision, tmp_path):
       checkpoint_import.convert(path)
   info = check(path + (":img" if big_vision else ""), logits(ref, x), x)
   assert info["model"]["kwargs"] == {"width": 96, "depth": 2, "heads": 3, "mlp_dim": 384, **(
-      {"pool": "gap"} if big_vision else {})}  # no gelu_approximate=False: big_vision's GELU is tanh
+      {"pool": {"avg": "gap", "map": "map"}[pool]} if big_vision else {})}  # big_vision's GELU is tanh: the default
   assert info["preprocessing"]["mean"] == [0.5] * 3
 
 

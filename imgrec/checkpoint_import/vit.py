@@ -7,7 +7,8 @@
   big_vision   the ViT repository / big_vision .npz: embedding, cls, [Transformer/posembed_input/]pos_embedding,
                Transformer/encoderblock_{i}/..., encoder_norm, pre_logits, head (tanh GELU, Flax's default)
   torchvision  vit_b_16 & co: conv_proj, class_token, encoder.layers.encoder_layer_{i}..., heads.head
-The shape of the network (width, depth, MLP, patch, class token or GAP, pre-logits, layer scale, image size)
+The shape of the network (width, depth, MLP, patch, class token, GAP or MAP (attention-pooling, SigLIP's image
+tower) head, pre-logits, layer scale, image size)
 is read from the tensors; the number of heads from the config (Hugging Face), the big_vision q kernels, or the
 published size of that width.
 """
@@ -87,9 +88,7 @@ def arch(source, layout_, model=None):
     heads = s[f"{blk}{names['mha']}/query/kernel"][-2]
     cls, pos = "cls" in s, s.get("Transformer/posembed_input/pos_embedding", s.get("pos_embedding"))
     classes = s["head/kernel"][1] if "head/kernel" in s else None
-    if "MAPHead_0/probe" in s:
-      raise UserError(f"{source.path}: a ViT with a MAP (attention-pooling) head, as SigLIP's image tower; imgrec's ViT "
-                      "pools by class token or mean (GAP) and does not import MAPHead_0 yet")
+    attention_pool = "MAPHead_0/probe" in s
   else:
     patch_key, block, mlp_key, cls_key, pos_key, head_key = KEYS[layout_]
     width, _, p, _ = s[patch_key]
@@ -98,6 +97,7 @@ def arch(source, layout_, model=None):
     heads = cfg.get("num_attention_heads") or (cfg.get("model_args") or {}).get("num_heads") or HEADS.get(width)
     cls, pos = cls_key in s, s.get(pos_key)
     classes = s[head_key][0] if head_key in s else None
+    attention_pool = "attn_pool.latent" in s
   if pos is None or len(pos) != 3:
     raise UserError(f"{source.path}: no (1, tokens, width) position embedding found; not a ViT checkpoint imgrec knows")
   grid = math.isqrt(pos[1] - cls)
@@ -117,7 +117,9 @@ def arch(source, layout_, model=None):
   fields = zoo.MODELS[name].keywords
   want = {"patch": p, "width": width, "depth": depth, "heads": heads, "mlp_dim": mlp}
   kwargs = {k: int(v) for k, v in want.items() if fields.get(k) != v}
-  if not cls:
+  if attention_pool:
+    kwargs["pool"] = "map"
+  elif not cls:
     kwargs["pool"] = "gap"
   if layout_ != "big_vision":
     kwargs["gelu_approximate"] = False  # torch's nn.GELU is the exact form; big_vision's Flax nn.gelu is tanh
@@ -151,8 +153,14 @@ def rule(layout_, name, target, shapes):
   m = re.fullmatch(r"encoder_layer_(\d+)/?(.*)", path)
   i, part = (int(m[1]), m[2]) if m else (None, path)
   if layout_ == "big_vision":
-    return _bv_rule(i, part, leaf, shapes)
+    return _bv_map_rule(part, leaf) if part.startswith("map_head") else _bv_rule(i, part, leaf, shapes)
   t = lambda prefix: torch_leaf(prefix, leaf, len(target[name]))
+  if layout_ == "timm" and part.startswith("map_head"):
+    if part == "map_head":
+      return same("attn_pool.latent")
+    sub = {"q_proj": "q", "kv_proj": "kv", "out_proj": "proj", "ln": "norm", "mlp_0": "mlp.fc1",
+           "mlp_3": "mlp.fc2"}[part.split("/")[1]]
+    return t(f"attn_pool.{sub}")
   if layout_ == "timm":
     if i is not None and part == "":
       return same(f"blocks.{i}.{leaf.replace('_', '')}.gamma")  # ls_1 -> ls1.gamma
@@ -184,6 +192,25 @@ TIMM_BLOCK = {"ln_1": "norm1", "ln_2": "norm2", "self_attention/in_proj": "attn.
               "mlp_0": "mlp.fc1", "mlp_3": "mlp.fc2"}
 HF_BLOCK = {"ln_1": "layernorm_before", "ln_2": "layernorm_after", "self_attention/out_proj": "attention.o_proj",
             "mlp_0": "mlp.fc1", "mlp_3": "mlp.fc2"}
+
+
+def _bv_map_rule(part, leaf):
+  """big_vision's MAPHead_0 onto imgrec's map_head: q from `query`, kv from `key` | `value`."""
+  mha = "MAPHead_0/MultiHeadDotProductAttention_0"
+  if part == "map_head":
+    return same("MAPHead_0/probe")
+  sub = part.split("/")[1]
+  if sub == "q_proj":
+    return Rule((f"{mha}/query/{leaf}",), lambda w: w.reshape(w.shape[0], -1) if leaf == "kernel" else w.reshape(-1))
+  if sub == "kv_proj":
+    keys = (f"{mha}/key/{leaf}", f"{mha}/value/{leaf}")
+    if leaf == "kernel":
+      return Rule(keys, lambda *w: np.concatenate([a.reshape(a.shape[0], -1) for a in w], axis=1))
+    return Rule(keys, lambda *b: np.concatenate([a.reshape(-1) for a in b]))
+  if sub == "out_proj":
+    return Rule((f"{mha}/out/{leaf}",), (lambda w: w.reshape(-1, w.shape[-1])) if leaf == "kernel" else None)
+  return same({"ln": "MAPHead_0/LayerNorm_0", "mlp_0": "MAPHead_0/MlpBlock_0/Dense_0",
+               "mlp_3": "MAPHead_0/MlpBlock_0/Dense_1"}[sub] + f"/{leaf}")
 
 
 def _bv_rule(i, part, leaf, shapes):

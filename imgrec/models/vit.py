@@ -78,6 +78,30 @@ class EncoderBlock(nn.Module):
     return x + drop_path(self, self.scale("ls_2", dropout()(y)), self.drop_path, self.train)
 
 
+class MAPHead(nn.Module):
+  """Multi-head attention pooling (big_vision's MAPHead, SigLIP's image tower): a learned probe attends over the
+  tokens, then a residual MLP; timm's AttentionPoolLatent is the same computation."""
+  heads: int
+  mlp_dim: int
+  gelu_approximate: bool = True
+  ln_eps: float = 1e-6
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    n, t, d = x.shape
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, d), self.param_dtype)
+    q = nn.Dense(d, name="q_proj", **kw)(jnp.broadcast_to(probe.astype(self.dtype), (n, 1, d)))
+    kv = nn.Dense(2 * d, name="kv_proj", **kw)(x).reshape(n, t, 2, self.heads, d // self.heads)
+    y = jax.nn.dot_product_attention(q.reshape(n, 1, self.heads, d // self.heads), kv[:, :, 0], kv[:, :, 1])
+    y = nn.Dense(d, name="out_proj", **kw)(y.reshape(n, 1, d))
+    z = nn.LayerNorm(self.ln_eps, name="ln", **kw)(y)
+    z = nn.gelu(nn.Dense(self.mlp_dim, name="mlp_0", **kw)(z), approximate=self.gelu_approximate)
+    return (y + nn.Dense(d, name="mlp_3", **kw)(z))[:, 0]
+
+
 def resize_grid(pos, n_extra, h, w):
   """Resizes the grid part of a (1, n_extra + H*W, D) position embedding to h x w (square grids)."""
   extra, grid = pos[:, :n_extra], pos[:, n_extra:]
@@ -96,7 +120,8 @@ class ViT(nn.Module):
   depth: int = 12
   heads: int = 12
   mlp_dim: int = 3072
-  pool: str = "cls"   # "cls": class token | "gap": mean of the patch tokens (no class token)
+  pool: str = "cls"   # "cls": class token | "gap": mean of the patch tokens | "map": attention pooling (both:
+                      # no class token)
   dropout: float = 0.0
   drop_path_rate: float = 0.0  # stochastic depth of the last block, linear from 0
   gelu_approximate: bool = True  # tanh GELU (Flax's default); torchvision's nn.GELU is the exact erf form: False
@@ -108,8 +133,8 @@ class ViT(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if self.pool not in ("cls", "gap"):
-      raise ValueError(f"pool must be 'cls' or 'gap', got {self.pool!r}")
+    if self.pool not in ("cls", "gap", "map"):
+      raise ValueError(f"pool must be 'cls', 'gap' or 'map', got {self.pool!r}")
     if min(x.shape[1], x.shape[2]) < self.patch:
       raise UserError(f"ViT with {self.patch} px patches needs images of at least {self.patch} px, "
                       f"got {x.shape[1]}x{x.shape[2]}")
@@ -135,7 +160,10 @@ class ViT(nn.Module):
                        train, gelu_approximate=self.gelu_approximate, ln_eps=self.ln_eps,
                        layer_scale=self.layer_scale, name=f"encoder_layer_{i}", **kw)(x)
     x = nn.LayerNorm(self.ln_eps, name="encoder_ln", **kw)(x)
-    x = x[:, 0] if n_extra else jnp.mean(x, axis=1)
+    if self.pool == "map":
+      x = MAPHead(self.heads, self.mlp_dim, self.gelu_approximate, self.ln_eps, name="map_head", **kw)(x)
+    else:
+      x = x[:, 0] if n_extra else jnp.mean(x, axis=1)
     if self.representation_size:
       x = jnp.tanh(nn.Dense(self.representation_size, name="pre_logits", **kw)(x))
     x = nn.Dense(self.num_classes, name="head", **kw)(x)
