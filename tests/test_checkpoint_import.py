@@ -110,6 +110,11 @@ def test_hugging_face_vit_and_convnext(tmp_path):
   assert info["model"]["kwargs"] == {"width": 48, "depth": 2, "heads": 3, "mlp_dim": 96, "gelu_approximate": False,
                                      "ln_eps": 1e-12}
   assert info["preprocessing"]["mean"] == [0.5, 0.5, 0.5] and info["preprocessing"]["image_size"] == 32
+  backbone = transformers.ViTModel(vit.config)  # no classifier; a pooler nothing here reads
+  backbone.save_pretrained(tmp_path / "backbone")
+  _, info, rows = checkpoint_import.convert(str(tmp_path / "backbone"))
+  assert info["counts"] == {"loaded": 30, "missing": 2, "ignored": 2} and info["num_classes"] is None
+  assert {r["name"] for r in rows if r["status"] == "missing"} == {"params/head/kernel", "params/head/bias"}
   cnx = randomise(transformers.ConvNextForImageClassification(transformers.ConvNextConfig(
       hidden_sizes=[16, 24, 32, 40], depths=[1, 1, 2, 1], num_labels=5)))
   cnx.save_pretrained(tmp_path / "cnx")

@@ -129,7 +129,7 @@ def convert(spec, model=None, emit=None):
   optional = () if num_classes else tuple(k for k in target if k.split("/")[1] == "head")
   what = f"{layout} {fam_name}"
   values, rows = mapping.convert(source, target, lambda n, t: family.rule(layout, n, t, source.shapes), what,
-                                 optional, emit)
+                                 optional, emit, getattr(family, "IGNORED", {}).get(layout))
   info = {"source": os.path.abspath(formats.split_tower(spec)[0]), "spec": spec, "format": source.format,
           "layout": what, "model": {"name": name, "kwargs": kwargs}, "num_classes": num_classes,
           "image_size": size, "preprocessing": preprocessing(source, fam_name, layout), "counts": mapping.counts(rows)}

@@ -8,10 +8,12 @@ parameter is made from and the function that makes it (a transpose, a concatenat
   missing       a source key it needs is not in the file (only a head may be missing: `optional`)
   wrong shape   made, but not of the target's shape (another width or architecture)
   unexpected    a source key no rule used
+  ignored       a source key the zoo model has no use for, named by the family (Hugging Face ViT's pooler)
 
 `convert` never loads partially: anything but "loaded" (and optional "missing") is a UserError listing the
 first offenders; the report is returned (and saved by the caller) either way.
 """
+import re
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -54,7 +56,7 @@ def split(name):
   return name.split("/", 1)[1].rpartition("/")[::2]
 
 
-def convert(source, target, rule, what, optional=(), emit=None):
+def convert(source, target, rule, what, optional=(), emit=None, ignored=None):
   """Fills every name of `target` ({imgrec name: shape}) from `source` (formats.Source) by `rule(name, target)`.
 
   `emit(name, array)` receives each loaded value (so a writer can stream them to disk); without it they are
@@ -68,8 +70,8 @@ def convert(source, target, rule, what, optional=(), emit=None):
     for name, shape in target.items():
       bar.update(4 * int(np.prod(shape)))
       _convert_one(source, name, shape, rule(name, target), rows, used, emit)
-  rows += [{"name": None, "status": "unexpected", "source": [k], "source_shape": [list(source.shapes[k])]}
-           for k in source.shapes if k not in used]
+  rows += [{"name": None, "status": "ignored" if ignored and re.search(ignored, k) else "unexpected", "source": [k],
+            "source_shape": [list(source.shapes[k])]} for k in source.shapes if k not in used]
   check(rows, what, source.path, optional)
   return (values or None), rows
 
@@ -103,7 +105,8 @@ def counts(rows):
 
 def check(rows, what, path, optional=()):
   """UserError naming the first parameters that did not load (and the first unused source keys)."""
-  bad = [r for r in rows if r["status"] != "loaded" and not (r["status"] == "missing" and r["name"] in optional)]
+  bad = [r for r in rows if r["status"] not in ("loaded", "ignored")
+         and not (r["status"] == "missing" and r["name"] in optional)]
   if not bad:
     return
   lines = []

@@ -49,6 +49,7 @@ def rename(key):
   return key
 
 
+IGNORED = {"hf": r"^pooler\."}  # ViTModel's pooler (Dense + tanh on the class token): no classifier reads it
 SCANNED = "Transformer/encoderblock/"  # big_vision with scan=True: one stacked [depth, ...] array per parameter
 
 
