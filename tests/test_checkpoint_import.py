@@ -58,12 +58,13 @@ def test_timm_safetensors_match_timm(name, size, tmp_path):
 
 
 def test_timm_vit_variants_match_timm(tmp_path):
-  """SigLIP-style attention pooling (no class token, timm's AttentionPoolLatent) and DeiT-III's layer scale."""
+  """SigLIP-style attention pooling (no class token, timm's AttentionPoolLatent), and DeiT-III (layer scale, a
+  position embedding of the patches only)."""
   x = images(32)
-  for options, kwargs in ((dict(class_token=False, global_pool="map"), {"pool": "map"}),
-                          (dict(init_values=1e-5), {"layer_scale": True})):
-    ref = randomise(timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5, img_size=32, depth=2,
-                                      **options))
+  for name, options, kwargs in (
+      ("vit_tiny_patch16_224", dict(class_token=False, global_pool="map"), {"pool": "map"}),
+      ("deit3_small_patch16_224", dict(embed_dim=192, num_heads=3), {"layer_scale": True, "pos_embed_class": False})):
+    ref = randomise(timm.create_model(name, pretrained=False, num_classes=5, img_size=32, depth=2, **options))
     save_file(state_dict(ref), str(tmp_path / "vit.safetensors"))
     info = check(str(tmp_path / "vit.safetensors"), logits(ref, x), x)
     assert info["model"] == {"name": "vit_ti16", "kwargs": {"depth": 2, "gelu_approximate": False, **kwargs}}

@@ -74,3 +74,4 @@ def logits(model, x):
 
 def state_dict(model):
   return {k: v.detach().contiguous() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+__all__ = ["timm", "transformers", "randomise", "logits", "state_dict"]

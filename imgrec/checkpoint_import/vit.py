@@ -101,13 +101,13 @@ def arch(source, layout_, model=None):
     attention_pool = "attn_pool.latent" in s
   if pos is None or len(pos) != 3:
     raise UserError(f"{source.path}: no (1, tokens, width) position embedding found; not a ViT checkpoint imgrec knows")
-  grid = math.isqrt(pos[1] - cls)
-  if grid * grid != pos[1] - cls:
+  pos_class = cls and math.isqrt(pos[1]) ** 2 != pos[1]  # False: DeiT-III's embedding of the patches only
+  grid = math.isqrt(pos[1] - pos_class)
+  if grid * grid != pos[1] - pos_class:
     raise UserError(f"{source.path}: the position embedding has {pos[1]} tokens, not {int(cls)} + a square grid")
   if model:
     name = model
-    base = zoo.MODELS.get(model)
-    if base is None:
+    if model not in zoo.MODELS:
       raise UserError(f"--model {model!r} is not a ViT; this checkpoint is a ViT ({width} wide, {depth} blocks, "
                       f"patch {p}): give e.g. vit_b16")
   else:
@@ -118,6 +118,8 @@ def arch(source, layout_, model=None):
   fields = zoo.MODELS[name].keywords
   want = {"patch": p, "width": width, "depth": depth, "heads": heads, "mlp_dim": mlp}
   kwargs = {k: int(v) for k, v in want.items() if fields.get(k) != v}
+  if cls and not pos_class:
+    kwargs["pos_embed_class"] = False
   if attention_pool:
     kwargs["pool"] = "map"
   elif not cls:

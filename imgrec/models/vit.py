@@ -7,8 +7,9 @@ another size, its grid is resized bilinearly (the class-token entry is kept), so
 initialised at 224 px runs at 32 px and back. Attention is `jax.nn.dot_product_attention`.
 LayerNorms use eps 1e-6 as torchvision (`ln_eps`: Hugging Face's ViT uses 1e-12); its exact (erf) GELU is
 `gelu_approximate=False`. For imported checkpoints: `representation_size` adds big_vision's `pre_logits`
-(Dense + tanh before the head, as in AugReg's ImageNet-21k checkpoints) and `layer_scale` DeiT-III's per-channel
-scales of each residual branch (`ls_1`, `ls_2`).
+(Dense + tanh before the head, as in AugReg's ImageNet-21k checkpoints), `layer_scale` DeiT-III's per-channel
+scales of each residual branch (`ls_1`, `ls_2`) and `pos_embed_class=False` its position embedding of the
+patches only; `pool="map"` is SigLIP's attention-pooling head (`map_head`).
 """
 import functools
 import math
@@ -127,6 +128,7 @@ class ViT(nn.Module):
   gelu_approximate: bool = True  # tanh GELU (Flax's default); torchvision's nn.GELU is the exact erf form: False
   ln_eps: float = 1e-6
   layer_scale: bool = False  # DeiT-III: learned per-channel scales of each residual branch
+  pos_embed_class: bool = True  # False (DeiT-III): the position embedding covers the patches only
   representation_size: Optional[int] = None  # big_vision's `pre_logits`: Dense(size) + tanh before the head
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -145,16 +147,22 @@ class ViT(nn.Module):
     n, h, w, d = x.shape
     x = x.reshape(n, h * w, d)
     n_extra = 1 if self.pool == "cls" else 0
+    pos_extra = n_extra if self.pos_embed_class else 0  # tokens ahead of the grid in the position embedding
     if n_extra:
       cls = self.param("class_token", nn.initializers.zeros, (1, 1, d), self.param_dtype)
-      x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (n, 1, d)), x], axis=1)
-    shape = (1, n_extra + h * w, d)
+      cls = jnp.broadcast_to(cls.astype(self.dtype), (n, 1, d))
+    if pos_extra:
+      x = jnp.concatenate([cls, x], axis=1)
+    shape = (1, pos_extra + h * w, d)
     if self.has_variable("params", "pos_embedding"):  # keep the stored grid; resize below
       shape = self.get_variable("params", "pos_embedding").shape
     pos = self.param("pos_embedding", nn.initializers.normal(0.02), shape, self.param_dtype)
-    if pos.shape[1] != n_extra + h * w:
-      pos = resize_grid(pos, n_extra, h, w)
-    x = nn.Dropout(self.dropout, deterministic=not train)(x + pos.astype(self.dtype))
+    if pos.shape[1] != pos_extra + h * w:
+      pos = resize_grid(pos, pos_extra, h, w)
+    x = x + pos.astype(self.dtype)
+    if n_extra and not pos_extra:  # DeiT-III: the class token joins after the position embedding
+      x = jnp.concatenate([cls, x], axis=1)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
     for i in range(self.depth):
       x = EncoderBlock(self.heads, self.mlp_dim, self.dropout, self.drop_path_rate * i / max(1, self.depth - 1),
                        train, gelu_approximate=self.gelu_approximate, ln_eps=self.ln_eps,
