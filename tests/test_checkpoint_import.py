@@ -242,6 +242,14 @@ def test_bad_inputs_say_what_is_wrong(small_vit, tmp_path):
     checkpoint_import.convert(str(tmp_path / "none.npz"))
 
 
+def test_bfloat16_safetensors_load_as_float32(small_vit, tmp_path):
+  sd = {k: v.to(torch.bfloat16) for k, v in state_dict(small_vit[1]).items()}
+  save_file(sd, str(tmp_path / "bf16.safetensors"))
+  values, info, _ = checkpoint_import.convert(str(tmp_path / "bf16.safetensors"))
+  assert info["counts"] == {"loaded": 20} and {v.dtype for v in values.values()} == {np.dtype(np.float32)}
+  np.testing.assert_array_equal(values["params/head/kernel"], sd["head.weight"].float().numpy().T)
+
+
 def test_cli_import_writes_a_folder_and_refuses_an_existing_one(small_vit, tmp_path):
   folder, ref = small_vit
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
@@ -256,6 +264,7 @@ def test_cli_import_writes_a_folder_and_refuses_an_existing_one(small_vit, tmp_p
   assert info["counts"] == {"loaded": 20} and len(report) == 20 and info["num_classes"] == 5
   with np.load(tmp_path / "w" / "params.npz") as f:
     np.testing.assert_array_equal(f["params/head/kernel"], state_dict(ref)["head.weight"].numpy().T)
+  assert checkpoint_import.describe(str(tmp_path / "w"))["model"] == info["model"]  # what the recipes read
   again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert again.returncode == 2 and "exists and is not empty" in again.stderr and "Traceback" not in again.stderr
 
