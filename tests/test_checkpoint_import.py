@@ -200,6 +200,19 @@ def test_big_vision_npz_matches_timm(pool, tmp_path):
   assert info["model"]["kwargs"] == {"width": 96, "depth": 2, "heads": 3, "mlp_dim": 384, **(
       {"pool": {"avg": "gap", "map": "map"}[pool]} if big_vision else {})}  # big_vision's GELU is tanh: the default
   assert info["preprocessing"]["mean"] == [0.5] * 3
+  if not big_vision:  # AugReg's ImageNet-21k files: pre_logits (Dense + tanh) between the pooled token and the head
+    rng = np.random.default_rng(0)
+    arrays = dict(np.load(path), **{"pre_logits/kernel": rng.normal(0, 0.1, (96, 16)).astype(np.float32),
+                                    "pre_logits/bias": rng.normal(0, 0.1, 16).astype(np.float32),
+                                    "head/kernel": rng.normal(0, 0.25, (16, 5)).astype(np.float32)})
+    np.savez(tmp_path / "pre_logits.npz", **arrays)
+    with torch.no_grad():  # timm's pooled, normed class token, then the two layers by hand
+      pooled = ref.forward_head(ref.forward_features(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())),
+                                pre_logits=True).numpy()
+    expected = np.tanh(pooled @ arrays["pre_logits/kernel"] + arrays["pre_logits/bias"]) @ arrays["head/kernel"] \
+        + arrays["head/bias"]
+    info = check(str(tmp_path / "pre_logits.npz"), expected, x)
+    assert info["model"]["kwargs"]["representation_size"] == 16
 
 
 @pytest.fixture(scope="module")
