@@ -6,7 +6,9 @@
   imgrec explain --workdir W [--images A.png B.png | --split test --n 16] [--layer NAME] [--config.data.dir=...]
   imgrec robustness --workdir W [--split test] [--limit N] [--corruptions a,b] [--epsilons 1,2,4,8] [--config.data...]
   imgrec export --workdir W --out F.zip
-  imgrec import-torchvision ARCH WEIGHTS.pth --workdir W   (then --config.transfer.init_from=W)
+  imgrec import SOURCE [--model NAME] --out W   (.npz[:img], .safetensors, a timm/HF folder, .pth; then
+                                                --config.transfer.init_from=W)
+  imgrec import-torchvision ARCH WEIGHTS.pth --workdir W   (the same as `imgrec import WEIGHTS --model ARCH --out W`)
   imgrec compress --workdir W --method int8|bf16|prune|channels --out PATH [--sparsity 0.9 --steps 200]
   imgrec serve --workdir W [--workdir NAME:VERSION=W2 ...] [--host H --port P] [--grpc-port G] [--api-keys-file F]
   imgrec sweep --config C --study DIR --trials N --space 'optim.lr=loguniform(1e-4,1e-1)' [--space ...]
@@ -123,12 +125,24 @@ def _compress(args, overrides):
         f"{r['bytes']} bytes (fp32 {r['bytes_fp32']}){extra} -> {args.out}")
 
 
-def _import_torchvision(args, overrides):
-  from imgrec import torchvision_import
-  flat, info = torchvision_import.import_torchvision(args.arch, args.weights, args.workdir)
-  kwargs = "".join(f" --config.model.kwargs.{k}={v}" for k, v in info["model"]["kwargs"].items())
-  print(f"converted {len(flat)} tensors of {args.arch} into {os.path.join(args.workdir, 'params.npz')}; fine-tune with "
-        f"--config.model.name={info['model']['name']}{kwargs} --config.transfer.init_from={args.workdir}")
+def _import(args, overrides):
+  from imgrec import checkpoint_import
+  from imgrec.checkpoint_import import mapping
+  source, model, out = ((args.weights, args.arch, args.workdir) if args.command == "import-torchvision" else
+                        (args.source, args.model, args.out))
+  info, rows = checkpoint_import.import_checkpoint(source, out, model)
+  kwargs = "".join(f" --config.model.kwargs.{k}={_cli_value(v)}" for k, v in info["model"]["kwargs"].items())
+  pre = info["preprocessing"]
+  print(f"{info['layout']} checkpoint -> imgrec {info['model']['name']}: {info['counts'].get('loaded', 0)} tensors "
+        f"loaded\n{mapping.table(rows)}\nwritten: {os.path.join(out, 'params.npz')}, import.json, import_report.json"
+        + (f"\npreprocessing it expects ({pre['from']}): mean {pre['mean']} std {pre['std']}"
+           + (f", {pre['pp_eval']}" if pre.get("pp_eval") else "") if pre else
+           "\npreprocessing: the checkpoint does not say; set --config.data.mean/std (or data.norm=imagenet)"))
+  print(f"fine-tune with --config.model.name={info['model']['name']}{kwargs} --config.transfer.init_from={out}")
+
+
+def _cli_value(v):
+  return f"'{tuple(v)}'" if isinstance(v, (list, tuple)) else v
 
 
 def _serve(args, overrides):
@@ -235,12 +249,19 @@ def parser():
                  help="prune: fraction of kernel weights set to zero; channels: fraction of channels removed per conv")
   c.add_argument("--steps", type=int, default=200, help="prune/channels: fine-tuning steps")
   c.set_defaults(func=_compress)
-  i = sub.add_parser("import-torchvision", help="convert a torchvision state_dict (.pth) to imgrec params")
+  i = sub.add_parser("import", help="convert a pretrained checkpoint (big_vision .npz, timm / Hugging Face "
+                     "safetensors, torchvision .pth) to imgrec params on a zoo model")
+  i.add_argument("source", help="FILE.npz (FILE.npz:img: a two-tower file's image tower), FILE.safetensors, a "
+                 "timm / Hugging Face folder (config.json + model.safetensors), or FILE.pth")
+  i.add_argument("--model", help="the zoo model (default: read from the checkpoint's config, keys and shapes)")
+  i.add_argument("--out", required=True, help="a new folder: params.npz, import.json, import_report.json")
+  i.set_defaults(func=_import)
+  i = sub.add_parser("import-torchvision", help="imgrec import WEIGHTS --model ARCH --out W, as before")
   i.add_argument("arch", help="resnet18 | resnet34 | resnet50 | vgg16 | vgg16_bn | mobilenet_v2 | efficientnet_b0 | "
                  "vit_b_16")
   i.add_argument("weights", help="the .pth state_dict file")
-  i.add_argument("--workdir", required=True, help="where params.npz goes")
-  i.set_defaults(func=_import_torchvision)
+  i.add_argument("--workdir", required=True, help="a new folder: params.npz, import.json, import_report.json")
+  i.set_defaults(func=_import)
   s = sub.add_parser("serve", help="serve workdirs over HTTP (OIP v2, TF-Serving REST, uploads, web page) and gRPC")
   s.add_argument("--workdir", action="append", required=True,
                  help="W, NAME=W or NAME:VERSION=W; repeat to serve several models/versions")

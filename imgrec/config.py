@@ -93,7 +93,8 @@ def defaults():
   c.early_stop_patience = 0     # > 0: stop after this many evaluations without a better val metric
 
   c.transfer = ml_collections.ConfigDict()  # fine-tuning (imgrec/transfer.py)
-  c.transfer.init_from = ""   # workdir, or params .npz (imgrec import-torchvision), to load params from by name
+  c.transfer.init_from = ""   # workdir, params .npz, `imgrec import` folder, or a checkpoint itself (.npz[:img],
+                              # .safetensors, timm/HF folder, .pth): params loaded by name (imgrec/transfer.py)
   c.transfer.reinit = "(^|/)head/"  # regex over "params/..." names kept freshly initialised (the new head)
   c.transfer.lr_mults = ()    # ((regex, multiplier), ...): first match scales that parameter's updates
 

@@ -62,3 +62,20 @@ def read_json(path):
     state = "empty" if not text.strip() else f"not valid JSON ({e.msg} at line {e.lineno})"
     raise UserError(f"{path} is {state}: it was cut short by a crash or edited by hand; restore it from a copy "
                     "(W/previous-*/ holds the files of an earlier run) or train into a new --workdir") from None
+
+
+# What makes a folder an imgrec run (or the start of one); workdir.py names the same files.
+RUN_MARKERS = ("config.json", "dataset.json", "checkpoints", "params.npz")
+
+
+def holds_run(path):
+  """Whether `path` holds an imgrec run (or the start of one): its config.json, a checkpoint or params."""
+  return any(os.path.exists(os.path.join(path, n)) for n in RUN_MARKERS)
+
+
+def refuse_existing_run(path, command):
+  """The check every command that creates a workdir (compress, import, ...) makes before it reads or writes
+  anything: a directory that already holds a run is refused, so no run is ever overwritten."""
+  if holds_run(path):
+    raise UserError(f"{path} already holds a run; {command} writes a new workdir and never overwrites one: "
+                    "give another path (nothing was written)")

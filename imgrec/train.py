@@ -129,7 +129,7 @@ def restore_or_init(cfg, info, workdir, mngr, abstract, init, shardings, is_main
   W/damaged-<timestamp>/ (the run writes those steps again, never over them); metrics.jsonl loses only the
   records newer than the step resumed from."""
   state = checkpoint.restore_latest(mngr, abstract)
-  state = initial_state(cfg, init, shardings) if state is None else state
+  state = initial_state(cfg, init, shardings, workdir) if state is None else state
   if is_main:
     wd.write(workdir, cfg, info)
     dest = os.path.join(resume.set_aside_dir(workdir, "damaged"), os.path.basename(str(mngr.directory)))
@@ -141,11 +141,11 @@ def restore_or_init(cfg, info, workdir, mngr, abstract, init, shardings, is_main
   return state
 
 
-def initial_state(cfg, init, shardings):
+def initial_state(cfg, init, shardings, workdir=None):
   """A fresh state, initialised in place; for fine-tuning, matching parameters come from another run."""
   state = jax.jit(init, out_shardings=shardings)()
   if cfg.transfer.init_from:
-    state = transfer.init_from(state, cfg.transfer, shardings)
+    state = transfer.init_from(state, cfg.transfer, shardings, workdir)
   return state
 
 

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from imgrec import checkpoint, config as config_lib, files, models, optim, parallel, tasks
+from imgrec import checkpoint, checkpoint_import, config as config_lib, files, models, optim, parallel, tasks
 from imgrec.data import pipeline
 from imgrec.errors import UserError
 from imgrec.state import TrainState, init_state, variables
@@ -91,11 +91,22 @@ def initial_state(cfg, info, mesh, params=None, batch_stats=None):
 
 
 def data_info(cfg, ds):
-  """What dataset.json records of the data a run trained on (read back by every command on the run)."""
+  """What dataset.json records of the data a run trained on (read back by every command on the run). A run
+  fine-tuned from a pretrained checkpoint normalises as that checkpoint expects (its own config, or its layout's
+  convention), unless data.norm / data.mean say otherwise; the checkpoint's resize and crop are recorded."""
   train_split = ds.split(cfg.data.train_split)
-  mean, std = pipeline.normalization(cfg.data, train_split)
-  return {"source": ds.name, "class_names": list(ds.class_names), "image_shape": list(ds.image_shape),
+  pre = None
+  if cfg.transfer.init_from and not (cfg.data.norm or cfg.data.mean):
+    pre = checkpoint_import.checkpoint_preprocessing(cfg.transfer.init_from)
+  if pre and len(pre["mean"]) == ds.image_shape[-1]:
+    mean, std = [float(m) for m in pre["mean"]], [float(s) for s in pre["std"]]
+  else:
+    pre, (mean, std) = None, pipeline.normalization(cfg.data, train_split)
+  info = {"source": ds.name, "class_names": list(ds.class_names), "image_shape": list(ds.image_shape),
           "mean": mean, "std": std, "num_train": len(train_split), "pp_eval": ds.pp_eval}
+  if pre:
+    info["checkpoint_preprocessing"] = pre
+  return info
 
 
 # ---------------------------------------------------------------------------- reading and writing a run
@@ -128,17 +139,7 @@ RUN_FILES = (CONFIG_FILE, INFO_FILE, METRICS_FILE, PARAMS_FILE, "checkpoints", "
              "profile", "report", "explain", "robustness", "import.json", "train.log")  # train.log: a sweep trial's
 
 
-def holds_run(workdir):
-  """Whether `workdir` holds an imgrec run (or the start of one): its config.json, a checkpoint or params."""
-  return any(os.path.exists(os.path.join(workdir, n)) for n in (CONFIG_FILE, INFO_FILE, "checkpoints", PARAMS_FILE))
-
-
-def refuse_existing_run(workdir, command):
-  """The check every command that creates a workdir (compress, import-torchvision, ...) makes before it
-  writes anything: a directory that already holds a run is refused, so no run is ever overwritten."""
-  if holds_run(workdir):
-    raise UserError(f"{workdir} already holds a run; {command} writes a new workdir and never overwrites one: "
-                    "give another path (nothing was written)")
+holds_run, refuse_existing_run = files.holds_run, files.refuse_existing_run  # one check, in files.py
 
 
 def write(workdir, cfg, info, state=None, keep=None):

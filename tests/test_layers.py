@@ -210,3 +210,17 @@ print("ok")
 
 def test_sharded_batch_on_8_devices():
   assert run_python(SHARDED, devices=8).stdout.strip() == "ok"
+
+
+def test_grouped_conv_exports_with_a_symbolic_batch():
+  """jax.export with a symbolic batch (imgrec export): the CPU path's chunking cannot divide an unknown batch,
+  so it runs the batch in one step (depthwise convolutions: MobileNet, EfficientNet, ConvNeXt)."""
+  rng = np.random.default_rng(0)
+  kernel = jnp.asarray(rng.normal(size=(7, 7, 1, 8)), jnp.float32)
+  fn = jax.jit(lambda x: layers.conv2d(x, kernel, padding=((3, 3), (3, 3)), feature_group_count=8, impl="im2col"))
+  b, = jax.export.symbolic_shape("b")
+  exported = jax.export.export(fn, platforms=["cpu"])(jax.ShapeDtypeStruct((b, 12, 12, 8), jnp.float32))
+  x = jnp.asarray(rng.normal(size=(3, 12, 12, 8)), jnp.float32)
+  expected = lax.conv_general_dilated(x, kernel, (1, 1), ((3, 3), (3, 3)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                      feature_group_count=8)
+  np.testing.assert_allclose(np.asarray(exported.call(x)), np.asarray(expected), atol=1e-4)
