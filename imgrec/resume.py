@@ -51,6 +51,10 @@ KEYS = {
         "accum_steps", "prune_sparsity", "prune_every")), RUN),
     "select_metric": RUN, "early_stop_patience": RUN,  # which checkpoint is "best", and when the run ends
     **dict.fromkeys(("transfer.init_from", "transfer.reinit", "transfer.lr_mults"), RUN),
+    # Detection: the head and loss shape the weights; decoding sets the val AP that selection compared.
+    **dict.fromkeys(("detection." + k for k in (
+        "fpn_channels", "levels", "head_convs", "prior_prob", "center_radius", "cls_weight", "box_weight",
+        "ctr_weight", "l1_weight", "num_detections", "pre_nms_topk", "nms_iou", "score_threshold")), RUN),
     **dict.fromkeys(("distill.teacher", "distill.alpha", "distill.temperature"), RUN),
     **dict.fromkeys(("eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "compile_cache",
                      "profile"), OBSERVE),
