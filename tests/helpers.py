@@ -1,4 +1,5 @@
 """Running Python snippets in subprocesses with their own JAX device setup."""
+import hashlib
 import os
 import subprocess
 import sys
@@ -46,3 +47,13 @@ def photo_folder(root, n=24, classes=3, size=(30, 80), seed=0):
     Image.fromarray(rng.integers(0, 256, (h, w) if mode == "L" else (h, w, 3), dtype=np.uint8), mode).save(path)
     made[path] = (w, h, mode)
   return made
+
+
+def hashes(root):
+  """{relative path: sha256} of every file under `root`: what "nothing changed" is checked against."""
+  out = {}
+  for r, _, names in os.walk(root):
+    for f in names:
+      with open(os.path.join(r, f), "rb") as fh:
+        out[os.path.relpath(os.path.join(r, f), root)] = hashlib.sha256(fh.read()).hexdigest()
+  return out

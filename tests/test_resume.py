@@ -1,6 +1,5 @@
 """Runs never lose work: the resume guard, damaged versus mismatched checkpoints, divergence, float16, a full
 disk, the workdir lock, and commands pointed at data that moved. Each test has a control showing it can fail."""
-import hashlib
 import json
 import os
 import shutil
@@ -17,18 +16,9 @@ from imgrec import checkpoint, cli, config, evaluate, resume, steps, train, work
 from imgrec.data import sources
 from imgrec.errors import UserError
 from tests.conftest import tiny_config
-from tests.helpers import ROOT
+from tests.helpers import ROOT, hashes
 from tests.test_data import write_idx
 
-
-def hashes(root):
-  """{relative path: sha256} of every file under `root`."""
-  out = {}
-  for r, _, files in os.walk(root):
-    for f in files:
-      with open(os.path.join(r, f), "rb") as fh:
-        out[os.path.relpath(os.path.join(r, f), root)] = hashlib.sha256(fh.read()).hexdigest()
-  return out
 
 
 def leaves(workdir):

@@ -2,7 +2,6 @@
 code 2, no traceback, and nothing written. The cases run in this process through `cli.main` (what
 `python -m imgrec` calls), so the table costs one JAX import, not one per case; one case runs the real
 command in a subprocess as a control that the in-process capture sees what a user sees."""
-import hashlib
 import os
 import subprocess
 import sys
@@ -11,16 +10,7 @@ import pytest
 
 from imgrec import cli, config, files, workdir as wd
 from imgrec.errors import UserError
-from tests.helpers import ROOT, photo_folder
-
-
-def hashes(root):
-  out = {}
-  for r, _, names in os.walk(root):
-    for f in names:
-      with open(os.path.join(r, f), "rb") as fh:
-        out[os.path.relpath(os.path.join(r, f), root)] = hashlib.sha256(fh.read()).hexdigest()
-  return out
+from tests.helpers import ROOT, hashes, photo_folder
 
 
 def truncated_run(path):
