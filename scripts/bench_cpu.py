@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from imgrec import config as config_lib, parallel, steps, workdir as wd
+from imgrec import config as config_lib, parallel, workdir as wd
 from imgrec.data import sources
 from imgrec.tasks import classification
 

@@ -1,7 +1,6 @@
 """FCOS targets and loss: assignment on a hand-made case (each rule decides one point), focal loss values, and a
 loss that falls to its floor for predictions equal to the targets."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

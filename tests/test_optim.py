@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from imgrec import config, optim, parallel, state as train_state, steps, train, workdir as wd
+from imgrec import config, optim, parallel, state as train_state, train, workdir as wd
 from imgrec.data import sources
 from imgrec.errors import UserError
 from imgrec.tasks import classification

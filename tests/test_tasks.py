@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from imgrec import cli, losses, parallel, tasks, workdir as wd
-from imgrec.data import pipeline, sources
+from imgrec.data import pipeline
 from imgrec.errors import UserError
 from imgrec.serve import app, protocol
 from imgrec.serve.batcher import Batcher

@@ -16,7 +16,6 @@ Serving (make_predict) gives the TF Object Detection API's outputs for K = confi
 import json
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
