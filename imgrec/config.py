@@ -96,6 +96,7 @@ def defaults():
   c.transfer.init_from = ""   # workdir, params .npz, `imgrec import` folder, or a checkpoint itself (.npz[:img],
                               # .safetensors, timm/HF folder, .pth): params loaded by name (imgrec/transfer.py)
   c.transfer.reinit = "(^|/)head/"  # regex over "params/..." names kept freshly initialised (the new head)
+  c.transfer.prefix = ""      # where init_from's model sits in this one: "backbone/" loads a classifier into a detector
   c.transfer.lr_mults = ()    # ((regex, multiplier), ...): first match scales that parameter's updates
 
   c.distill = ml_collections.ConfigDict()  # knowledge distillation (losses.distillation, in the train step)

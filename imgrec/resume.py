@@ -50,7 +50,7 @@ KEYS = {
         "warmup_epochs", "warmup_steps", "decay_epochs", "decay_factor", "grad_clip", "label_smoothing", "ema_decay",
         "accum_steps", "prune_sparsity", "prune_every")), RUN),
     "select_metric": RUN, "early_stop_patience": RUN,  # which checkpoint is "best", and when the run ends
-    **dict.fromkeys(("transfer.init_from", "transfer.reinit", "transfer.lr_mults"), RUN),
+    **dict.fromkeys(("transfer.init_from", "transfer.reinit", "transfer.prefix", "transfer.lr_mults"), RUN),
     # Detection: the head and loss shape the weights; decoding sets the val AP that selection compared.
     **dict.fromkeys(("detection." + k for k in (
         "fpn_channels", "levels", "head_convs", "prior_prob", "center_radius", "cls_weight", "box_weight",

@@ -44,8 +44,18 @@ def load_source(path):
   raise UserError(f"transfer.init_from={path!r} does not exist; give a workdir or a params .npz file")
 
 
-def merge(target, source, reinit=""):
-  """Fills the flat `target` from the flat `source` by name.
+def source_name(name, prefix):
+  """The source's name for the target parameter `name` ("params/backbone/stage1_block1/conv1/kernel"), when the
+  source's model sits under `prefix` ("backbone/") in the target's; None for a parameter outside it."""
+  if not prefix:
+    return name
+  collection, _, rest = name.partition("/")
+  return f"{collection}/{rest[len(prefix):]}" if rest.startswith(prefix) else None
+
+
+def merge(target, source, reinit="", prefix=""):
+  """Fills the flat `target` from the flat `source` by name. With `prefix` the source is a part of the target
+  model (a classifier's weights for a detector's backbone, under "backbone/"): source names gain it.
 
   Returns (merged, rows) where rows are (name, status, target shape, source shape) with
   status one of: loaded, re-initialised (matched `reinit`), missing (not in the source),
@@ -54,8 +64,11 @@ def merge(target, source, reinit=""):
   """
   pattern = re.compile(reinit) if reinit else None
   merged, rows = {}, []
+  used = set()
   for name, value in target.items():
-    src = source.get(name)
+    src = source.get(source_name(name, prefix))
+    if src is not None:
+      used.add(source_name(name, prefix))
     shape, src_shape = tuple(np.shape(value)), None if src is None else tuple(np.shape(src))
     if pattern is not None and pattern.search(name):
       status = "re-initialised"
@@ -68,7 +81,7 @@ def merge(target, source, reinit=""):
       status = "loaded"
     merged[name] = np.asarray(src, dtype=np.asarray(value).dtype) if status in ("loaded", "resized") else value
     rows.append((name, status, shape, src_shape))
-  rows += [(name, "unexpected", None, tuple(np.shape(v))) for name, v in source.items() if name not in target]
+  rows += [(name, "unexpected", None, tuple(np.shape(v))) for name, v in source.items() if name not in used]
   return merged, rows
 
 
@@ -118,13 +131,14 @@ def init_from(state, tcfg, shardings=None, workdir=None):
   `workdir`/transfer.json)."""
   source = load_source(tcfg.init_from)
   target = wd.flatten(jax.device_get(variables(state)))
-  merged, rows = merge(target, source, tcfg.reinit)
+  merged, rows = merge(target, source, tcfg.reinit, tcfg.prefix)
   print(format_table(rows), flush=True)
   if workdir and jax.process_index() == 0:
     save_report(os.path.join(workdir, "transfer.json"), tcfg.init_from, rows)
   if not any(r[1] == "loaded" for r in rows):
     raise UserError(f"transfer.init_from={tcfg.init_from!r}: no parameter matched by name and shape; "
-                    "is it the same model family?")
+                    "is it the same model family? (a classifier's weights for a detector's backbone: "
+                    "--config.transfer.prefix=backbone/)")
   tree = wd.unflatten(merged)
   new = state.replace(params=tree["params"], batch_stats=tree.get("batch_stats", state.batch_stats))
   if shardings is not None:

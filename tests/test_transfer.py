@@ -25,6 +25,23 @@ def test_merge_reports_every_status():
   assert "wrong shape" in table and "(8, 10) -> (8, 5)" in table
 
 
+def test_merge_with_prefix_loads_a_classifier_into_a_backbone():
+  """A detector's backbone sits under "backbone/": with that prefix a classifier's stages load there, its head
+  is unexpected, and the detector's own layers stay fresh (missing from the source)."""
+  target = {"params/backbone/stage1_block1/conv1/kernel": np.zeros((3, 3, 3, 8)),
+            "batch_stats/backbone/stem_bn/mean": np.zeros(8), "params/cls_logits/kernel": np.zeros((3, 3, 8, 5))}
+  source = {"params/stage1_block1/conv1/kernel": np.ones((3, 3, 3, 8)), "batch_stats/stem_bn/mean": np.full(8, 2.0),
+            "params/head/kernel": np.ones((8, 10))}
+  merged, rows = transfer.merge(target, source, prefix="backbone/")
+  status = {r[0]: r[1] for r in rows}
+  assert status == {"params/backbone/stage1_block1/conv1/kernel": "loaded", "batch_stats/backbone/stem_bn/mean": "loaded",
+                    "params/cls_logits/kernel": "missing", "params/head/kernel": "unexpected"}
+  np.testing.assert_array_equal(merged["batch_stats/backbone/stem_bn/mean"], np.full(8, 2.0))
+  np.testing.assert_array_equal(merged["params/cls_logits/kernel"], np.zeros((3, 3, 8, 5)))
+  _, rows = transfer.merge(target, source)  # without it nothing matches
+  assert not any(r[1] == "loaded" for r in rows)
+
+
 def test_merge_resizes_vit_position_embedding():
   from imgrec.models import vit
   src = np.random.default_rng(0).normal(size=(1, 17, 4)).astype(np.float32)  # class token + 4x4 grid
