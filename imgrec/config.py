@@ -101,6 +101,21 @@ def defaults():
   c.distill.alpha = 0.5       # loss = alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T)
   c.distill.temperature = 4.0
 
+  c.detection = ml_collections.ConfigDict()  # the detection task's FCOS head, loss and decoding (imgrec/tasks/detection)
+  c.detection.fpn_channels = 256    # width of the FPN and of the head towers
+  c.detection.levels = (3, 4, 5, 6, 7)  # pyramid levels (stride 2**level), consecutive; past 5 from stride-2 convs
+  c.detection.head_convs = 4        # conv + GroupNorm + relu layers in each of the class and box towers
+  c.detection.prior_prob = 0.01     # initial class probability of every point (focal-loss bias init)
+  c.detection.center_radius = 1.5   # centre sampling: positives lie within this many strides of a box's centre
+  c.detection.cls_weight = 1.0      # weight of the sigmoid focal loss (alpha 0.25, gamma 2) on the classes
+  c.detection.box_weight = 1.0      # weight of the GIoU loss on positive points (weighted by their centerness)
+  c.detection.ctr_weight = 1.0      # weight of the centerness BCE
+  c.detection.l1_weight = 0.0       # weight of an L1 loss on ltrb distances divided by the stride (FCOS: none)
+  c.detection.num_detections = 100  # K: detections kept per image after NMS (COCO's AR@100 needs 100)
+  c.detection.pre_nms_topk = 1000   # (point, class) candidates scored before NMS; its cost grows as its square
+  c.detection.nms_iou = 0.6         # class-aware NMS drops a box overlapping a better one of its class above this
+  c.detection.score_threshold = 0.05  # detections scoring below this are dropped
+
   c.eval_every = 0            # steps between evaluations (0: once per epoch)
   c.log_every = 50            # steps between training-metric records
   c.checkpoint_every = 0      # steps between checkpoints (0: once per epoch); always at the end
@@ -225,6 +240,7 @@ def validate(cfg):
   if not 0 <= cfg.data.val_fraction < 1:
     raise UserError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
   _validate_data(cfg.data)
+  _validate_detection(cfg.detection)
   if cfg.model.dtype == "float16":  # float16 training needs dynamic loss scaling, which imgrec does not do
     raise UserError("model.dtype 'float16' is refused for training: without loss scaling, small gradients "
                     "underflow to zero in float16; use --config.model.dtype=bfloat16 (float32's exponent range, no "
@@ -266,6 +282,28 @@ def _validate_data(d):
                     f"(glyphs are 12-48 px), got {d.digit_boxes_train}, {d.digit_boxes_test}, {d.digit_boxes_size}")
   if d.digit_boxes_glyphs not in ("digits", "fashion_mnist"):
     raise UserError(f"data.digit_boxes_glyphs must be digits or fashion_mnist, got {d.digit_boxes_glyphs!r}")
+
+
+def _validate_detection(d):
+  levels = tuple(d.levels)
+  if not levels or min(levels) < 2 or levels != tuple(range(levels[0], levels[0] + len(levels))):
+    raise UserError(f"detection.levels must be consecutive pyramid levels from 2 up (stride 2**level: the backbone "
+                    f"gives 4, 8, 16, 32), e.g. (3, 4, 5, 6, 7); got {levels}")
+  if d.fpn_channels < 1 or d.head_convs < 0:
+    raise UserError(f"detection.fpn_channels must be >= 1 and detection.head_convs >= 0, got {d.fpn_channels} and "
+                    f"{d.head_convs}")
+  if not 0 < d.prior_prob < 1 or d.center_radius <= 0:
+    raise UserError(f"detection.prior_prob must be in (0, 1) and detection.center_radius > 0, got {d.prior_prob} "
+                    f"and {d.center_radius}")
+  weights = {k: d[k] for k in ("cls_weight", "box_weight", "ctr_weight", "l1_weight")}
+  if any(w < 0 for w in weights.values()):
+    raise UserError(f"detection loss weights must be >= 0, got {weights}")
+  if d.num_detections < 1 or d.pre_nms_topk < d.num_detections:
+    raise UserError(f"detection.num_detections must be >= 1 and detection.pre_nms_topk at least as large, got "
+                    f"{d.num_detections} and {d.pre_nms_topk}")
+  if not 0 < d.nms_iou <= 1 or not 0 <= d.score_threshold < 1:
+    raise UserError(f"detection.nms_iou must be in (0, 1] and detection.score_threshold in [0, 1), got {d.nms_iou} "
+                    f"and {d.score_threshold}")
 
 
 def save(cfg, path):

@@ -138,6 +138,7 @@ class ResNet(nn.Module):
   dropout: float = 0.0          # between the convs of a block (Wide-ResNet)
   drop_path_rate: float = 0.0   # stochastic depth of the last block
   inner_widths: Sequence[int] = ()  # per block, its inner conv widths (basic 1, bottleneck 2): channel pruning
+  features: bool = False  # return each stage's output (a tuple, for detection necks) instead of the logits
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -168,6 +169,7 @@ class ResNet(nn.Module):
     block_cls = BLOCKS[self.block]
     total, index = sum(self.stage_sizes), 0
     per_block = len(INNER_CONVS[self.block])
+    stage_outputs = []
     if self.inner_widths and len(self.inner_widths) != per_block * total:
       raise ValueError(f"inner_widths needs {per_block} width(s) per block ({per_block * total}), "
                        f"got {len(self.inner_widths)}")
@@ -179,8 +181,11 @@ class ResNet(nn.Module):
         x = block_cls(self.width * 2**i, strides, conv, norm, se=self.se, dropout=self.dropout, drop_path=rate,
                       train=train, inner=inner, name=f"stage{i + 1}_block{j + 1}")(x)
         index += 1
+      stage_outputs.append(x)
     if preact:
       x = nn.relu(norm(name="final_bn")(x))
+    if self.features:  # no head parameters are created; the pre-activation network's last stage is normalised
+      return tuple(stage_outputs[:-1]) + (x,)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
     return x.astype(jnp.float32)

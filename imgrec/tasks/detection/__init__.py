@@ -1,0 +1,193 @@
+"""Detection: boxes and their classes. The task contract (imgrec/tasks/__init__.py), filled in.
+
+Examples are feature dicts {"image", "boxes" [M, 4] x0,y0,x1,y1 in the preprocessed image's pixels, "classes",
+"box_mask", "image_id", "to_source"} (data.py; M = data.max_boxes). The model is FCOS on a zoo ResNet
+(model.py); training uses its loss (loss.py) and photometric device augmentation only, because geometry
+happens on the host, where boxes move with the pixels. Evaluation decodes inside jit (decode.py) and scores
+COCO box mAP with pycocotools (coco_eval.py) against the split's COCO ground truth, in source coordinates.
+
+Serving (make_predict) gives the TF Object Detection API's outputs for K = config.detection.num_detections:
+  detection_boxes   float32 [K, 4]  ymin, xmin, ymax, xmax, normalised to [0, 1] by the model input's size
+  detection_scores  float32 [K]     descending; 0 past num_detections
+  detection_classes float32 [K]     class index + 1 (1-based, as the API's label maps; 0 past num_detections):
+                                    class_names[c - 1] names it
+  num_detections    float32 []      valid detections
+"""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from imgrec import steps
+from imgrec.data import augment
+from imgrec.errors import UserError
+from imgrec.tasks.detection import coco_eval, decode, loss, model as fcos, plots
+
+NAME = "detection"
+SELECT = {"AP": "max", "AP50": "max", "AP75": "max", "AR100": "max"}  # what model selection may maximise
+DEFAULT_SELECT = "AP"
+RECORD = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "examples")  # what metrics.jsonl keeps
+# Device augmentations that leave every pixel where it was (the boxes stay right); geometry is host-side.
+PHOTOMETRIC = ("brightness", "contrast", "gaussian_noise", "salt_pepper", "cutout", "erase")
+# (name, datatype, per-example shape); -1 is K, config.detection.num_detections (`outputs_of(model)` gives it).
+OUTPUTS = [("detection_boxes", "FP32", (-1, 4)), ("detection_scores", "FP32", (-1,)),
+           ("detection_classes", "FP32", (-1,)), ("num_detections", "FP32", ())]
+REPORT_IMAGES = 12  # test images drawn with their boxes in the report
+
+
+# ---------------------------------------------------------------------------- model
+
+def create_model(cfg, info):
+  """FCOS on the zoo backbone cfg.model.name (kwargs: cfg.model.kwargs), head and decoding from cfg.detection."""
+  head = {k: cfg.detection[k] for k in fcos.HEAD_KEYS}
+  return fcos.create(cfg.model.name, len(info["class_names"]), dtype=jnp.dtype(cfg.model.dtype), head=head,
+                     **cfg.model.kwargs.to_dict())
+
+
+def outputs_of(model):
+  """OUTPUTS with K filled in from the model's decoding settings."""
+  return [(n, t, tuple(model.num_detections if d == -1 else d for d in shape)) for n, t, shape in OUTPUTS]
+
+
+# ---------------------------------------------------------------------------- training (inside the jitted step)
+
+def make_inputs(cfg, info):
+  """`fn(rng, batch) -> (float images in [0, 1], {"boxes", "classes", "box_mask"})`; photometric augmentation
+  only (data.augment), since a device op that moved pixels would leave the boxes behind."""
+  del info
+  ops = augment.parse(cfg.data.augment)
+  moving = [name for name, _ in ops if name not in PHOTOMETRIC]
+  if moving:
+    raise UserError(f"data.augment {moving[0]!r} moves or mixes pixels on device, where the boxes cannot follow; "
+                    f"detection takes only {', '.join(PHOTOMETRIC)} there: put geometry in data.pp_train "
+                    "(host ops that move the boxes too, e.g. random_scale_crop, flip)")
+
+  def inputs(rng, batch):
+    x = steps.to_float(batch["image"])
+    if ops:
+      x, _ = augment.apply(ops, rng, x, jnp.zeros((x.shape[0], 1)))
+    return x, {k: batch[k] for k in ("boxes", "classes", "box_mask")}
+  return inputs
+
+
+def make_loss(cfg, info, teacher=None):
+  """`fn(outputs, targets, x=None, aux=None) -> (loss, {"loss_cls", "loss_box", "loss_ctr", "loss_l1",
+  "positives"})`: the FCOS objective with config.detection's weights."""
+  del info
+  if teacher is not None or cfg.distill.teacher:
+    raise UserError("distillation (distill.teacher) is a classification feature; unset it for detection")
+  d = cfg.detection
+
+  def fn(outputs, targets, x=None, aux=None):
+    del x, aux
+    return loss.fcos_loss(outputs, targets, d.cls_weight, d.box_weight, d.ctr_weight, d.l1_weight,
+                          d.center_radius)
+  return fn
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+def _detect(model, variables, images, mean, std):
+  """uint8 NHWC -> decoded detections in the images' pixels (decode.decode's dict)."""
+  out = model.apply(variables, steps.normalize(images, mean, std), train=False)
+  return decode.decode(out, images.shape[1], images.shape[2], model.num_detections, model.pre_nms_topk,
+                       model.nms_iou, model.score_threshold)
+
+
+def make_eval_fn(model, mean, std, tta=False):
+  """`fn(variables, batch) -> {"boxes", "scores", "classes", "num_detections", "image_id", "to_source"}` per
+  example, for `steps.stream`."""
+  if tta:
+    raise UserError("test-time augmentation (--tta) is classification-only; detection has none")
+  return lambda v, b: {**_detect(model, v, b["image"], mean, std), "image_id": b["image_id"],
+                       "to_source": b["to_source"]}
+
+
+def evaluate(outputs, split, info):
+  """(the record metrics.jsonl keeps, the summary the report shows) of a split's streamed detections: COCO box
+  mAP against the split's ground truth (split.coco_ground_truth(), source pixels, COCO category ids)."""
+  del info
+  category_ids = list(split.category_ids)
+  results = coco_eval.to_results(outputs, category_ids)
+  metrics, per_class, curves = coco_eval.evaluate(split.coco_ground_truth(), results,
+                                                  dict(zip(category_ids, split.class_names)))
+  n = int(len(outputs["image_id"]))
+  summary = {**metrics, "examples": n, "detections": len(results), "per_class": per_class,
+             "curves": {k: [float(v) for v in c] for k, c in curves.items()}}
+  return {k: summary[k] for k in RECORD}, summary
+
+
+def progress_line(result):
+  """An evaluation during training, after "step N: "."""
+  return f"{result['split']} AP {result['AP']:.4f}, AP50 {result['AP50']:.4f}"
+
+
+def final_line(result):
+  """The end-of-run line."""
+  return (f"{result['split']} AP: {result['AP']:.4f} (AP50 {result['AP50']:.4f}, AP75 {result['AP75']:.4f}, "
+          f"AR100 {result['AR100']:.4f}, {result['examples']} images)")
+
+
+def summary_images(result, summary):
+  """The final evaluation's images for TensorBoard: {tag: (plot function, its arguments but the file)}."""
+  return {f"{result['split']}/precision_recall": (plots.plot_pr_curves, summary["curves"], summary["per_class"])}
+
+
+def headline(result):
+  """The short JSON summary of an evaluation (`imgrec eval --json`)."""
+  return {k: result[k] for k in ("split", "step", *RECORD, "detections") if k in result}
+
+
+# ---------------------------------------------------------------------------- prediction and serving
+
+def make_predict(model, mean, std):
+  """`fn(variables, uint8 images [B, H, W, C]) -> {TF Object Detection API output: [B, ...]}` (module doc),
+  decoding included; jit it (static shapes)."""
+  def predict(variables, images):
+    h, w = images.shape[1:3]
+    det = _detect(model, variables, images, mean, std)
+    b, n = det["boxes"], det["num_detections"]
+    valid = jnp.arange(b.shape[1])[None, :] < n[:, None]
+    return {"detection_boxes": jnp.stack([b[..., 1] / h, b[..., 0] / w, b[..., 3] / h, b[..., 2] / w], -1),
+            "detection_scores": det["scores"],
+            "detection_classes": jnp.where(valid, det["classes"] + 1, 0).astype(jnp.float32),
+            "num_detections": n.astype(jnp.float32)}
+  return predict
+
+
+# ---------------------------------------------------------------------------- report
+
+def write_report(out, outputs, split, info, summary, n_images=REPORT_IMAGES):
+  """out/{metrics.json (`summary`), report.md, detections.png (test images, true and predicted boxes),
+  precision_recall.png (PR curves and per-class AP)}."""
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "metrics.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  plots.plot_pr_curves(summary["curves"], summary["per_class"], os.path.join(out, "precision_recall.png"))
+  n = min(n_images, len(outputs["image_id"]))
+  examples = [split.example(i, False, None) for i in range(n)]  # outputs are in split order
+  examples = [(i, e) for i, e in enumerate(examples) if e is not None]  # an unreadable image under skip
+  idx = [i for i, _ in examples]
+  stack = lambda key: np.stack([e[key] for _, e in examples]) if examples else np.zeros((0,))
+  truth = (stack("boxes"), stack("classes"), stack("box_mask"))
+  preds = tuple(np.asarray(outputs[k])[idx] for k in ("boxes", "scores", "classes", "num_detections"))
+  plots.plot_detections(stack("image") if examples else [], truth, preds, list(info["class_names"]),
+                        os.path.join(out, "detections.png"))
+  with open(os.path.join(out, "report.md"), "w") as f:
+    f.write(report_markdown(summary))
+
+
+def report_markdown(r):
+  where = f"split `{r['split']}`, checkpoint step {r['step']}" if "split" in r and "step" in r else "evaluation"
+  lines = [f"# Detection report: {where}", "",
+           f"{r['examples']} images, {r['detections']} detections; COCO box metrics (pycocotools), -1 where the "
+           "split has no ground truth of that size", "",
+           "| metric | value |", "|---|---|"]
+  lines += [f"| {k} | {r[k]:.4f} |" for k in coco_eval.STATS]
+  lines += ["", "## Per class (AP at IoU 0.50:0.95)", "", "| class | AP |", "|---|---|"]
+  lines += [f"| {name} | {ap:.4f} |" for name, ap in r["per_class"].items()]
+  lines += ["", "## Precision-recall", "", "![precision-recall](precision_recall.png)", "",
+            "## Test images", "", "![detections](detections.png)", ""]
+  return "\n".join(lines)
