@@ -14,7 +14,10 @@ def parse_arg(arg, **defaults):
     key, eq, text = item.partition("=")
     if key not in defaults:
       raise UserError(f"unknown config argument {key!r}; known: {', '.join(defaults)}")
-    values[key] = parse_value(text, defaults[key]) if eq else True
+    try:
+      values[key] = parse_value(text, defaults[key]) if eq else True
+    except ValueError as e:
+      raise UserError(f"bad value {text!r} for config argument {key!r}: {e}") from None
   return types.SimpleNamespace(**values)
 
 
@@ -67,4 +70,43 @@ def imagenet(arg, model, kwargs, tiny_kwargs, batch_size, epochs, pp_train_crop=
   c.steps = a.steps or (20 if a.tiny else 0)
   c.log_every = 10 if a.tiny else 100
   c.eval_every = c.checkpoint_every = c.steps if a.tiny else 0
+  return c
+
+
+def finetune(arg, model_family, size, steps, lr, batch, optim_name="sgd"):
+  """The part shared by the fine-tuning recipes (configs/finetune_*.py): data, the model the checkpoint is
+  (`checkpoint_import.describe`), transfer from it, a cosine schedule with 10% warm-up. Config arguments:
+
+    init=PATH          the pretrained checkpoint, or an `imgrec import` folder (required)
+    source=tfds:cifar10 | folder:DIR, size=N (train crop and eval resize), steps=N, lr=X, batch=N
+  """
+  from imgrec import checkpoint_import
+  from imgrec.config import defaults
+  from imgrec.errors import UserError
+  a = parse_arg(arg, init="", source="tfds:cifar10", size=size, steps=steps, lr=lr, batch=batch)
+  if not a.init:
+    raise UserError("give the pretrained checkpoint: configs/finetune_....py:init=PATH (a checkpoint or an "
+                    "`imgrec import` folder)")
+  info = checkpoint_import.describe(a.init)
+  if not info["model"]["name"].startswith(model_family):
+    raise UserError(f"{a.init} is a {info['model']['name']} checkpoint; this recipe is for {model_family}")
+  c = defaults()
+  c.data.source = a.source
+  c.data.eval_split = "test" if a.source.startswith("tfds:") else c.data.eval_split
+  c.data.pp_train = f"decode|random_resized_crop({a.size}, scale=(0.5, 1.0))|flip"
+  c.data.pp_eval = f"decode|resize({a.size})"
+  c.model.name = info["model"]["name"]
+  c.model.kwargs.update(info["model"]["kwargs"])
+  c.model.dtype = "bfloat16"
+  c.transfer.init_from = a.init
+  c.batch_size = a.batch
+  c.steps = a.steps
+  c.optim.name = optim_name
+  c.optim.lr = a.lr
+  c.optim.schedule = "cosine"
+  c.optim.warmup_steps = max(1, a.steps // 10)
+  c.optim.grad_clip = 1.0
+  c.optim.weight_decay = 0.0
+  c.log_every = 50
+  c.eval_every = c.checkpoint_every = a.steps
   return c

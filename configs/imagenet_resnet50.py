@@ -11,8 +11,8 @@ published ResNet-50, 100 epochs, 76.47% top-1 on 8x V100 with mixed precision in
 Recipe: batch 1024, SGD Nesterov momentum 0.9, lr 0.1 x batch / 256 with 5 warmup epochs then cosine
 to 0 over 100 epochs, L2 1e-4 on the kernels (SGD adds weight_decay to the gradient), bfloat16 compute;
 host preprocessing decode|random_resized_crop(224)|flip, eval decode|resize_small(256)|central_crop(224);
-ImageNet mean/std. Like the Flax example, imgrec's ResNet zero-initialises the last BatchNorm scale of
-each block (each block starts as the identity).
+ImageNet mean/std. Like the reference, the last BatchNorm scale of each block is zero-initialised
+(imgrec/models/resnet.py: bn2 of a basic block, bn3 of a bottleneck), so each block starts as the identity.
 """
 from configs.common import imagenet
 

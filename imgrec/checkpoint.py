@@ -1,16 +1,21 @@
 """The one place that touches Orbax: save, restore-latest with fallback, restore into a target sharding.
 
-What can go wrong with a checkpoint falls into three kinds, each asking for something different:
+What can go wrong with a checkpoint falls into four kinds, each asking for something different:
   mismatched  its tree or shapes differ from the state the config builds: a UserError naming the differing
               paths (the config or the code changed). Never taken for damage, never skipped.
   unreadable  its files are truncated, missing or corrupt: a warning naming the path, and the previous one
               is tried. When checkpoints exist but none is readable, a UserError: a run never silently
               starts from scratch over them.
+  failed      reading it failed for a reason outside its files (device out of memory, a transient or
+              permission error of the filesystem): a UserError naming the cause; nothing is skipped or moved,
+              since the checkpoint is likely intact and a rerun reads it. Only what `is_damage` recognises
+              as damage counts as unreadable.
   unwritable  a save failed (disk full, read-only): a UserError naming the directory. The checkpoints
               already there stay intact: Orbax writes into a temporary directory and renames it when complete.
 Orbax never overwrites a step (it declines any step at or below the newest one); `save` makes that an error.
 """
 import contextlib
+import json
 import logging
 import os
 import re
@@ -140,6 +145,35 @@ def _restore_args(abstract, partial):
                                 partial_restore=True)
 
 
+# TensorStore status codes (in the message of the error Orbax passes on) that mean the files themselves are
+# wrong: a byte range past a truncated file's end, an undecodable chunk, a missing chunk or manifest.
+_DAMAGE_CODES = re.compile(r"\b(OUT_OF_RANGE|FAILED_PRECONDITION|DATA_LOSS|NOT_FOUND|INVALID_ARGUMENT)\b")
+# Codes and words of failures outside the files: device memory, the filesystem or network being busy or
+# refusing access. These win over a damage code elsewhere in the chain.
+_NOT_DAMAGE = re.compile(r"RESOURCE_EXHAUSTED|out of memory|UNAVAILABLE|DEADLINE_EXCEEDED|ABORTED|CANCELLED|"
+                         r"PERMISSION_DENIED|os_error_code='?(?!2\b)\d+", re.IGNORECASE)
+
+
+def _chain(e):
+  seen = []
+  while e is not None and e not in seen:
+    seen.append(e)
+    e = e.__cause__ or e.__context__
+  return seen
+
+
+def is_damage(e):
+  """Whether a failed restore is the checkpoint's own fault (a file truncated, missing or not decodable), as
+  opposed to a failure around it (out of memory, a transient filesystem error), which a rerun may not meet."""
+  chain = _chain(e)
+  text = " | ".join(str(x) for x in chain)
+  if any(isinstance(x, MemoryError) or (isinstance(x, OSError) and not isinstance(x, FileNotFoundError)
+                                         and x.errno is not None) for x in chain) or _NOT_DAMAGE.search(text):
+    return False
+  return (any(isinstance(x, (FileNotFoundError, json.JSONDecodeError)) for x in chain)
+          or bool(_DAMAGE_CODES.search(text)))
+
+
 def restore_latest(mngr, abstract_state, partial=False):
   """Restores the newest readable checkpoint into `abstract_state`'s shapes and shardings (with `partial`, a
   dict of some of the saved state's fields). Returns None when there is no checkpoint at all.
@@ -160,6 +194,10 @@ def restore_latest(mngr, abstract_state, partial=False):
     try:
       return mngr.restore(step, args=_restore_args(abstract_state, partial))
     except Exception as e:  # orbax/tensorstore raise many types for damaged files
+      if not is_damage(e):
+        raise UserError(f"restoring checkpoint {path} failed: {_reason(e)}. This is not damage to its files, so "
+                        "nothing was moved or skipped: fix the cause (free device memory, wait for the filesystem) "
+                        "and rerun the same command") from None
       log.warning("checkpoint %s is unreadable (%s); falling back to the previous one", path, _reason(e))
       unreadable.append(f"{path} ({_reason(e)})")
   if unreadable:

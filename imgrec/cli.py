@@ -6,7 +6,9 @@
   imgrec explain --workdir W [--images A.png B.png | --split test --n 16] [--layer NAME] [--config.data.dir=...]
   imgrec robustness --workdir W [--split test] [--limit N] [--corruptions a,b] [--epsilons 1,2,4,8] [--config.data...]
   imgrec export --workdir W --out F.zip
-  imgrec import-torchvision ARCH WEIGHTS.pth --workdir W   (then --config.transfer.init_from=W)
+  imgrec import SOURCE [--model NAME] --out W   (.npz[:img], .safetensors, a timm/HF folder, .pth; then
+                                                --config.transfer.init_from=W)
+  imgrec import-torchvision ARCH WEIGHTS.pth --workdir W   (the same as `imgrec import WEIGHTS --model ARCH --out W`)
   imgrec compress --workdir W --method int8|bf16|prune|channels --out PATH [--sparsity 0.9 --steps 200]
   imgrec serve --workdir W [--workdir NAME:VERSION=W2 ...] [--host H --port P] [--grpc-port G] [--api-keys-file F]
   imgrec sweep --config C --study DIR --trials N --space 'optim.lr=loguniform(1e-4,1e-1)' [--space ...]
@@ -28,6 +30,28 @@ import os
 import sys
 
 from imgrec.errors import EXIT_PREEMPTED, Preempted, UserError
+
+
+# Platforms `jax.export` lowers for (what a serving machine's jax.default_backend() may be).
+EXPORT_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+
+
+def csv_arg(text, flag, convert=str, allowed=None, example="1,8,32"):
+  """A comma-separated option's values, each converted by `convert` (and, with `allowed`, one of those); a bad
+  item is a UserError naming the option and an example. Empty items are dropped."""
+  values = []
+  for item in (t.strip() for t in text.split(",")):
+    if not item:
+      continue
+    try:
+      value = convert(item)
+    except ValueError:
+      value = None
+    if value is None or (allowed is not None and value not in allowed) or (convert is int and value < 1):
+      kind = f"one of {', '.join(allowed)}" if allowed else f"positive {'integers' if convert is int else 'numbers'}"
+      raise UserError(f"{flag} {text!r}: {item!r} is not valid; give {kind}, comma-separated, e.g. {example}")
+    values.append(value)
+  return tuple(values)
 
 
 def _train(args, overrides):
@@ -52,10 +76,8 @@ def _eval(args, overrides):
 def _robustness(args, overrides):
   from imgrec import robustness
   names = tuple(filter(None, args.corruptions.split(","))) if args.corruptions is not None else robustness.CORRUPTIONS
-  try:
-    eps = tuple(float(e) for e in args.epsilons.split(",") if e) if args.epsilons is not None else robustness.EPSILONS
-  except ValueError:
-    raise UserError(f"--epsilons takes comma-separated numbers in 1/255 units, e.g. 1,2,4,8; got {args.epsilons!r}")
+  eps = (csv_arg(args.epsilons, "--epsilons (in 1/255 units)", float, example="1,2,4,8")
+         if args.epsilons is not None else robustness.EPSILONS)
   result = robustness.robustness_workdir(args.workdir, args.split, args.batch_size, args.limit, names, eps,
                                          args.pgd_steps, overrides=overrides)
   print(robustness.table_markdown(result))
@@ -84,7 +106,10 @@ def _augment_preview(args, overrides):
 
 def _export(args, overrides):
   from imgrec import export
-  meta = export.export_workdir(args.workdir, args.out, platforms=args.platforms.split(","))
+  platforms = csv_arg(args.platforms, "--platforms", allowed=EXPORT_PLATFORMS, example="cpu,cuda")
+  if not platforms:
+    raise UserError(f"--platforms is empty; give one or more of {', '.join(EXPORT_PLATFORMS)}, e.g. cpu,cuda")
+  meta = export.export_workdir(args.workdir, args.out, platforms=platforms)
   print(f"exported {meta['workdir']} (step {meta['step']}) to {args.out}: uint8[b, "
         f"{', '.join(map(str, meta['image_shape']))}] -> logits[b, {len(meta['class_names'])}], "
         f"platforms {','.join(meta['platforms'])}, {os.path.getsize(args.out)} bytes")
@@ -100,20 +125,32 @@ def _compress(args, overrides):
         f"{r['bytes']} bytes (fp32 {r['bytes_fp32']}){extra} -> {args.out}")
 
 
-def _import_torchvision(args, overrides):
-  from imgrec import torchvision_import
-  flat, info = torchvision_import.import_torchvision(args.arch, args.weights, args.workdir)
-  kwargs = "".join(f" --config.model.kwargs.{k}={v}" for k, v in info["model"]["kwargs"].items())
-  print(f"converted {len(flat)} tensors of {args.arch} into {os.path.join(args.workdir, 'params.npz')}; fine-tune with "
-        f"--config.model.name={info['model']['name']}{kwargs} --config.transfer.init_from={args.workdir}")
+def _import(args, overrides):
+  from imgrec import checkpoint_import
+  from imgrec.checkpoint_import import mapping
+  source, model, out = ((args.weights, args.arch, args.workdir) if args.command == "import-torchvision" else
+                        (args.source, args.model, args.out))
+  info, rows = checkpoint_import.import_checkpoint(source, out, model)
+  kwargs = "".join(f" --config.model.kwargs.{k}={_cli_value(v)}" for k, v in info["model"]["kwargs"].items())
+  pre = info["preprocessing"]
+  print(f"{info['layout']} checkpoint -> imgrec {info['model']['name']}: {info['counts'].get('loaded', 0)} tensors "
+        f"loaded\n{mapping.table(rows)}\nwritten: {os.path.join(out, 'params.npz')}, import.json, import_report.json"
+        + (f"\npreprocessing it expects ({pre['from']}): mean {pre['mean']} std {pre['std']}"
+           + (f", {pre['pp_eval']}" if pre.get("pp_eval") else "") if pre else
+           "\npreprocessing: the checkpoint does not say; set --config.data.mean/std (or data.norm=imagenet)"))
+  print(f"fine-tune with --config.model.name={info['model']['name']}{kwargs} --config.transfer.init_from={out}")
+
+
+def _cli_value(v):
+  return f"'{tuple(v)}'" if isinstance(v, (list, tuple)) else v
 
 
 def _serve(args, overrides):
   from imgrec import config, workdir as wd
   from imgrec.serve import app
   wd.apply_data_overrides(config.defaults(), overrides)  # the server reads no data: only refuse other keys
-  sizes = tuple(int(s) for s in args.batch_sizes.split(",") if s.strip())
-  if not sizes or min(sizes) < 1:
+  sizes = csv_arg(args.batch_sizes, "--batch-sizes", int, example="1,8,32,64")
+  if not sizes:
     raise UserError(f"--batch-sizes {args.batch_sizes!r}: give positive integers, e.g. 1,8,32,64")
   options = app.Options(batch_sizes=sizes, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
                         timeout_s=args.timeout, float_inputs=not args.no_float_inputs)
@@ -212,12 +249,19 @@ def parser():
                  help="prune: fraction of kernel weights set to zero; channels: fraction of channels removed per conv")
   c.add_argument("--steps", type=int, default=200, help="prune/channels: fine-tuning steps")
   c.set_defaults(func=_compress)
-  i = sub.add_parser("import-torchvision", help="convert a torchvision state_dict (.pth) to imgrec params")
+  i = sub.add_parser("import", help="convert a pretrained checkpoint (big_vision .npz, timm / Hugging Face "
+                     "safetensors, torchvision .pth) to imgrec params on a zoo model")
+  i.add_argument("source", help="FILE.npz (FILE.npz:img: a two-tower file's image tower), FILE.safetensors, a "
+                 "timm / Hugging Face folder (config.json + model.safetensors), or FILE.pth")
+  i.add_argument("--model", help="the zoo model (default: read from the checkpoint's config, keys and shapes)")
+  i.add_argument("--out", required=True, help="a new folder: params.npz, import.json, import_report.json")
+  i.set_defaults(func=_import)
+  i = sub.add_parser("import-torchvision", help="imgrec import WEIGHTS --model ARCH --out W, as before")
   i.add_argument("arch", help="resnet18 | resnet34 | resnet50 | vgg16 | vgg16_bn | mobilenet_v2 | efficientnet_b0 | "
                  "vit_b_16")
   i.add_argument("weights", help="the .pth state_dict file")
-  i.add_argument("--workdir", required=True, help="where params.npz goes")
-  i.set_defaults(func=_import_torchvision)
+  i.add_argument("--workdir", required=True, help="a new folder: params.npz, import.json, import_report.json")
+  i.set_defaults(func=_import)
   s = sub.add_parser("serve", help="serve workdirs over HTTP (OIP v2, TF-Serving REST, uploads, web page) and gRPC")
   s.add_argument("--workdir", action="append", required=True,
                  help="W, NAME=W or NAME:VERSION=W; repeat to serve several models/versions")

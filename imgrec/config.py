@@ -6,12 +6,13 @@ schema, so a typo is an error naming the key instead of a silently ignored setti
 """
 import ast
 import importlib.util
-import json
 import os
+import re
 import sys
 
 import ml_collections
 
+from imgrec import files
 from imgrec.errors import UserError
 
 
@@ -92,7 +93,8 @@ def defaults():
   c.early_stop_patience = 0     # > 0: stop after this many evaluations without a better val metric
 
   c.transfer = ml_collections.ConfigDict()  # fine-tuning (imgrec/transfer.py)
-  c.transfer.init_from = ""   # workdir, or params .npz (imgrec import-torchvision), to load params from by name
+  c.transfer.init_from = ""   # workdir, params .npz, `imgrec import` folder, or a checkpoint itself (.npz[:img],
+                              # .safetensors, timm/HF folder, .pth): params loaded by name (imgrec/transfer.py)
   c.transfer.reinit = "(^|/)head/"  # regex over "params/..." names kept freshly initialised (the new head)
   c.transfer.lr_mults = ()    # ((regex, multiplier), ...): first match scales that parameter's updates
 
@@ -169,7 +171,14 @@ def load(spec=None):
       raise UserError(f"config file {path!r} failed to load: {type(e).__name__}: {e}") from None
     if not hasattr(module, "get_config"):
       raise UserError(f"config file {path!r} has no get_config(arg) function")
-    cfg = module.get_config(arg or None)
+    try:
+      cfg = module.get_config(arg or None)
+    except UserError:
+      raise
+    except Exception as e:  # the file's own code failed on its argument: the user's file, the user's mistake
+      raise UserError(f"config file {path!r} failed on argument {arg!r}: {type(e).__name__}: {e}") from None
+    if not isinstance(cfg, ml_collections.ConfigDict):
+      raise UserError(f"config file {path!r}: get_config returned a {type(cfg).__name__}, not a ConfigDict")
   _check_keys(cfg, defaults())
   return cfg
 
@@ -208,6 +217,9 @@ def override(cfg, assignments):
       if part not in node:
         raise UserError(f"unknown config key {'.'.join(parts[:i + 1])!r} in override {item!r}")
       node = node[part]
+      if not isinstance(node, ml_collections.ConfigDict):  # `seed.x`: seed is a value, not a section
+        raise UserError(f"config key {'.'.join(parts[:i + 1])!r} is a value, not a section: override it as "
+                        f"--config.{'.'.join(parts[:i + 1])}=VALUE")
     last = parts[-1]
     free = ".".join(parts[:-1]) in FREE_KEYS
     if last not in node and not free:
@@ -228,17 +240,34 @@ def override(cfg, assignments):
 
 
 def validate(cfg):
-  """Checks values that would otherwise fail deep inside training."""
+  """Checks values that would otherwise fail deep inside training, or be silently taken to mean something
+  else. The one place a config's values are checked: `imgrec train` and every trial of `imgrec sweep` call it
+  before anything is written."""
   if cfg.batch_size <= 0:
     raise UserError(f"batch_size must be positive, got {cfg.batch_size}")
-  if cfg.steps <= 0 and cfg.epochs <= 0:
-    raise UserError("set epochs > 0 or steps > 0")
+  if cfg.steps < 0 or cfg.epochs < 0 or (cfg.steps == 0 and cfg.epochs == 0):
+    raise UserError(f"set epochs > 0 or steps > 0 (got epochs={cfg.epochs}, steps={cfg.steps})")
+  _at_least(cfg, "log_every", 1, "steps between training-metric records")
+  _at_least(cfg, "keep_checkpoints", 1, "checkpoints kept; 0 would keep none, and the run could not resume")
+  _at_least(cfg, "eval_every", 0, "steps between evaluations; 0: once per epoch")
+  _at_least(cfg, "checkpoint_every", 0, "steps between checkpoints; 0: once per epoch")
+  _at_least(cfg, "early_stop_patience", 0, "evaluations without improvement; 0: off")
+  _at_least(cfg.optim, "prune_every", 1, "steps between pruning-mask updates", "optim.")
+  if not 0 <= cfg.optim.prune_sparsity < 1:
+    raise UserError(f"optim.prune_sparsity must be in [0, 1), got {cfg.optim.prune_sparsity}")
+  for key, pattern in (("optim.no_decay", cfg.optim.no_decay), ("optim.freeze", cfg.optim.freeze),
+                       ("transfer.reinit", cfg.transfer.reinit),
+                       *((f"transfer.lr_mults[{i}]", m[0] if isinstance(m, (tuple, list)) and len(m) == 2 else None)
+                         for i, m in enumerate(cfg.transfer.lr_mults))):
+    _check_regex(key, pattern)
   if cfg.optim.lr <= 0:
     raise UserError(f"optim.lr must be positive, got {cfg.optim.lr}")
   if cfg.optim.accum_steps < 1 or cfg.batch_size % cfg.optim.accum_steps:
     raise UserError(f"batch_size {cfg.batch_size} must be a multiple of optim.accum_steps {cfg.optim.accum_steps}")
   if not 0 <= cfg.data.val_fraction < 1:
     raise UserError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
+  if not 0 < cfg.data.test_fraction < 1:
+    raise UserError(f"data.test_fraction must be in (0, 1), got {cfg.data.test_fraction}")
   _validate_data(cfg.data)
   _validate_detection(cfg.detection)
   if cfg.model.dtype == "float16":  # float16 training needs dynamic loss scaling, which imgrec does not do
@@ -250,8 +279,25 @@ def validate(cfg):
   return cfg
 
 
+def _at_least(node, key, low, meaning, prefix=""):
+  value = node[key]
+  if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    raise UserError(f"{prefix}{key} must be an integer >= {low} ({meaning}), got {value!r}")
+
+
+def _check_regex(key, pattern):
+  if not isinstance(pattern, str):
+    raise UserError(f"{key} must be a (regex, multiplier) pair, e.g. ((\"^params/head/\", 10.0),), got {pattern!r}")
+  try:
+    re.compile(pattern)
+  except re.error as e:
+    raise UserError(f"{key} {pattern!r} is not a valid regular expression: {e}; e.g. \"(bias|scale)$\" "
+                    "matches parameter paths ending in bias or scale") from None
+
+
 def _validate_data(d):
   encoded = d.source.startswith(("folder:", "tfds:", "coco:")) or d.source == "digit_boxes"
+  _at_least(d, "image_size", 0, "the square size images are resized to; 0: the source's own", "data.")
   if (d.pp_train or d.pp_eval) and not encoded:
     raise UserError(f"data.pp_train / data.pp_eval preprocess encoded images (folder:, tfds:, coco:, digit_boxes); "
                     f"{d.source!r} is held in memory as arrays: use data.image_size, and data.augment on device")
@@ -282,6 +328,16 @@ def _validate_data(d):
                     f"(glyphs are 12-48 px), got {d.digit_boxes_train}, {d.digit_boxes_test}, {d.digit_boxes_size}")
   if d.digit_boxes_glyphs not in ("digits", "fashion_mnist"):
     raise UserError(f"data.digit_boxes_glyphs must be digits or fashion_mnist, got {d.digit_boxes_glyphs!r}")
+  schema = defaults().data
+  ignored = [f"data.{k}={d[k]!r}" for k in ENCODED_ONLY if d[k] != schema[k]]
+  if ignored and not encoded:
+    raise UserError(f"{', '.join(ignored)} set, but only folder:, tfds:, coco: and digit_boxes sources decode images; {d.source!r} is "
+                    f"held in memory as arrays and would ignore {'it' if len(ignored) == 1 else 'them'}: leave "
+                    f"{'it' if len(ignored) == 1 else 'them'} at the default")
+
+
+# Data keys that act on decoding (folder:, tfds:, coco:, digit_boxes) only; digits and IDX sets are arrays in memory.
+ENCODED_ONLY = ("channels", "workers", "on_bad_image", "stats_examples")
 
 
 def _validate_detection(d):
@@ -307,16 +363,18 @@ def _validate_detection(d):
 
 
 def save(cfg, path):
-  with open(path, "w") as f:
-    f.write(cfg.to_json_best_effort(indent=2, sort_keys=True))
+  """Writes `cfg` as JSON, atomically: a kill while it is written leaves the previous file."""
+  files.write_atomic(path, cfg.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def load_saved(path):
   """Reads the `config.json` a training run wrote into its workdir."""
   if not os.path.isfile(path):
     raise UserError(f"{path} not found: is this a workdir written by `imgrec train`?")
-  with open(path) as f:
-    saved = json.load(f)
+  saved = files.read_json(path)
+  if not isinstance(saved, dict):
+    raise UserError(f"{path} holds no config (a JSON {type(saved).__name__}, not an object); restore it from a copy "
+                    "or train into a new --workdir")
   cfg = defaults()
 
   def merge(node, values):

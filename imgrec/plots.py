@@ -21,7 +21,9 @@ def plot_curves(records, out_path, metric="accuracy"):
   evals = [r for r in records if r["split"] != "train"]
   fig, (ax1, ax2) = subplots(1, 2, figsize=(10, 4))
   ax1.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
-  ax1.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label=evals[0]["split"] if evals else "eval")
+  losses = [r for r in evals if "loss" in r]  # a task may evaluate no loss (detection: COCO mAP only)
+  ax1.plot([r["step"] for r in losses], [r["loss"] for r in losses], "o-",
+           label=losses[0]["split"] if losses else "eval")
   ax1.set(xlabel="step", ylabel="loss", title="Loss", yscale="log")
   train, evals = [r for r in train if metric in r], [r for r in evals if metric in r]
   ax2.plot([r["step"] for r in train], [r[metric] for r in train], label="train (batch)")

@@ -40,6 +40,8 @@ KEYS = {
                      "data.val_fraction", "data.classes", "data.train_per_class"), RUN),
     **dict.fromkeys(("data.pp_train", "data.pp_eval", "data.channels"), RUN),  # what the model sees
     **dict.fromkeys(("data.norm", "data.mean", "data.std", "data.stats_examples"), RUN),  # its normalisation
+    **dict.fromkeys(("data.max_boxes", "data.digit_boxes_train", "data.digit_boxes_test", "data.digit_boxes_size",
+                     "data.digit_boxes_glyphs"), RUN),  # detection: the targets and the generated set
     "data.prefetch": OBSERVE, "data.workers": OBSERVE,  # how fast batches come, not which
     "data.on_bad_image": OBSERVE,  # turning skipping on is how a run that met a broken file resumes
     **dict.fromkeys(("model.name", "model.kwargs", "model.dtype"), RUN),
@@ -49,6 +51,10 @@ KEYS = {
         "accum_steps", "prune_sparsity", "prune_every")), RUN),
     "select_metric": RUN, "early_stop_patience": RUN,  # which checkpoint is "best", and when the run ends
     **dict.fromkeys(("transfer.init_from", "transfer.reinit", "transfer.lr_mults"), RUN),
+    # Detection: the head and loss shape the weights; decoding sets the val AP that selection compared.
+    **dict.fromkeys(("detection." + k for k in (
+        "fpn_channels", "levels", "head_convs", "prior_prob", "center_radius", "cls_weight", "box_weight",
+        "ctr_weight", "l1_weight", "num_detections", "pre_nms_topk", "nms_iou", "score_threshold")), RUN),
     **dict.fromkeys(("distill.teacher", "distill.alpha", "distill.temperature"), RUN),
     **dict.fromkeys(("eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "compile_cache",
                      "profile"), OBSERVE),
@@ -137,11 +143,13 @@ def set_aside_dir(workdir, prefix):
 
 
 def move_aside(workdir):
-  """--restart: moves everything of the run in `workdir` into W/previous-<timestamp>/ (deleting nothing);
-  returns that directory, or None when there was nothing to move."""
-  names = [n for n in sorted(os.listdir(workdir)) if n != LOCK_FILE and not n.startswith("previous-")]
-  if not names:
+  """--restart: moves the run in `workdir` into W/previous-<timestamp>/ (deleting nothing); returns that
+  directory, or None when there was nothing to move. Only a directory holding an imgrec run (its config.json) is
+  touched, and only the run's own files (`workdir.RUN_FILES` and earlier damaged-*/ copies): whatever else
+  lives there (a repository, data, notes) stays where it is."""
+  if not os.path.isfile(os.path.join(workdir, wd.CONFIG_FILE)):
     return None
+  names = [n for n in sorted(os.listdir(workdir)) if n in wd.RUN_FILES or n.startswith("damaged-")]
   dest = set_aside_dir(workdir, "previous")
   with wd.writing(dest):
     os.makedirs(dest)
@@ -187,6 +195,7 @@ def lock(workdir, enabled=True):
     yield
     return
   path = os.path.join(workdir, LOCK_FILE)
+  created = not os.path.isdir(workdir)  # removed again if the run fails before writing anything in it
   with wd.writing(workdir):
     os.makedirs(workdir, exist_ok=True)
   while True:
@@ -223,3 +232,6 @@ def lock(workdir, enabled=True):
     with contextlib.suppress(FileNotFoundError):
       os.unlink(path)
     os.close(fd)
+    if created:
+      with contextlib.suppress(OSError):  # fails, as it should, once the run wrote anything
+        os.rmdir(workdir)

@@ -19,6 +19,7 @@ the purge marker.
 `Profiler` traces the train steps of `config.profile = "START:STOP"` with `jax.profiler` into
 `W/profile/` (TensorBoard's profile tab, or Perfetto: perfetto_trace.json.gz beside it).
 """
+import functools
 import glob
 import io
 import numbers

@@ -29,6 +29,7 @@ from imgrec.errors import Preempted, UserError
 from imgrec.state import variables
 
 MAX_UNCHECKED = 8  # steps in flight whose finite flag is not read yet; past this the loop waits for the oldest
+CURVES_EVERY_S = 30.0  # curves.png is redrawn at an evaluation at most this often (and always at the end)
 
 
 def train(cfg, workdir, restart=False):
@@ -77,7 +78,7 @@ def train(cfg, workdir, restart=False):
     best = Selection(cfg, task, workdir, enabled=cfg.data.val_fraction > 0)  # on a held-out val split, never test
 
     # -------------------------------------------------------------- loop
-    log = TrainLog(cfg, task, workdir, built.lr, total_steps, start_step, is_main)
+    log = TrainLog(cfg, task, workdir, built.lr, total_steps, start_step, is_main, ds)
     profiler = tracking.Profiler(cfg.profile, os.path.join(workdir, tracking.PROFILE_DIR))
     eval_every, ckpt_every = cfg.eval_every or per_epoch, cfg.checkpoint_every or per_epoch
     end_step = start_step if best.stop_early() else total_steps
@@ -128,7 +129,7 @@ def restore_or_init(cfg, info, workdir, mngr, abstract, init, shardings, is_main
   W/damaged-<timestamp>/ (the run writes those steps again, never over them); metrics.jsonl loses only the
   records newer than the step resumed from."""
   state = checkpoint.restore_latest(mngr, abstract)
-  state = initial_state(cfg, init, shardings) if state is None else state
+  state = initial_state(cfg, init, shardings, workdir) if state is None else state
   if is_main:
     wd.write(workdir, cfg, info)
     dest = os.path.join(resume.set_aside_dir(workdir, "damaged"), os.path.basename(str(mngr.directory)))
@@ -140,11 +141,11 @@ def restore_or_init(cfg, info, workdir, mngr, abstract, init, shardings, is_main
   return state
 
 
-def initial_state(cfg, init, shardings):
+def initial_state(cfg, init, shardings, workdir=None):
   """A fresh state, initialised in place; for fine-tuning, matching parameters come from another run."""
   state = jax.jit(init, out_shardings=shardings)()
   if cfg.transfer.init_from:
-    state = transfer.init_from(state, cfg.transfer, shardings)
+    state = transfer.init_from(state, cfg.transfer, shardings, workdir)
   return state
 
 
@@ -290,10 +291,12 @@ class TrainLog:
   bar closes however it ends (and the TensorBoard events reach the disk); `finish` records the final
   evaluation and closes the TensorBoard writer."""
 
-  def __init__(self, cfg, task, workdir, lr_fn, total_steps, start_step, is_main):
+  def __init__(self, cfg, task, workdir, lr_fn, total_steps, start_step, is_main, ds):
     self.cfg, self.task, self.workdir, self.lr_fn, self.is_main = cfg, task, workdir, lr_fn, is_main
     self.pending, self.checked = [], 0  # (step, metrics) on device; how many of them are known finite
-    self.tracker = tracking.Tracker(workdir, cfg, start_step, enabled=is_main, preview=task.augment_preview(cfg))
+    self.tracker = tracking.Tracker(workdir, cfg, start_step, enabled=is_main, preview=task.augment_preview(cfg, ds))
+    # metrics.jsonl's records, read once and kept as they are appended: curves.png is drawn from these
+    self.records, self.curves_at = wd.read_metrics(workdir) if is_main else [], None
     self.bar = tqdm.tqdm(total=total_steps, initial=start_step, desc="train", unit="step", disable=not is_main,
                          dynamic_ncols=True)
     self.t0 = time.perf_counter()
@@ -310,6 +313,7 @@ class TrainLog:
   def finish(self, result, summary):
     """The final evaluation: the task's line on stdout, TensorBoard scalars and the task's images."""
     print(self.task.final_line(result), flush=True)
+    self.curves(force=True)
     self.tracker.end(result, self.task.summary_images(result, summary))
     self.tracker.close()
 
@@ -347,6 +351,7 @@ class TrainLog:
     self.pending, self.checked = [], 0
     if self.is_main:
       wd.append_metrics(self.workdir, rec)
+      self.records.append(rec)
     self.tracker.train(rec)
     self.bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['img_per_sec']:.0f}")
 
@@ -354,12 +359,21 @@ class TrainLog:
     """Records an evaluation (metrics.jsonl, curves.png, a line under the bar)."""
     if self.is_main:
       wd.append_metrics(self.workdir, {"step": step, **result})
-      with wd.writing(os.path.join(self.workdir, "curves.png")):
-        plots.plot_curves(wd.read_metrics(self.workdir), os.path.join(self.workdir, "curves.png"),
-                          self.task.DEFAULT_SELECT)
+      self.records.append({"step": step, **result})
+      self.curves()
     self.tracker.eval({"step": step, **result})
     self.write(f"step {step}: {self.task.progress_line(result)}" + (" (best so far)" if is_best else ""))
     self.t0 = time.perf_counter()  # evaluation time is not training throughput
+
+  def curves(self, force=False):
+    """Redraws curves.png from the records, at most every CURVES_EVERY_S seconds unless `force`d: a long run
+    evaluating often would otherwise spend more and more time drawing."""
+    if not self.is_main or not (force or self.curves_at is None
+                                or time.perf_counter() - self.curves_at >= CURVES_EVERY_S):
+      return
+    with wd.writing(os.path.join(self.workdir, "curves.png")):
+      plots.plot_curves(self.records, os.path.join(self.workdir, "curves.png"), self.task.DEFAULT_SELECT)
+    self.curves_at = time.perf_counter()
 
   def write(self, line):
     self.bar.write(line)

@@ -1,12 +1,17 @@
-"""Transfer learning: load parameters by name from another run or a params .npz, and the linear probe.
+"""Transfer learning: load parameters by name from another run, a params .npz or a pretrained checkpoint, and
+the linear probe.
 
 Parameters are named by their path in the variables tree, "params/stage1_block1/conv1/kernel"
-and "batch_stats/.../mean". `transfer.init_from` (a workdir, a workdir holding params.npz, or a
-params .npz file) fills every parameter of the new model whose name and shape match; the rest
-(the head for a different class count, anything matching `transfer.reinit`) keeps its fresh
-initialisation. A table says what happened to each name. Freezing (`optim.freeze`) and layer-wise
-learning rates (`transfer.lr_mults`) are parts of the optimiser: imgrec/optim.py.
+and "batch_stats/.../mean". `transfer.init_from` (a workdir, a folder holding params.npz such as `imgrec
+import` writes, a params .npz file, or directly a checkpoint `imgrec import` reads: big_vision .npz[:img],
+timm / Hugging Face safetensors or folder, torchvision .pth) fills every parameter of the new model whose name
+and shape match; a ViT position embedding is resampled to the new patch grid; the rest (anything matching
+`transfer.reinit`, by default the head; a parameter of another shape) keeps its fresh initialisation. A table
+says what happened to each name (loaded, resized, re-initialised, missing, wrong shape, unexpected); it is
+printed and saved as W/transfer.json. Freezing (`optim.freeze`) and layer-wise learning rates
+(`transfer.lr_mults`) are parts of the optimiser: imgrec/optim.py.
 """
+import json
 import math
 import os
 import re
@@ -16,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from imgrec import parallel, steps, workdir as wd
+from imgrec import checkpoint_import, parallel, steps, workdir as wd
 from imgrec.data import sources
 from imgrec.errors import UserError
 from imgrec.models import vit
@@ -24,7 +29,13 @@ from imgrec.state import variables
 
 
 def load_source(path):
-  """The named variables of `path`: a params .npz, a directory with params.npz, or a training workdir."""
+  """The named variables of `path`: a pretrained checkpoint (`checkpoint_import`), a params .npz, a directory
+  with params.npz, or a training workdir."""
+  if checkpoint_import.is_checkpoint(path):
+    values, info, _ = checkpoint_import.convert(path)
+    print(f"transfer: {path} is a {info['layout']} checkpoint of imgrec {info['model']['name']} "
+          f"{info['model']['kwargs'] or ''}", flush=True)
+    return values
   if os.path.isfile(path) or os.path.isfile(os.path.join(path, wd.PARAMS_FILE)):
     return wd.load_params(path)
   if os.path.isdir(path):
@@ -39,7 +50,7 @@ def merge(target, source, reinit=""):
   Returns (merged, rows) where rows are (name, status, target shape, source shape) with
   status one of: loaded, re-initialised (matched `reinit`), missing (not in the source),
   resized (a ViT position embedding whose square patch grid is interpolated to the new image size),
-  shape mismatch (kept fresh), unused (in the source only).
+  wrong shape (kept fresh), unexpected (in the source only).
   """
   pattern = re.compile(reinit) if reinit else None
   merged, rows = {}, []
@@ -52,12 +63,12 @@ def merge(target, source, reinit=""):
       status = "missing"
     elif src_shape != shape:
       src = _resized_pos_embedding(name, src, shape)
-      status = "shape mismatch" if src is None else "resized"
+      status = "wrong shape" if src is None else "resized"
     else:
       status = "loaded"
     merged[name] = np.asarray(src, dtype=np.asarray(value).dtype) if status in ("loaded", "resized") else value
     rows.append((name, status, shape, src_shape))
-  rows += [(name, "unused", None, tuple(np.shape(v))) for name, v in source.items() if name not in target]
+  rows += [(name, "unexpected", None, tuple(np.shape(v))) for name, v in source.items() if name not in target]
   return merged, rows
 
 
@@ -73,27 +84,44 @@ def _resized_pos_embedding(name, src, shape):
   return None
 
 
+STATUSES = ("loaded", "resized", "re-initialised", "missing", "wrong shape", "unexpected")
+
+
 def format_table(rows):
   """One line per status with counts, then every name that was not loaded."""
   lines = ["transfer: status           tensors     values"]
-  for status in ("loaded", "resized", "re-initialised", "missing", "shape mismatch", "unused"):
+  for status in STATUSES:
     sel = [r for r in rows if r[1] == status]
     n = sum(int(np.prod(r[2] if r[2] is not None else r[3])) for r in sel)
     lines.append(f"transfer: {status:<16} {len(sel):>8} {n:>10}")
   for name, status, shape, src_shape in rows:
     if status != "loaded":
-      detail = {"shape mismatch": f"{src_shape} -> {shape}", "resized": f"{src_shape} -> {shape}",
-                "unused": f"{src_shape}"}.get(status, f"{shape}")
+      detail = {"wrong shape": f"{src_shape} -> {shape}", "resized": f"{src_shape} -> {shape}",
+                "unexpected": f"{src_shape}"}.get(status, f"{shape}")
       lines.append(f"transfer:   {status:<16} {name} {detail}")
   return "\n".join(lines)
 
 
-def init_from(state, tcfg, shardings=None):
-  """`state` with params and batch_stats filled from `tcfg.init_from` by name; prints the table."""
+def save_report(path, init_from, rows):
+  """W/transfer.json: the counts per status and every parameter's row."""
+  counts = {s: sum(r[1] == s for r in rows) for s in STATUSES}
+  report = {"init_from": init_from, "counts": counts,
+            "rows": [{"name": n, "status": s, "shape": None if a is None else list(a),
+                      "source_shape": None if b is None else list(b)} for n, s, a, b in rows]}
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with wd.writing(path), open(path, "w") as f:
+    json.dump(report, f, indent=1)
+
+
+def init_from(state, tcfg, shardings=None, workdir=None):
+  """`state` with params and batch_stats filled from `tcfg.init_from` by name; prints the table (and saves it as
+  `workdir`/transfer.json)."""
   source = load_source(tcfg.init_from)
   target = wd.flatten(jax.device_get(variables(state)))
   merged, rows = merge(target, source, tcfg.reinit)
   print(format_table(rows), flush=True)
+  if workdir and jax.process_index() == 0:
+    save_report(os.path.join(workdir, "transfer.json"), tcfg.init_from, rows)
   if not any(r[1] == "loaded" for r in rows):
     raise UserError(f"transfer.init_from={tcfg.init_from!r}: no parameter matched by name and shape; "
                     "is it the same model family?")

@@ -10,7 +10,6 @@
 dataset.json; `restore(W)` loads a run through it (`params_only=True` for inference: no optimiser state
 is read or held); `write(W, cfg, info, state)` writes one (training, pruning and channel pruning alike).
 """
-import contextlib
 import dataclasses
 import functools
 import json
@@ -22,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from imgrec import checkpoint, config as config_lib, models, optim, parallel, tasks
+from imgrec import checkpoint, checkpoint_import, config as config_lib, files, models, optim, parallel, tasks
 from imgrec.data import pipeline
 from imgrec.errors import UserError
 from imgrec.state import TrainState, init_state, variables
@@ -92,11 +91,22 @@ def initial_state(cfg, info, mesh, params=None, batch_stats=None):
 
 
 def data_info(cfg, ds):
-  """What dataset.json records of the data a run trained on (read back by every command on the run)."""
+  """What dataset.json records of the data a run trained on (read back by every command on the run). A run
+  fine-tuned from a pretrained checkpoint normalises as that checkpoint expects (its own config, or its layout's
+  convention), unless data.norm / data.mean say otherwise; the checkpoint's resize and crop are recorded."""
   train_split = ds.split(cfg.data.train_split)
-  mean, std = pipeline.normalization(cfg.data, train_split)
-  return {"source": ds.name, "class_names": list(ds.class_names), "image_shape": list(ds.image_shape),
+  pre = None
+  if cfg.transfer.init_from and not (cfg.data.norm or cfg.data.mean):
+    pre = checkpoint_import.checkpoint_preprocessing(cfg.transfer.init_from)
+  if pre and len(pre["mean"]) == ds.image_shape[-1]:
+    mean, std = [float(m) for m in pre["mean"]], [float(s) for s in pre["std"]]
+  else:
+    pre, (mean, std) = None, pipeline.normalization(cfg.data, train_split)
+  info = {"source": ds.name, "class_names": list(ds.class_names), "image_shape": list(ds.image_shape),
           "mean": mean, "std": std, "num_train": len(train_split), "pp_eval": ds.pp_eval}
+  if pre:
+    info["checkpoint_preprocessing"] = pre
+  return info
 
 
 # ---------------------------------------------------------------------------- reading and writing a run
@@ -118,28 +128,27 @@ def read_info(workdir):
   path = os.path.join(workdir, INFO_FILE)
   if not os.path.isfile(path):
     raise UserError(f"{path} not found: is {workdir} a workdir written by `imgrec train`?")
-  with open(path) as f:
-    return json.load(f)
+  return files.read_json(path)
 
 
-@contextlib.contextmanager
-def writing(path):
-  """Turns a failed write of `path` (disk full, read-only) into a UserError naming it."""
-  try:
-    yield
-  except OSError as e:
-    raise UserError(f"cannot write {path}: {e.strerror or e}; free disk space or make it writable, then rerun "
-                    "(what was written before is intact)") from None
+writing = files.writing  # a failed write of a path (disk full, read-only) as a UserError naming it
+
+# What a run consists of: the only names `imgrec train --restart` moves aside (with the run's extra outputs:
+# reports, TensorBoard events, profiles, compressed variables), so a directory's other files are never touched.
+RUN_FILES = (CONFIG_FILE, INFO_FILE, METRICS_FILE, PARAMS_FILE, "checkpoints", "best", "curves.png", "tensorboard",
+             "profile", "report", "explain", "robustness", "import.json", "train.log")  # train.log: a sweep trial's
+
+
+holds_run, refuse_existing_run = files.holds_run, files.refuse_existing_run  # one check, in files.py
 
 
 def write(workdir, cfg, info, state=None, keep=None):
-  """Writes config.json and dataset.json, and `state` as the checkpoint of its step when given."""
+  """Writes config.json and dataset.json (each atomically: a kill leaves the old file or the new one), and
+  `state` as the checkpoint of its step when given."""
   with writing(workdir):
     os.makedirs(workdir, exist_ok=True)
-  with writing(os.path.join(workdir, CONFIG_FILE)):
-    config_lib.save(cfg, os.path.join(workdir, CONFIG_FILE))
-  with writing(os.path.join(workdir, INFO_FILE)), open(os.path.join(workdir, INFO_FILE), "w") as f:
-    json.dump(info, f, indent=2)
+  config_lib.save(cfg, os.path.join(workdir, CONFIG_FILE))
+  files.write_json(os.path.join(workdir, INFO_FILE), info)
   if state is not None:
     mngr = checkpoint.manager(workdir, keep or cfg.keep_checkpoints)
     with checkpoint.closing(mngr):
@@ -253,10 +262,7 @@ def trim_metrics(workdir, last_step):
     intact = f.read(1) in (b"\n", b"")
   if len(kept) == len(records) and intact:
     return
-  with writing(path):
-    with open(path + ".tmp", "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in kept)
-    os.replace(path + ".tmp", path)
+  files.write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 # ---------------------------------------------------------------------------- variables by name (.npz)

@@ -97,7 +97,8 @@ def test_workdir_restores_and_fine_tunes(trained_workdir, tmp_path, capsys):
   x = jax.random.normal(jax.random.key(0), (8, *info["image_shape"]))
   np.testing.assert_allclose(np.asarray(small.apply(train_state.variables(small_state), x)),
                              np.asarray(model.clone(**kwargs).apply(expected, x)), atol=1e-6)
-  before = compress.accuracy(small, train_state.variables(small_state), _test_split(cfg), info["mean"], info["std"])
+  before = compress.accuracy(compress.correct_fn(small, info["mean"], info["std"]), train_state.variables(small_state),
+                            _test_split(cfg))
   # The CLI: prune and fine-tune into a normal workdir (restored by workdir.restore, as eval/serve/export do).
   out = str(tmp_path / "pruned")
   assert cli.main(["compress", "--workdir", trained_workdir, "--method", "channels", "--sparsity", "0.5",
@@ -106,7 +107,8 @@ def test_workdir_restores_and_fine_tunes(trained_workdir, tmp_path, capsys):
   assert "channels: accuracy" in printed and os.path.isfile(os.path.join(out, "params.npz"))
   _, _, tuned_model, tuned = wd.restore(out)
   assert int(tuned.step) == 30 and profile.count_params(tuned.params) == r["params_after"]
-  after = compress.accuracy(tuned_model, train_state.variables(tuned), _test_split(cfg), info["mean"], info["std"])
+  after = compress.accuracy(compress.correct_fn(tuned_model, info["mean"], info["std"]), train_state.variables(tuned),
+                           _test_split(cfg))
   assert after > max(before, 0.3), (before, after)  # fine-tuning recovers; chance is 0.1
 
 

@@ -11,7 +11,7 @@ from imgrec.data import sources
 from imgrec.tasks import classification
 
 
-def test_int8_and_bf16(trained_workdir, tmp_path):
+def test_int8_and_bf16(trained_workdir, tmp_path, monkeypatch):
   r = compress.compress_workdir(trained_workdir, "int8", str(tmp_path / "q.npz"))
   assert r["accuracy"] >= r["accuracy_fp32"] - 0.02, r
   assert r["bytes"] < 0.6 * r["bytes_fp32"], r  # tiny model: npz headers weigh; see BENCHMARKS.md for ResNet
@@ -29,8 +29,11 @@ def test_int8_and_bf16(trained_workdir, tmp_path):
   assert np.mean(np.argmax(float_logits, -1) == np.argmax(int8_logits, -1)) >= 0.9
   assert 0 < float(jnp.max(jnp.abs(float_logits - int8_logits))) < 0.5  # quantised, not a float copy
 
+  made, real = [], compress.correct_fn  # bf16 measures the fp32 model and its bf16 weights with one function
+  monkeypatch.setattr(compress, "correct_fn", lambda *a: made.append(real(*a)) or made[-1])
   b = compress.compress_workdir(trained_workdir, "bf16", str(tmp_path / "b.npz"))
   assert abs(b["accuracy"] - b["accuracy_fp32"]) <= 0.01 and b["bytes"] < 0.7 * b["bytes_fp32"], b
+  assert len(made) == 1 and steps._jitted(made[0], compress.parallel.make_mesh())._cache_size() == 1  # one compile
 
 
 def test_magnitude_masks_and_schedule():

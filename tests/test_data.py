@@ -275,3 +275,19 @@ def test_data_config_errors(overrides, message):
     cfg.data[k] = v
   with pytest.raises(UserError, match=message):
     config.validate(cfg)
+
+
+def test_a_lone_split_folder_is_read_as_the_data_not_as_a_class(tmp_path, caplog):
+  """DIR/train/<class>/ alone: its classes, split with data.test_fraction (not one class named "train"). DIR/val/
+  alone is refused naming the layout expected."""
+  photo_folder(tmp_path / "only_train" / "train", n=12, classes=3)
+  cfg = config.defaults().data
+  cfg.source, cfg.image_size, cfg.test_fraction = f"folder:{tmp_path / 'only_train'}", 16, 0.25
+  with caplog.at_level("WARNING", logger="imgrec"):
+    ds = sources.load(cfg)
+  assert ds.class_names == ("c0", "c1", "c2") and len(ds.split("train")) == 9 and len(ds.split("test")) == 3
+  assert any("holds only train/" in r.getMessage() for r in caplog.records)
+  photo_folder(tmp_path / "only_val" / "val", n=6, classes=2)
+  cfg.source = f"folder:{tmp_path / 'only_val'}"
+  with pytest.raises(UserError, match=r"holds only val/ and no train/: folder:DIR reads DIR/train/<class>/"):
+    sources.load(cfg)

@@ -11,7 +11,8 @@ import pytest
 from imgrec import config
 from imgrec.errors import UserError
 from imgrec.tasks import detection
-from imgrec.tasks.detection import model as fcos
+from imgrec.data import sources
+from imgrec.tasks.detection import holdout, model as fcos
 
 
 @pytest.mark.parametrize("key,value,message", [
@@ -39,6 +40,8 @@ class FakeSplit:
   """What the detection data gives: features per example, COCO ground truth in source coordinates."""
   category_ids = (5, 9)
   class_names = ("ring", "bar")
+  name, max_boxes = "fake", 4
+  ann = type("Annotations", (), {"image_ids": np.arange(100, 100 + len(TRUTH))})
 
   def __len__(self):
     return len(TRUTH)
@@ -120,3 +123,19 @@ def test_geometric_device_augmentation_is_refused():
   cfg.data.augment = "brightness(0.2)|contrast(0.1)"
   x, targets = detection.make_inputs(cfg, {})(jax.random.key(0), batch_of(FakeSplit()))
   assert x.shape == (2, H, W, 3) and set(targets) == {"boxes", "classes", "box_mask"}
+
+
+def test_val_holdout_splits_images_and_ground_truth():
+  ds = sources.Dataset("fake", {"train": FakeSplit(), "test": FakeSplit()}, FakeSplit.class_names, (H, W, 3))
+  out = holdout.with_validation(ds, "train", 0.5)
+  train, val = out.split("train"), out.split("val")
+  assert len(train) == len(val) == 1 and out.split("test") is ds.split("test")
+  ids = {int(s.example(0, False, None)["image_id"]) for s in (train, val)}
+  assert ids == {100, 101}
+  for s in (train, val):
+    gt = s.coco_ground_truth()
+    mine = int(s.example(0, False, None)["image_id"])
+    assert [im["id"] for im in gt["images"]] == [mine] and [a["image_id"] for a in gt["annotations"]] == [mine]
+    assert s.category_ids == FakeSplit.category_ids
+  with pytest.raises(UserError, match="leaves no val"):
+    holdout.with_validation(ds, "train", 0.1)

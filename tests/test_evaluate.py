@@ -76,3 +76,21 @@ def test_eval_matches_training_eval_and_rejects_bad_split(trained_workdir):
   assert result["accuracy"] == pytest.approx(last["accuracy"]) and result["loss"] == pytest.approx(last["loss"], rel=1e-4)
   with pytest.raises(UserError, match="no split"):
     evaluate.evaluate_workdir(trained_workdir, split="validation", report=False)
+
+
+def test_tta_averages_the_softmax_of_each_image_and_its_mirror(trained_workdir):
+  """`--tta` against a hand computation: log of the mean of softmax(image) and softmax(mirrored image)."""
+  from imgrec import evaluate, state as train_state, steps, workdir as wd
+  from imgrec.data import sources
+  run = wd.restore(trained_workdir)
+  images, labels = sources.load(run.cfg.data).split("test").get(np.arange(359))
+  apply = lambda x: np.asarray(run.model.apply(train_state.variables(run.state), steps.normalize(
+      x, run.info["mean"], run.info["std"]), train=False), np.float64)
+  plain = metrics.softmax(apply(images))
+  probs = (plain + metrics.softmax(apply(images[:, :, ::-1]))) / 2
+  expected_loss = float(-np.log(probs[np.arange(len(labels)), labels]).mean())
+  tta = evaluate.evaluate_workdir(trained_workdir, tta=True, report=False)
+  assert tta["loss"] == pytest.approx(expected_loss, rel=1e-4)
+  assert tta["accuracy"] == pytest.approx(float((probs.argmax(-1) == labels).mean()))
+  plain_loss = float(-np.log(plain[np.arange(len(labels)), labels]).mean())
+  assert abs(plain_loss - expected_loss) > 1e-2  # control: the mirror changes the number checked above

@@ -1,4 +1,7 @@
 """imgrec's convolution (im2col path forced on) against lax.conv_general_dilated / nn.Conv."""
+import collections
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -156,11 +159,28 @@ def test_conv2d_int8_matches_lax_exactly():
       np.testing.assert_array_equal(ours, ref, err_msg=f"{name}, dilation {dilation}")
 
 
-def test_impl_auto_uses_lax_off_cpu(monkeypatch):
-  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  x, kernel = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 6))
-  jaxpr = str(jax.make_jaxpr(lambda x, k: jax.grad(lambda k: layers.conv2d(x, k).sum())(k))(x, kernel))
-  assert "custom_vjp" not in jaxpr and "conv_general_dilated" in jaxpr
+def _ops(fn, platform, *args):
+  """{stablehlo op: count} of `fn` lowered for `platform` (jax.export lowers for any platform on a CPU host)."""
+  text = jax.export.export(jax.jit(fn), platforms=(platform,))(*args).mlir_module()
+  return collections.Counter(re.findall(r"stablehlo\.(\w+)", text))
+
+
+def test_impl_auto_picks_the_path_by_the_platform_lowered_for():
+  """What the code chooses with `lax.platform_dependent`: a program lowered for cuda or tpu holds XLA's
+  convolution and reduce_window; lowered for CPU, im2col taps and elementwise maxima instead. Forcing one path
+  (IMPL="im2col" or "lax") makes the other platform's assertion fail."""
+  x, depthwise = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 1, 4))
+  conv = lambda x, k: layers.conv2d(x, k, feature_group_count=4)
+  pool = lambda x: layers.max_pool(x, 2)
+  for platform in ("cuda", "tpu"):
+    ops = _ops(conv, platform, x, depthwise)
+    assert ops["convolution"] == 1 and ops["slice"] == 0, (platform, ops)
+    ops = _ops(pool, platform, x)
+    assert ops["reduce_window"] == 1 and ops["maximum"] == 1, (platform, ops)  # the maximum inside the window
+  ops = _ops(conv, "cpu", x, depthwise)
+  assert ops["convolution"] == 0 and ops["slice"] >= 9, ops  # one strided view per kernel tap
+  ops = _ops(pool, "cpu", x)
+  assert ops["reduce_window"] == 0 and ops["maximum"] == 3, ops  # 2x2 window: three elementwise maxima
 
 
 SHARDED = """
@@ -190,3 +210,17 @@ print("ok")
 
 def test_sharded_batch_on_8_devices():
   assert run_python(SHARDED, devices=8).stdout.strip() == "ok"
+
+
+def test_grouped_conv_exports_with_a_symbolic_batch():
+  """jax.export with a symbolic batch (imgrec export): the CPU path's chunking cannot divide an unknown batch,
+  so it runs the batch in one step (depthwise convolutions: MobileNet, EfficientNet, ConvNeXt)."""
+  rng = np.random.default_rng(0)
+  kernel = jnp.asarray(rng.normal(size=(7, 7, 1, 8)), jnp.float32)
+  fn = jax.jit(lambda x: layers.conv2d(x, kernel, padding=((3, 3), (3, 3)), feature_group_count=8, impl="im2col"))
+  b, = jax.export.symbolic_shape("b")
+  exported = jax.export.export(fn, platforms=["cpu"])(jax.ShapeDtypeStruct((b, 12, 12, 8), jnp.float32))
+  x = jnp.asarray(rng.normal(size=(3, 12, 12, 8)), jnp.float32)
+  expected = lax.conv_general_dilated(x, kernel, (1, 1), ((3, 3), (3, 3)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                      feature_group_count=8)
+  np.testing.assert_allclose(np.asarray(exported.call(x)), np.asarray(expected), atol=1e-4)

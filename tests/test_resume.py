@@ -10,9 +10,10 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
-from imgrec import cli, config, evaluate, resume, steps, train, workdir as wd
+from imgrec import checkpoint, cli, config, evaluate, resume, steps, train, workdir as wd
 from imgrec.data import sources
 from imgrec.errors import UserError
 from tests.conftest import tiny_config
@@ -102,11 +103,16 @@ def test_a_changed_run_is_refused_and_the_workdir_is_untouched(run60, tmp_path, 
 def test_restart_moves_the_old_run_aside(run60, tmp_path, capsys):
   workdir = copy_of(run60, tmp_path)
   before = hashes(workdir)
+  os.makedirs(os.path.join(workdir, ".git"))  # not the run's: --restart leaves them where they are
+  for name in (".git/HEAD", "notes.txt"):
+    with open(os.path.join(workdir, name), "w") as f:
+      f.write("mine\n")
   cfg = tiny_config(steps=4, model__kwargs__hidden=16, checkpoint_every=4, eval_every=4)
   train.train(cfg, workdir, restart=True)
   previous = [d for d in os.listdir(workdir) if d.startswith("previous-")]
   assert len(previous) == 1 and "--restart: moved the previous run" in capsys.readouterr().out
-  assert hashes(os.path.join(workdir, previous[0])) == before  # every file, byte for byte
+  assert hashes(os.path.join(workdir, previous[0])) == before  # every file of the run, byte for byte
+  assert {".git", "notes.txt"} <= set(os.listdir(workdir))
   assert saved_steps(workdir) == [4] and wd.restore(workdir).cfg.model.kwargs.hidden == 16
   # Control: without --restart, the same config is refused.
   with pytest.raises(UserError, match="holds another run"):
@@ -200,6 +206,33 @@ def test_a_truncated_newest_checkpoint_falls_back_and_no_step_is_overwritten(run
   assert hashes(os.path.join(ckpts, "30")) == at30 and hashes(os.path.join(ckpts, "60")) == at60
   # Control: the retraining really rewrote step 60 (its files differ from the damaged ones).
   assert at60 != damaged
+
+
+def test_restart_in_a_directory_without_a_run_moves_nothing(tmp_path):
+  """`imgrec train --workdir . --restart` in a repository: no config.json, so nothing is moved."""
+  (tmp_path / ".git").mkdir()
+  (tmp_path / "README.md").write_text("mine\n")
+  assert resume.move_aside(str(tmp_path)) is None
+  assert sorted(os.listdir(tmp_path)) == [".git", "README.md"]
+
+
+def test_a_failed_restore_that_is_not_damage_moves_nothing(run60, tmp_path, monkeypatch):
+  """Device memory running out while step 60 is read is not damage: a UserError naming the cause, and no
+  checkpoint is skipped, moved aside or retrained."""
+  workdir = copy_of(run60, tmp_path)
+  before = hashes(workdir)
+  real = ocp.CheckpointManager.restore
+
+  def out_of_memory(self, step, *a, **kw):
+    if step == 60:
+      raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.21GiB")
+    return real(self, step, *a, **kw)
+  monkeypatch.setattr(ocp.CheckpointManager, "restore", out_of_memory)
+  with pytest.raises(UserError, match=r"restoring checkpoint .*/60 failed: RuntimeError: RESOURCE_EXHAUSTED.*"
+                     "nothing was moved"):
+    train.train(tiny_config(steps=90), workdir)
+  assert hashes(workdir) == before
+  assert checkpoint.is_damage(ValueError('OUT_OF_RANGE: Error reading "params.head.kernel/0.0"'))  # control
 
 
 def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(run60, tmp_path):
@@ -341,7 +374,8 @@ def test_a_locked_workdir_is_refused_and_a_stale_lock_taken_over(tmp_path, caplo
   with resume.lock(workdir):
     with pytest.raises(UserError, match=rf"in use by another `imgrec train` \(pid {os.getpid()} on "):
       train.train(tiny_config(), workdir)
-  assert not os.path.exists(os.path.join(workdir, resume.LOCK_FILE))
+  assert not os.path.exists(workdir)  # the lock made the directory, and nothing was written in it: removed
+  os.makedirs(workdir)
   gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
   with open(os.path.join(workdir, resume.LOCK_FILE), "w") as f:  # left by a process killed -9: no flock on it
     json.dump({"pid": int(gone.stdout), "host": "elsewhere", "since": "then"}, f)

@@ -61,6 +61,23 @@ def test_robustness_report_and_fgsm_lowers_accuracy(trained_workdir):
 def test_cli_robustness_bad_epsilons(trained_workdir, capsys):
   from imgrec import cli
   assert cli.main(["robustness", "--workdir", trained_workdir, "--epsilons", "4,big"]) == 2
-  assert "--epsilons takes comma-separated numbers" in capsys.readouterr().err
+  assert "--epsilons (in 1/255 units) '4,big': 'big' is not valid" in capsys.readouterr().err
   assert cli.main(["robustness", "--workdir", trained_workdir, "--corruptions", "fog"]) == 2
   assert "unknown corruption 'fog'" in capsys.readouterr().err
+
+
+
+def test_every_attack_budget_runs_one_compiled_program(trained_workdir):
+  """eps is an argument of the compiled attack, not a constant baked into a closure: three budgets, one
+  compilation per attack; a zero budget leaves the clean accuracy, a large one lowers it."""
+  from imgrec import parallel, steps, workdir as wd
+  from imgrec.data import splits
+  run = wd.restore(trained_workdir, params_only=True)
+  data = splits.subset(wd.dataset(run).split("test"), np.arange(64))
+  mesh = parallel.make_mesh()
+  fgsm = robustness.make_attack(run.model, run.info["mean"], run.info["std"])
+  acc = {e: steps.stream(fgsm, (run.variables, robustness.budget(e)), data, 32, mesh, 0).mean() for e in (0, 4, 16)}
+  assert steps._jitted(fgsm, mesh)._cache_size() == 1
+  clean = steps.stream(lambda v, b: steps.make_eval_step(run.model, run.info["mean"], run.info["std"])(v, b)["correct"],
+                       run.variables, data, 32, mesh, 0).mean()
+  assert acc[0] == clean and acc[16] < clean - 0.1, (acc, clean)

@@ -162,3 +162,20 @@ def test_a_rerun_with_other_settings_is_refused(tmp_path):
   sweep.open_study(str(tmp_path), None, "s", "maximize", None, None, 10, {"space": ["a"], "fixed": fixed})
   with pytest.raises(UserError, match="started with other settings"):
     sweep.open_study(str(tmp_path), None, "s", "maximize", None, None, 10, {"space": ["b"], "fixed": fixed})
+
+
+def test_a_pruner_that_must_fire_stops_the_trial(tmp_path, monkeypatch):
+  """The pruning path: each val record reported, `should_prune` asked, the trial's `imgrec train` stopped and the
+  trial recorded as pruned. Optuna's ThresholdPruner with lower=2 fires at the first report (accuracy < 2)."""
+  monkeypatch.setitem(sweep.PRUNERS, "always", lambda: optuna.pruners.ThresholdPruner(lower=2.0))
+  study = tmp_path / "s"
+  fixed = [a[len("--config."):] for a in FIXED if "steps=" not in a] + ["steps=3000"]  # long: it must be cut short
+  path = sweep.sweep(None, fixed, ["optim.lr=loguniform(1e-4,1e-1)"], str(study), 1, pruner="always", heartbeat=1)
+  (trial,) = load(study).get_trials()
+  assert trial.state == TrialState.PRUNED, trial.state
+  first = min(trial.intermediate_values)
+  assert trial.user_attrs["pruned_at"] == first and trial.intermediate_values[first] < 2.0
+  assert trial.user_attrs["steps"] < 3000  # stopped, not run to its end
+  assert not os.path.isdir(os.path.join(trial.user_attrs["workdir"], "checkpoints", "3000"))
+  assert trial_processes(study) == []
+  assert "| 0 | pruned |" in open(path).read()

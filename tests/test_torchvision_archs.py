@@ -17,7 +17,8 @@ import jax
 import numpy as np
 import pytest
 
-from imgrec import models, torchvision_import as tvi, transfer, workdir as wd
+from imgrec import checkpoint_import, models, transfer, workdir as wd
+from imgrec.checkpoint_import import formats
 from imgrec.errors import UserError
 from tests.helpers import ROOT
 
@@ -242,7 +243,8 @@ def check(arch, make, size, tmp_path, num_classes=7):
   n_keys = sum(not k.endswith("num_batches_tracked") for k in ref.state_dict())
   del ref
 
-  flat, info = tvi.import_torchvision(arch, path, str(tmp_path / "w"))
+  info, _ = checkpoint_import.import_checkpoint(path, str(tmp_path / "w"), arch)
+  flat = wd.load_params(str(tmp_path / "w"))
   assert json.loads((tmp_path / "w" / "import.json").read_text())["model"] == info["model"]
   assert info["num_classes"] == num_classes and len(flat) == n_keys  # every torch tensor became one imgrec tensor
   model = models.create(info["model"]["name"], num_classes, **info["model"]["kwargs"])
@@ -284,22 +286,23 @@ def mobilenet_sd():
 
 
 def test_bad_state_dicts_name_the_key(mobilenet_sd, tmp_path):
+  convert = lambda sd, arch="mobilenet_v2": checkpoint_import.convert(formats.from_arrays(sd, "sd"), arch)
   sd = dict(mobilenet_sd)
   del sd["features.3.conv.1.1.running_var"]
-  with pytest.raises(UserError, match=r"'features\.3\.conv\.1\.1\.running_var' missing"):
-    tvi.convert("mobilenet_v2", sd)
+  with pytest.raises(UserError, match=r"1 missing \(batch_stats/features_3/dw/bn/var <- features\.3\.conv\.1\.1\.running_var"):
+    convert(sd)
   sd = dict(mobilenet_sd, **{"features.5.conv.1.0.weight": np.zeros((192, 1, 5, 5), np.float32)})
-  with pytest.raises(UserError, match=r"'features\.5\.conv\.1\.0\.weight' has shape \(192, 1, 5, 5\).*\(192, 1, 3, 3\)"):
-    tvi.convert("mobilenet_v2", sd)
+  with pytest.raises(UserError, match=r"1 wrong shape \(.*\(3, 3, 1, 192\) <- features\.5\.conv\.1\.0\.weight \(192, 1, 5, 5\)"):
+    convert(sd)
   sd = dict(mobilenet_sd, **{"features.19.0.weight": np.zeros((8, 8, 1, 1), np.float32)})
-  with pytest.raises(UserError, match=r"features\.19\.0\.weight"):
-    tvi.convert("mobilenet_v2", sd)
-  with pytest.raises(UserError, match=r"'classifier\.6\.bias' missing: not a torchvision vgg16"):
-    tvi.convert("vgg16", mobilenet_sd)
-  with pytest.raises(UserError, match=r"no converter for 'vgg19'.*vit_b_16"):
-    tvi.import_torchvision("vgg19", str(tmp_path / "none.pth"), str(tmp_path / "w"))
+  with pytest.raises(UserError, match=r"1 unexpected \(features\.19\.0\.weight \(8, 8, 1, 1\)"):
+    convert(sd)
+  with pytest.raises(UserError, match=r"sd is a torchvision mobilenet_v2 state_dict, not vgg16"):
+    convert(mobilenet_sd, "vgg16")
+  with pytest.raises(UserError, match=r"unknown model 'vgg99'"):
+    checkpoint_import.import_checkpoint(str(tmp_path / "none.pth"), str(tmp_path / "w"), "vgg99")
   with pytest.raises(UserError, match="not found"):
-    tvi.import_torchvision("vgg16", str(tmp_path / "none.pth"), str(tmp_path / "w"))
+    checkpoint_import.import_checkpoint(str(tmp_path / "none.pth"), str(tmp_path / "w2"), "vgg16")
 
 
 def test_cli_writes_params_and_says_how_to_train(mobilenet_sd, tmp_path):

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from imgrec import models, torchvision_import as tvi, transfer, workdir as wd
+from imgrec import checkpoint_import, models, transfer, workdir as wd
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -93,7 +93,8 @@ def test_converted_resnet_matches_torch(arch, block, layers, tmp_path):
   torch.save(ref.state_dict(), path)
   assert set(ref.state_dict()) >= {"layer1.0.conv1.weight", "fc.weight", "bn1.running_var"}
 
-  flat, _ = tvi.import_torchvision(arch, path, str(tmp_path / "w"))
+  info, _ = checkpoint_import.import_checkpoint(path, str(tmp_path / "w"), arch)
+  assert info["model"] == {"name": arch, "kwargs": {"stem": "imagenet"}} and info["layout"] == "torch resnet"
   x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
   with torch.no_grad():
     expected = ref(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
@@ -104,5 +105,5 @@ def test_converted_resnet_matches_torch(arch, block, layers, tmp_path):
   merged, rows = transfer.merge({k: np.zeros(v.shape, v.dtype) for k, v in target.items()}, loaded)
   assert {r[1] for r in rows} == {"loaded"}, [r for r in rows if r[1] != "loaded"]  # every name, both ways
   got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(wd.unflatten(merged), x))
-  assert got.shape == (2, 7) and len(flat) == len(target)
+  assert got.shape == (2, 7) and len(loaded) == len(target)
   np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)

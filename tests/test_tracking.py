@@ -10,6 +10,7 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from imgrec import cli, tracking, train, workdir as wd
+from imgrec.data import sources
 from imgrec.errors import UserError
 from tests.conftest import tiny_config
 
@@ -32,11 +33,14 @@ def steps_of(acc, tag):
   return [e.step for e in acc.Scalars(tag)]
 
 
-def test_resumed_run_shows_each_step_once_with_eval_metrics_and_images(tmp_path):
+def test_resumed_run_shows_each_step_once_with_eval_metrics_and_images(tmp_path, monkeypatch):
   w = str(tmp_path / "w")
   args = ["train", "--workdir", w, *TINY, "--config.steps=20", "--config.log_every=5", "--config.eval_every=10",
           "--config.checkpoint_every=8", "--config.data.val_fraction=0.1"]
+  opened, load = [], sources.load
+  monkeypatch.setattr(sources, "load", lambda cfg: opened.append(cfg.source) or load(cfg))
   assert cli.main(args) == 0
+  assert opened == ["digits"]  # the augmentation preview drew from the trainer's data, not a second scan
   first_file = sorted(glob.glob(os.path.join(w, "tensorboard", "events.*")))[0]  # the trainer's
   # A process killed after step 20 whose last checkpoint is step 8: it wrote steps 10-20 already.
   for step in ("16", "20"):

@@ -15,14 +15,14 @@ def test_merge_reports_every_status():
             "params/fc/bias": np.ones(3), "params/old/bias": np.ones(7)}
   merged, rows = transfer.merge(target, source, reinit="")
   status = {name: s for name, s, _, _ in rows}
-  assert status == {"params/conv/kernel": "loaded", "params/head/kernel": "shape mismatch",
-                    "params/fc/bias": "shape mismatch", "params/new/bias": "missing", "params/old/bias": "unused"}
+  assert status == {"params/conv/kernel": "loaded", "params/head/kernel": "wrong shape",
+                    "params/fc/bias": "wrong shape", "params/new/bias": "missing", "params/old/bias": "unexpected"}
   assert merged["params/conv/kernel"].sum() == 72 and merged["params/head/kernel"].sum() == 0
   merged, rows = transfer.merge(target, source, reinit="(^|/)conv/")
   assert dict((n, s) for n, s, _, _ in rows)["params/conv/kernel"] == "re-initialised"
   assert merged["params/conv/kernel"].sum() == 0
   table = transfer.format_table(rows)
-  assert "shape mismatch" in table and "(8, 10) -> (8, 5)" in table
+  assert "wrong shape" in table and "(8, 10) -> (8, 5)" in table
 
 
 def test_merge_resizes_vit_position_embedding():
@@ -34,7 +34,7 @@ def test_merge_resizes_vit_position_embedding():
   source = {"params/pos_embedding": src, "params/gap/pos_embedding": src[:, 1:], "params/wide/pos_embedding": src}
   merged, rows = transfer.merge(target, source)
   assert {n: s for n, s, _, _ in rows} == {"params/pos_embedding": "resized", "params/gap/pos_embedding": "resized",
-                                           "params/wide/pos_embedding": "shape mismatch"}
+                                           "params/wide/pos_embedding": "wrong shape"}
   np.testing.assert_allclose(merged["params/pos_embedding"], vit.resize_grid(src, 1, 8, 8), atol=1e-6)
   assert merged["params/pos_embedding"][0, 0].tolist() == src[0, 0].tolist()  # class token unchanged
   np.testing.assert_allclose(merged["params/gap/pos_embedding"], merged["params/pos_embedding"][:, 1:], atol=1e-6)

@@ -22,7 +22,7 @@ from tests.helpers import ROOT
 PUBLISHED = {"alexnet": 61.10, "resnet18": 11.69, "resnet50": 25.56, "resnet152": 60.19, "vgg16": 138.36,
              "vgg16_bn": 138.37, "inception_v1": 6.62, "densenet121": 7.98, "mobilenet_v2": 3.50,
              "mobilenet_v3_large": 5.48, "efficientnet_b0": 5.29, "se_resnet50": 28.09, "vit_s16": 22.05,
-             "vit_b16": 86.57}
+             "vit_b16": 86.57, "vit_b32": 88.22, "vit_l16": 304.33, "convnext_tiny": 28.59, "convnext_base": 88.59}
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
@@ -57,12 +57,13 @@ TINY = {
     "mobilenet_v3_small": dict(width_mult=0.25),
     "efficientnet_b0": dict(width_mult=0.25, depth_mult=0.34, drop_path_rate=0.5),
     "vit_ti4": dict(width=16, depth=2, heads=2, mlp_dim=32, drop_path_rate=0.5, dropout=0.1),
+    "convnext_tiny": dict(depths=(1, 1), dims=(8, 16), drop_path_rate=0.5),
     "lstm": dict(hidden=16, dropout=0.2),
     "gru": dict(hidden=16, bidirectional=True, unroll=1),  # a scan loop: faster to compile than unrolled
 }
-BATCH_NORM = {"alexnet": False, "lenet5": False, "vit_ti4": False, "lstm": False, "gru": False}
+BATCH_NORM = {"alexnet": False, "lenet5": False, "vit_ti4": False, "convnext_tiny": False, "lstm": False, "gru": False}
 STOCHASTIC = {"alexnet", "vgg11_bn", "inception_v1", "resnet50", "wrn16_4", "mobilenet_v2",
-              "mobilenet_v3_small", "efficientnet_b0", "vit_ti4", "lstm"}
+              "mobilenet_v3_small", "efficientnet_b0", "vit_ti4", "convnext_tiny", "lstm"}
 
 
 def test_every_family_has_a_tiny_test():

@@ -278,9 +278,10 @@ def apply(ops, key, images, labels):
   return images, labels
 
 
-def preview(cfg, out_path, n=8, copies=6):
-  """Writes a PNG grid: n training images (rows), the original then `copies` augmented draws."""
-  ds = sources.load(cfg.data)
+def preview(cfg, out_path, n=8, copies=6, ds=None):
+  """Writes a PNG grid: n training images (rows), the original then `copies` augmented draws. `ds`: the data
+  set already open (the trainer's), so a big folder is not scanned a second time."""
+  ds = ds or sources.load(cfg.data)
   split = ds.split(cfg.data.train_split)
   idx = np.random.default_rng(cfg.seed).choice(len(split), n, replace=False)
   images, labels = split.get(idx)

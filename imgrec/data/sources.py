@@ -243,6 +243,17 @@ def _load_folder(directory, cfg):
   if not os.path.isdir(directory):
     raise UserError(f"image folder {directory} not found; data.source=folder:DIR needs one subfolder per class")
   present = [s for s in SPLIT_DIRS if os.path.isdir(os.path.join(directory, s))]
+  subdirs = {e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith(".")}
+  name = f"folder:{directory}"
+  if present and subdirs <= set(SPLIT_DIRS) and "train" not in present:
+    raise UserError(f"{directory} holds only {', '.join(s + '/' for s in present)} and no train/: folder:DIR reads "
+                    "DIR/train/<class>/ (with DIR/val/<class>/ or DIR/test/<class>/), or DIR/<class>/ split with "
+                    "data.test_fraction")
+  if present == ["train"] and subdirs == {"train"}:  # a lone split folder, not a class named "train"
+    log.warning("folder %s holds only train/: its classes are read from %s/train, and data.test_fraction of it is "
+                "held out as test", directory, directory)
+    directory = os.path.join(directory, "train")
+    present = []
   has_splits = "train" in present and len(present) > 1
   parts = {s: _scan_classes(os.path.join(directory, s)) for s in present} if has_splits else {
       "all": _scan_classes(directory)}
@@ -271,8 +282,7 @@ def _load_folder(directory, cfg):
     splits = _holdout(splits["all"], cfg.test_fraction)
   log.info("folder %s: %s; preprocessing train %r, eval %r", directory,
            ", ".join(f"{s} {len(v)}" for s, v in splits.items()), reading.pp_train, reading.pp_eval)
-  return Dataset(f"folder:{directory}", splits, tuple(classes), reading.image_shape, reading.pp_train,
-                 reading.pp_eval)
+  return Dataset(name, splits, tuple(classes), reading.image_shape, reading.pp_train, reading.pp_eval)
 
 
 def _load_tfds(name, cfg):

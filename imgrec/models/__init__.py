@@ -23,7 +23,8 @@ _FAMILIES = {
     "imgrec.models.densenet": ("densenet121", "densenet169"),
     "imgrec.models.mobilenet": ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"),
     "imgrec.models.efficientnet": ("efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3"),
-    "imgrec.models.vit": tuple(f"vit_{s}{p}" for s in ("ti", "s", "b") for p in (16, 8, 4)),
+    "imgrec.models.convnext": ("convnext_tiny", "convnext_small", "convnext_base", "convnext_large"),
+    "imgrec.models.vit": tuple(f"vit_{s}{p}" for s in ("ti", "s", "b", "l") for p in (16, 8, 4, 32)),
     "imgrec.models.rnn": ("lstm", "gru"),
 }
 DEFAULT_INPUT_SHAPE = (224, 224, 3)  # unless a family module's INPUT_SHAPES says otherwise

@@ -206,6 +206,8 @@ def _scan_chunks(fn, k, arrays, images, multiple):
   # Images per step: the largest divisor of the batch up to `images` (at least one), a multiple of
   # `multiple` where the batch allows.
   n = arrays[0].shape[0]
+  if not isinstance(n, int):  # a symbolic batch (jax.export): its divisors are unknown, so one step for all of it
+    return fn(k, *arrays)
   sizes = [d for d in range(1, n + 1) if n % d == 0 and d <= max(images, multiple)]
   chunk = max([d for d in sizes if d % multiple == 0] or sizes)
   if chunk == n:

@@ -3,7 +3,7 @@
 
 The "small" stem (auto at <= 64 px) keeps stride 1 in the stem and in the first strided
 block, so a 28x28 image ends at 4x4 instead of 1x1. Convolutions pad (k-1)/2 on every side, as
-torchvision does (see ConvBNAct), so its weights import exactly (imgrec/torchvision_import.py).
+torchvision does (see ConvBNAct), so its weights import exactly (imgrec/checkpoint_import).
 """
 import functools
 from typing import Any, Callable, Optional

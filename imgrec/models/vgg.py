@@ -2,7 +2,7 @@
 
 Parameter names follow torchvision's layer indices (`features_0`, `features_1` = its BN,
 `classifier_0/3/6`) so its weights map one to one (`classifier_0` flattens the map in H,W,C order,
-torch in C,H,W: imgrec/torchvision_import.py reorders its rows). Max-pools on maps already 1 px wide are
+torch in C,H,W: imgrec/checkpoint_import/torchvision.py reorders its rows). Max-pools on maps already 1 px wide are
 skipped, and the adaptive average pool repeats a small map up to 7x7 as torchvision does.
 """
 import functools

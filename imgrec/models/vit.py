@@ -1,15 +1,19 @@
-"""Vision Transformer (Dosovitskiy et al. 2020): Ti/S/B with 16, 8 or 4 px patches, named as
+"""Vision Transformer (Dosovitskiy et al. 2020): Ti/S/B/L with 32, 16, 8 or 4 px patches, named as
 torchvision's `vit_b_16` (`conv_proj`, `class_token`, `pos_embedding`, `encoder_layer_{i}`
 with `ln_1` / `self_attention` / `ln_2` / `mlp_0` / `mlp_3`, `encoder_ln`, `head`).
 
 The learned position embedding takes its grid from the image size at `init`; applied to
 another size, its grid is resized bilinearly (the class-token entry is kept), so a model
 initialised at 224 px runs at 32 px and back. Attention is `jax.nn.dot_product_attention`.
-LayerNorms use eps 1e-6 as torchvision; its exact (erf) GELU is `gelu_approximate=False`.
+LayerNorms use eps 1e-6 as torchvision (`ln_eps`: Hugging Face's ViT uses 1e-12); its exact (erf) GELU is
+`gelu_approximate=False`. For imported checkpoints: `representation_size` adds big_vision's `pre_logits`
+(Dense + tanh before the head, as in AugReg's ImageNet-21k checkpoints), `layer_scale` DeiT-III's per-channel
+scales of each residual branch (`ls_1`, `ls_2`) and `pos_embed_class=False` its position embedding of the
+patches only; `pool="map"` is SigLIP's attention-pooling head (`map_head`).
 """
 import functools
 import math
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -19,7 +23,9 @@ from imgrec.errors import UserError
 from imgrec.models.blocks import drop_path
 from imgrec.models.layers import Conv
 
-SIZES = {"ti": (192, 12, 3, 768), "s": (384, 12, 6, 1536), "b": (768, 12, 12, 3072)}  # width, depth, heads, mlp
+SIZES = {"ti": (192, 12, 3, 768), "s": (384, 12, 6, 1536), "b": (768, 12, 12, 3072),  # width, depth, heads, mlp
+         "l": (1024, 24, 16, 4096)}
+PATCHES = (16, 8, 4, 32)
 
 
 class SelfAttention(nn.Module):
@@ -51,19 +57,50 @@ class EncoderBlock(nn.Module):
   drop_path: float = 0.0
   train: bool = False
   gelu_approximate: bool = True
+  ln_eps: float = 1e-6
+  layer_scale: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+
+  def scale(self, name, y):
+    if not self.layer_scale:
+      return y
+    return y * self.param(name, nn.initializers.constant(1e-5), (y.shape[-1],), self.param_dtype).astype(y.dtype)
 
   @nn.compact
   def __call__(self, x):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     dropout = functools.partial(nn.Dropout, self.dropout, deterministic=not self.train)
-    y = SelfAttention(self.heads, name="self_attention", **kw)(nn.LayerNorm(1e-6, name="ln_1", **kw)(x))
-    x = x + drop_path(self, dropout()(y), self.drop_path, self.train)
-    y = nn.Dense(self.mlp_dim, name="mlp_0", **kw)(nn.LayerNorm(1e-6, name="ln_2", **kw)(x))
+    y = SelfAttention(self.heads, name="self_attention", **kw)(nn.LayerNorm(self.ln_eps, name="ln_1", **kw)(x))
+    x = x + drop_path(self, self.scale("ls_1", dropout()(y)), self.drop_path, self.train)
+    y = nn.Dense(self.mlp_dim, name="mlp_0", **kw)(nn.LayerNorm(self.ln_eps, name="ln_2", **kw)(x))
     y = nn.gelu(y, approximate=self.gelu_approximate)
     y = nn.Dense(x.shape[-1], name="mlp_3", **kw)(dropout()(y))
-    return x + drop_path(self, dropout()(y), self.drop_path, self.train)
+    return x + drop_path(self, self.scale("ls_2", dropout()(y)), self.drop_path, self.train)
+
+
+class MAPHead(nn.Module):
+  """Multi-head attention pooling (big_vision's MAPHead, SigLIP's image tower): a learned probe attends over the
+  tokens, then a residual MLP; timm's AttentionPoolLatent is the same computation."""
+  heads: int
+  mlp_dim: int
+  gelu_approximate: bool = True
+  ln_eps: float = 1e-6
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    n, t, d = x.shape
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, d), self.param_dtype)
+    q = nn.Dense(d, name="q_proj", **kw)(jnp.broadcast_to(probe.astype(self.dtype), (n, 1, d)))
+    kv = nn.Dense(2 * d, name="kv_proj", **kw)(x).reshape(n, t, 2, self.heads, d // self.heads)
+    y = jax.nn.dot_product_attention(q.reshape(n, 1, self.heads, d // self.heads), kv[:, :, 0], kv[:, :, 1])
+    y = nn.Dense(d, name="out_proj", **kw)(y.reshape(n, 1, d))
+    z = nn.LayerNorm(self.ln_eps, name="ln", **kw)(y)
+    z = nn.gelu(nn.Dense(self.mlp_dim, name="mlp_0", **kw)(z), approximate=self.gelu_approximate)
+    return (y + nn.Dense(d, name="mlp_3", **kw)(z))[:, 0]
 
 
 def resize_grid(pos, n_extra, h, w):
@@ -84,17 +121,22 @@ class ViT(nn.Module):
   depth: int = 12
   heads: int = 12
   mlp_dim: int = 3072
-  pool: str = "cls"   # "cls": class token | "gap": mean of the patch tokens (no class token)
+  pool: str = "cls"   # "cls": class token | "gap": mean of the patch tokens | "map": attention pooling (both:
+                      # no class token)
   dropout: float = 0.0
   drop_path_rate: float = 0.0  # stochastic depth of the last block, linear from 0
   gelu_approximate: bool = True  # tanh GELU (Flax's default); torchvision's nn.GELU is the exact erf form: False
+  ln_eps: float = 1e-6
+  layer_scale: bool = False  # DeiT-III: learned per-channel scales of each residual branch
+  pos_embed_class: bool = True  # False (DeiT-III): the position embedding covers the patches only
+  representation_size: Optional[int] = None  # big_vision's `pre_logits`: Dense(size) + tanh before the head
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if self.pool not in ("cls", "gap"):
-      raise ValueError(f"pool must be 'cls' or 'gap', got {self.pool!r}")
+    if self.pool not in ("cls", "gap", "map"):
+      raise ValueError(f"pool must be 'cls', 'gap' or 'map', got {self.pool!r}")
     if min(x.shape[1], x.shape[2]) < self.patch:
       raise UserError(f"ViT with {self.patch} px patches needs images of at least {self.patch} px, "
                       f"got {x.shape[1]}x{x.shape[2]}")
@@ -105,28 +147,40 @@ class ViT(nn.Module):
     n, h, w, d = x.shape
     x = x.reshape(n, h * w, d)
     n_extra = 1 if self.pool == "cls" else 0
+    pos_extra = n_extra if self.pos_embed_class else 0  # tokens ahead of the grid in the position embedding
     if n_extra:
       cls = self.param("class_token", nn.initializers.zeros, (1, 1, d), self.param_dtype)
-      x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (n, 1, d)), x], axis=1)
-    shape = (1, n_extra + h * w, d)
+      cls = jnp.broadcast_to(cls.astype(self.dtype), (n, 1, d))
+    if pos_extra:
+      x = jnp.concatenate([cls, x], axis=1)
+    shape = (1, pos_extra + h * w, d)
     if self.has_variable("params", "pos_embedding"):  # keep the stored grid; resize below
       shape = self.get_variable("params", "pos_embedding").shape
     pos = self.param("pos_embedding", nn.initializers.normal(0.02), shape, self.param_dtype)
-    if pos.shape[1] != n_extra + h * w:
-      pos = resize_grid(pos, n_extra, h, w)
-    x = nn.Dropout(self.dropout, deterministic=not train)(x + pos.astype(self.dtype))
+    if pos.shape[1] != pos_extra + h * w:
+      pos = resize_grid(pos, pos_extra, h, w)
+    x = x + pos.astype(self.dtype)
+    if n_extra and not pos_extra:  # DeiT-III: the class token joins after the position embedding
+      x = jnp.concatenate([cls, x], axis=1)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
     for i in range(self.depth):
       x = EncoderBlock(self.heads, self.mlp_dim, self.dropout, self.drop_path_rate * i / max(1, self.depth - 1),
-                       train, gelu_approximate=self.gelu_approximate, name=f"encoder_layer_{i}", **kw)(x)
-    x = nn.LayerNorm(1e-6, name="encoder_ln", **kw)(x)
-    x = x[:, 0] if n_extra else jnp.mean(x, axis=1)
+                       train, gelu_approximate=self.gelu_approximate, ln_eps=self.ln_eps,
+                       layer_scale=self.layer_scale, name=f"encoder_layer_{i}", **kw)(x)
+    x = nn.LayerNorm(self.ln_eps, name="encoder_ln", **kw)(x)
+    if self.pool == "map":
+      x = MAPHead(self.heads, self.mlp_dim, self.gelu_approximate, self.ln_eps, name="map_head", **kw)(x)
+    else:
+      x = x[:, 0] if n_extra else jnp.mean(x, axis=1)
+    if self.representation_size:
+      x = jnp.tanh(nn.Dense(self.representation_size, name="pre_logits", **kw)(x))
     x = nn.Dense(self.num_classes, name="head", **kw)(x)
     return x.astype(jnp.float32)
 
 
 MODELS, INPUT_SHAPES = {}, {}
 for _size, (_width, _depth, _heads, _mlp) in SIZES.items():
-  for _patch in (16, 8, 4):
+  for _patch in PATCHES:
     _name = f"vit_{_size}{_patch}"
     MODELS[_name] = functools.partial(ViT, patch=_patch, width=_width, depth=_depth, heads=_heads, mlp_dim=_mlp)
     if _patch == 4:

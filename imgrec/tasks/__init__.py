@@ -49,9 +49,9 @@ Reports
   headline(summary): the short JSON `imgrec eval --json` prints; eval_line(summary): the line `imgrec eval` prints
 """
 from imgrec.errors import UserError
-from imgrec.tasks import classification
+from imgrec.tasks import classification, detection
 
-TASKS = {classification.NAME: classification}
+TASKS = {classification.NAME: classification, detection.NAME: detection}
 
 
 def get(name):

@@ -6,6 +6,7 @@ or the distillation objective (imgrec/losses.py), "accuracy" as the train metric
 whole split, then imgrec/metrics.py (accuracy, top-5, NLL, ECE, per class, confusion). Serving: softmax scores
 and top-k classes. Distillation is a classification feature.
 """
+import functools
 import json
 import os
 
@@ -105,9 +106,10 @@ def final_line(result):
           f"{result['examples']} examples)")
 
 
-def augment_preview(cfg):
-  """TensorBoard's augmented training examples: (plot function, its arguments but the file)."""
-  return augment.preview, cfg
+def augment_preview(cfg, ds):
+  """TensorBoard's augmented training examples: (plot function, its arguments but the file). `ds`: the data set
+  the trainer has open, so a big folder is not scanned a second time."""
+  return functools.partial(augment.preview, ds=ds), cfg
 
 
 def summary_images(result, summary):

@@ -23,7 +23,7 @@ import numpy as np
 from imgrec import steps
 from imgrec.data import augment
 from imgrec.errors import UserError
-from imgrec.tasks.detection import coco_eval, decode, loss, model as fcos, plots
+from imgrec.tasks.detection import coco_eval, data, decode, holdout, loss, model as fcos, plots
 
 NAME = "detection"
 SELECT = {"AP": "max", "AP50": "max", "AP75": "max", "AR100": "max"}  # what model selection may maximise
@@ -34,10 +34,21 @@ PHOTOMETRIC = ("brightness", "contrast", "gaussian_noise", "salt_pepper", "cutou
 # (name, datatype, per-example shape); -1 is K, config.detection.num_detections (`outputs_of(model)` gives it).
 OUTPUTS = [("detection_boxes", "FP32", (-1, 4)), ("detection_scores", "FP32", (-1,)),
            ("detection_classes", "FP32", (-1,)), ("num_detections", "FP32", ())]
+PREDICTS = ("TF Object Detection API outputs: detection_boxes [K, 4] (ymin, xmin, ymax, xmax in [0, 1]), "
+            "detection_scores [K], detection_classes [K] (class index + 1; 0: none), num_detections []")
 REPORT_IMAGES = 12  # test images drawn with their boxes in the report
 
 
-# ---------------------------------------------------------------------------- model
+# ---------------------------------------------------------------------------- data and model
+
+def open_data(data_cfg):
+  """The detection data set named by the config's `data` section (data.py: digit_boxes, coco:DIR,
+  coco:ANN.json@IMAGES, tfds:coco/2017), with a "val" split held out of training when data.val_fraction > 0."""
+  ds = data.open_data(data_cfg)
+  if data_cfg.val_fraction > 0:
+    ds = holdout.with_validation(ds, data_cfg.train_split, data_cfg.val_fraction)
+  return ds
+
 
 def create_model(cfg, info):
   """FCOS on the zoo backbone cfg.model.name (kwargs: cfg.model.kwargs), head and decoding from cfg.detection."""
@@ -135,6 +146,19 @@ def summary_images(result, summary):
   return {f"{result['split']}/precision_recall": (plots.plot_pr_curves, summary["curves"], summary["per_class"])}
 
 
+def eval_line(result):
+  """`imgrec eval`'s line."""
+  return (f"{result['split']} AP {result['AP']:.4f} (AP50 {result['AP50']:.4f}, AP75 {result['AP75']:.4f}, "
+          f"APs/m/l {result['APs']:.4f}/{result['APm']:.4f}/{result['APl']:.4f}, AR100 {result['AR100']:.4f}), "
+          f"{result['examples']} images (checkpoint step {result['step']})")
+
+
+def augment_preview(cfg, ds):
+  """TensorBoard's augmented training examples: none for detection (the report draws test images with boxes)."""
+  del cfg, ds
+  return None
+
+
 def headline(result):
   """The short JSON summary of an evaluation (`imgrec eval --json`)."""
   return {k: result[k] for k in ("split", "step", *RECORD, "detections") if k in result}
@@ -155,6 +179,11 @@ def make_predict(model, mean, std):
             "detection_classes": jnp.where(valid, det["classes"] + 1, 0).astype(jnp.float32),
             "num_detections": n.astype(jnp.float32)}
   return predict
+
+
+def postprocess(outputs):
+  """The served outputs of a batch, on the host: make_predict's dict as float32 numpy arrays."""
+  return {k: np.asarray(v, np.float32) for k, v in outputs.items()}
 
 
 # ---------------------------------------------------------------------------- report

@@ -6,9 +6,17 @@ from matplotlib.patches import Rectangle
 from imgrec import plots
 
 
-def plot_detections(images, truth, predictions, class_names, path, cols=4, min_score=0.3):
+def _iou(a, b):
+  w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+  h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+  union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+  return w * h / union if union > 0 else 0.0
+
+
+def plot_detections(images, truth, predictions, class_names, path, cols=4, min_score=0.3, overlap=0.6):
   """A grid of images: ground truth dashed green, predictions (score >= `min_score`) solid red, labelled with
-  class and score. truth: (boxes [N, M, 4], classes [N, M], box_mask [N, M]); predictions: (boxes [N, K, 4],
+  class and score. For legibility a prediction overlapping a better one shown (IoU > `overlap`, whatever its
+  class) is left out of the drawing (NMS itself is per class); the title counts all of them. truth: (boxes [N, M, 4], classes [N, M], box_mask [N, M]); predictions: (boxes [N, K, 4],
   scores [N, K], classes [N, K], num_detections [N]); boxes x0, y0, x1, y1 in the images' pixels."""
   n = len(images)
   rows = max(1, -(-n // cols))
@@ -22,15 +30,18 @@ def plot_detections(images, truth, predictions, class_names, path, cols=4, min_s
     plots.show_image(ax, images[i])
     for b, c in zip(t_boxes[i][t_mask[i]], t_classes[i][t_mask[i]]):
       ax.add_patch(Rectangle(b[:2] - 0.5, b[2] - b[0], b[3] - b[1], fill=False, ec="lime", lw=1.2, ls="--"))
-    shown = 0
+    shown, drawn = 0, []
     for b, s, c in zip(p_boxes[i][:p_count[i]], p_scores[i][:p_count[i]], p_classes[i][:p_count[i]]):
       if s < min_score:
         continue
       shown += 1
+      if any(_iou(b, d) > overlap for d in drawn):
+        continue
+      drawn.append(b)
       ax.add_patch(Rectangle(b[:2] - 0.5, b[2] - b[0], b[3] - b[1], fill=False, ec="red", lw=1.2))
       ax.text(b[0] - 0.5, b[1] - 0.5, f"{class_names[int(c)]} {s:.2f}", color="white", fontsize=6, va="bottom",
               bbox={"facecolor": "red", "alpha": 0.7, "pad": 0.5, "lw": 0})
-    ax.set_title(f"{int(t_mask[i].sum())} true, {shown} predicted", fontsize=8)
+    ax.set_title(f"{int(t_mask[i].sum())} true, {shown} predicted ({len(drawn)} drawn)", fontsize=8)
   fig.suptitle(f"Detections (red, score >= {min_score}) and ground truth (dashed green)")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
