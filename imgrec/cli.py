@@ -110,8 +110,9 @@ def _export(args, overrides):
   if not platforms:
     raise UserError(f"--platforms is empty; give one or more of {', '.join(EXPORT_PLATFORMS)}, e.g. cpu,cuda")
   meta = export.export_workdir(args.workdir, args.out, platforms=platforms)
+  returns = ", ".join(f"{o['name']}[{', '.join(map(str, o['shape']))}]" for o in meta["outputs"])
   print(f"exported {meta['workdir']} (step {meta['step']}) to {args.out}: uint8[b, "
-        f"{', '.join(map(str, meta['image_shape']))}] -> logits[b, {len(meta['class_names'])}], "
+        f"{', '.join(map(str, meta['image_shape']))}] -> {returns}, "
         f"platforms {','.join(meta['platforms'])}, {os.path.getsize(args.out)} bytes")
 
 

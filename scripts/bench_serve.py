@@ -60,8 +60,8 @@ def load_predict(workdir):
   """(jitted predict(variables, uint8 images) -> logits, variables): the function every server runs."""
   import jax
   from imgrec.serve.app import load_workdir
-  variables, _, _, fns, _ = load_workdir(workdir)
-  return jax.jit(fns["uint8"]), variables
+  loaded = load_workdir(workdir)
+  return jax.jit(loaded.fns["uint8"]), loaded.variables
 
 
 def compute_limit(predict, variables, seconds=1.5):

@@ -157,6 +157,9 @@ def test_raw_and_multipart_upload(server, reference):
     preds = r.json()["predictions"]
     assert len(preds) == 5 and preds[0]["label"] == str(top1[i])
     assert preds[0]["probability"] >= preds[-1]["probability"]
+  # :predict takes the same upload (what the web page posts, for every task), whatever its Content-Type says
+  r2 = requests.post(url + "/v1/models/digits:predict", data=png(images[2]), headers=H)
+  assert r2.status_code == 200 and r2.json() == r.json(), r2.text
   # curl -F image=@digit.png; a bigger RGB JPEG is converted and resized to the model's 8x8x1
   big = np.kron(images[0], np.ones((16, 16, 1), np.uint8)).repeat(3, -1)
   buf = io.BytesIO()
@@ -363,20 +366,15 @@ def test_json_depth_ignores_brackets_in_strings():
 # ---------------------------------------------------------------- web page in a real browser
 
 CHROMIUM = "/usr/bin/chromium"
+needs_browser = pytest.mark.skipif(not (os.path.exists(CHROMIUM) and shutil.which("chromedriver")),
+                                   reason="needs Debian packages chromium and chromium-driver")
 
 
-@pytest.mark.skipif(not (os.path.exists(CHROMIUM) and shutil.which("chromedriver")),
-                    reason="needs Debian packages chromium and chromium-driver")
-def test_web_page_upload_shows_top5(server, reference, tmp_path):
+@contextlib.contextmanager
+def browser(tmp_path):
+  """Headless Chromium through selenium, quit on exit."""
   from selenium import webdriver
   from selenium.webdriver.chrome.service import Service
-  from selenium.webdriver.common.by import By
-  from selenium.webdriver.support.ui import WebDriverWait
-  url, _ = server
-  images = reference[0]
-  path = tmp_path / "digit.png"
-  path.write_bytes(png(np.kron(images[5], np.ones((16, 16, 1), np.uint8))))  # 128x128 for a visible preview
-  expected = requests.post(url + "/v1/models/digits:classify", data=path.read_bytes(), headers=H).json()
   opts = webdriver.ChromeOptions()
   opts.binary_location = CHROMIUM
   for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -385,16 +383,35 @@ def test_web_page_upload_shows_top5(server, reference, tmp_path):
     opts.add_argument(flag)
   driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
   try:
-    driver.get(url + "/")
-    driver.find_element(By.ID, "key").send_keys(KEY)
-    driver.find_element(By.ID, "file").send_keys(str(path))
+    yield driver
+  finally:
+    driver.quit()
+
+
+def upload_on_page(driver, url, path):
+  """Opens the page, gives the API key and picks the file `path` (the page uploads it at once)."""
+  from selenium.webdriver.common.by import By
+  driver.get(url + "/")
+  driver.find_element(By.ID, "key").send_keys(KEY)
+  driver.find_element(By.ID, "file").send_keys(str(path))
+
+
+@needs_browser
+def test_web_page_upload_shows_top5(server, reference, tmp_path):
+  from selenium.webdriver.common.by import By
+  from selenium.webdriver.support.ui import WebDriverWait
+  url, _ = server
+  images = reference[0]
+  path = tmp_path / "digit.png"
+  path.write_bytes(png(np.kron(images[5], np.ones((16, 16, 1), np.uint8))))  # 128x128 for a visible preview
+  expected = requests.post(url + "/v1/models/digits:classify", data=path.read_bytes(), headers=H).json()
+  with browser(tmp_path) as driver:
+    upload_on_page(driver, url, path)
     WebDriverWait(driver, 20).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results li")) == 5)
     labels = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#results .label")]
     probs = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#results .prob")]
     shot = os.environ.get("IMGREC_SCREENSHOT", str(tmp_path / "page.png"))
     driver.save_screenshot(shot)
-  finally:
-    driver.quit()
   assert labels == [p["label"] for p in expected["predictions"]]
   assert probs == [f"{100 * p['probability']:.1f}%" for p in expected["predictions"]]
   assert os.path.getsize(shot) > 1000

@@ -68,21 +68,28 @@ def parse_model_arg(arg):
 
 
 def make_predict(task, model, mean, std):
-  """The pure predict functions: uint8 pixels (the task's predict, normalised on device) or already-normalised
-  floats -> the model's outputs."""
-  def predict_float(variables, x):
-    return model.apply(variables, x, train=False)
-  return task.make_predict(model, mean, std), predict_float
+  """The task's pure predict functions by input kind: uint8 pixels (normalised on device) or already-normalised
+  floats -> the model's outputs, decoding included."""
+  return {"uint8": task.make_predict(model, mean, std), "float32": task.make_predict(model, mean, std, normalized=True)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+  """What the server takes from a trained workdir."""
+  variables: dict
+  info: dict      # dataset.json
+  step: int
+  fns: dict       # {"uint8": fn, "float32": fn}, each `fn(variables, images) -> outputs`
+  task: object    # the run's task module: its post-processing makes the served outputs
+  outputs: tuple  # the task's outputs_of: (name, datatype, per-example shape)
 
 
 def load_workdir(workdir):
-  """Everything the server takes from a trained workdir (restored without optimiser state):
-  -> (variables, data info, step, {"uint8": fn, "float32": fn}, task), each `fn(variables, images) -> outputs`
-  and `task` the run's task module (its post-processing makes the served outputs)."""
+  """A trained workdir, restored without optimiser state -> Loaded."""
   run = wd.restore(workdir, params_only=True)
   task = tasks.get(run.cfg.task)
-  predict_uint8, predict_float = make_predict(task, run.model, run.info["mean"], run.info["std"])
-  return run.variables, run.info, int(run.state.step), {"uint8": predict_uint8, "float32": predict_float}, task
+  return Loaded(run.variables, run.info, int(run.state.step), make_predict(task, run.model, run.info["mean"],
+                run.info["std"]), task, tuple(task.outputs_of(run.model, run.info)))
 
 
 def compile_replica(fn, variables, device, sizes, image_shape, dtype):
@@ -108,11 +115,12 @@ class ServedModel:
     self.spec, self.batchers, self.ready, self.task = None, {}, False, None
 
   def load(self, options, metrics):
-    variables, info, step, fns, self.task = load_workdir(self.workdir)
-    self.version = self.version or step
+    loaded = load_workdir(self.workdir)
+    variables, info, fns, self.task = loaded.variables, loaded.info, dict(loaded.fns), loaded.task
+    self.version = self.version or loaded.step
     names = tuple(info["class_names"])
     classify = getattr(self.task, "classification_strings", None)
-    self.spec = protocol.ModelSpec(tuple(info["image_shape"]), names, info.get("pp_eval", ""), self.task.OUTPUTS,
+    self.spec = protocol.ModelSpec(tuple(info["image_shape"]), names, info.get("pp_eval", ""), loaded.outputs,
                                    classify and (lambda values, k: classify(values, k, names)))
     if not options.float_inputs:
       del fns["float32"]
@@ -129,7 +137,7 @@ class ServedModel:
     self.ready = True
 
   async def infer(self, images, kind, timeout):
-    """-> the task's served outputs {name: numpy array} (classification: logits and probabilities, float32)."""
+    """-> the task's served outputs {name: numpy array [B, ...]} (its postprocess)."""
     if kind not in self.batchers:
       raise RequestError(400, "FP32 inputs are disabled on this server; send UINT8 pixels or encoded images")
     if len(images) == 0:
@@ -146,10 +154,11 @@ class ServedModel:
     return self.task.postprocess(outputs)
 
   def classifier(self, route):
-    """This model's task module, for the routes that only classification answers (TF-Serving, uploads)."""
+    """This model's task module, for the route that only classification answers (TF-Serving :classify)."""
     if self.task.NAME != tasks.classification.NAME:
       raise RequestError(400, f"model {self.name!r} is a {self.task.NAME} model; {route} serves classifiers "
-                         "only: use the OIP v2 /v2/models/{name}/infer route")
+                         f"only: use /v1/models/{self.name}:predict (TF-Serving JSON, or the image itself as the "
+                         "body) or the OIP v2 /v2/models/{name}/infer route")
     return self.task
 
   def close(self):
@@ -259,6 +268,16 @@ def create_app(models, options=Options()):
   async def read_body(request):
     return await request.body()
 
+  def content_type(request):
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+  def query_k(request):
+    """The query's k (results an upload or :classify answers with), None when absent."""
+    k = request.query_params.get("k")
+    if k is not None and not (k.isdigit() and int(k) > 0):
+      raise RequestError(400, f"query parameter k must be a positive integer, got {k!r}")
+    return None if k is None else int(k)
+
   async def parse(size, fn, *args):
     return await protocol.off_loop(size > protocol.BIG_BODY_BYTES, fn, *args)
 
@@ -300,45 +319,45 @@ def create_app(models, options=Options()):
   async def v1_predict(request):
     m = get_model(request)
     raw = await read_body(request)
+    if protocol.is_upload(content_type(request), raw):
+      return await upload(request, m, raw)
     body = await parse(len(raw), protocol.load_json, raw, limits)
     images, kind, columnar = await parse(len(raw), protocol.parse_tfs, body, m.spec, limits)
-    m.classifier(":predict")
-    probs = (await m.infer(images, kind, options.timeout_s))["probabilities"]
-    return JSONResponse({"outputs": probs.tolist()} if columnar else {"predictions": probs.tolist()})
+    tensors = await m.infer(images, kind, options.timeout_s)
+    return JSONResponse(protocol.tfs_response(tensors, m.task.TFS_OUTPUTS, columnar))
 
   async def v1_classify(request):
     m = get_model(request)
-    try:
-      k = int(request.query_params.get("k", 5))
-    except ValueError:
-      raise RequestError(400, "query parameter k must be an integer")
     task = m.classifier(":classify")
-    k = max(1, min(k, len(m.spec.class_names)))
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "application/json":  # TF-Serving style: results per instance as [label, score] pairs
-      raw = await read_body(request)
-      body = await parse(len(raw), protocol.load_json, raw, limits)
-      images, kind, _ = await parse(len(raw), protocol.parse_tfs, body, m.spec, limits)
-      probs = (await m.infer(images, kind, options.timeout_s))["probabilities"]
-      top = task.top_k(probs, k)
-      return JSONResponse({"results": [[[m.spec.class_names[j], float(p[j])] for j in t]
-                                       for p, t in zip(probs, top)]})
-    if ctype == "multipart/form-data":
-      await read_body(request)  # capped by the Gate, then parsed from memory
+    raw = await read_body(request)
+    if content_type(request) != "application/json":
+      return await upload(request, m, raw)
+    # TF-Serving style: results per instance as [label, score] pairs
+    k = max(1, min(query_k(request) or task.UPLOAD_K, len(m.spec.class_names)))
+    body = await parse(len(raw), protocol.load_json, raw, limits)
+    images, kind, _ = await parse(len(raw), protocol.parse_tfs, body, m.spec, limits)
+    probs = (await m.infer(images, kind, options.timeout_s))["probabilities"]
+    top = task.top_k(probs, k)
+    return JSONResponse({"results": [[[m.spec.class_names[j], float(p[j])] for j in t]
+                                     for p, t in zip(probs, top)]})
+
+  async def upload(request, m, raw):
+    """An image as the body (curl --data-binary @cat.png) or a multipart file (curl -F image=@cat.png, the web
+    page) -> the task's JSON of it, in the uploaded image's own coordinates."""
+    k = query_k(request)
+    if content_type(request) == "multipart/form-data":  # the body is read (capped by the Gate): parsed from memory
       form = await request.form(max_files=1, max_fields=8, max_part_size=limits.max_body_bytes)
       files = [v for v in form.values() if hasattr(v, "read")]
       if not files:
         raise RequestError(400, "multipart upload has no file field; send the image as a file, e.g. -F image=@cat.png")
-      data = await files[0].read()
-    else:  # a raw image body (curl --data-binary @cat.png)
-      data = await read_body(request)
-    if not data:
+      raw = await files[0].read()
+    if not raw:
       raise RequestError(400, "empty body; send an image, e.g. curl --data-binary @cat.png URL")
-    image = await anyio.to_thread.run_sync(protocol.decode_image, data, m.spec, limits)
-    probs = (await m.infer(image[None], "uint8", options.timeout_s))["probabilities"]
-    top = task.top_k(probs[0], k)
-    return JSONResponse({"model": m.name, "version": str(m.version), "predictions": [
-        {"label": m.spec.class_names[j], "index": int(j), "probability": float(probs[0, j])} for j in top]})
+    image, to_source, size = await anyio.to_thread.run_sync(protocol.decode_upload, raw, m.spec, limits)
+    outputs = await m.infer(image[None], "uint8", options.timeout_s)
+    result = m.task.upload_result({n: v[0] for n, v in outputs.items()}, image.shape[:2], to_source, size,
+                                  m.spec.class_names, k)
+    return JSONResponse({"model": m.name, "version": str(m.version), **result})
 
   async def index(request):
     names = sorted({m.name for m in served})

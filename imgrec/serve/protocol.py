@@ -62,7 +62,7 @@ class ModelSpec:
   image_shape: tuple   # (H, W, C)
   class_names: tuple
   pp_eval: str = ""    # the run's eval preprocessing (dataset.json), applied to encoded images; "": resize
-  outputs: tuple = ()  # the task's OUTPUTS: (name, datatype, per-example shape; "K" = len(class_names))
+  outputs: tuple = ()  # the task's outputs_of: (name, datatype, per-example shape; a "K" left: len(class_names))
   classify: object = None  # (values, k) -> per row k "score:index:label" strings; None: no classification extension
 
 
@@ -240,8 +240,14 @@ def sniff_format(data):
 
 
 def decode_image(data, spec, limits):
-  """Encoded PNG/JPEG -> uint8 (H, W, C) of the model's shape. The pixel count is checked from the header,
-  so a small file that would decode to a huge image is refused without decoding it."""
+  """Encoded PNG/JPEG -> uint8 (H, W, C) of the model's shape (see `decode_upload`)."""
+  return decode_upload(data, spec, limits)[0]
+
+
+def decode_upload(data, spec, limits):
+  """Encoded PNG/JPEG -> (uint8 (H, W, C) of the model's shape, the map (sx, sy, tx, ty) from its pixels back to
+  the encoded image's, that image's (width, height)). The pixel count is checked from the header, so a small
+  file that would decode to a huge image is refused without decoding it."""
   fmt = sniff_format(data)
   if fmt is None or fmt not in limits.formats:
     raise RequestError(415, f"unsupported image format ({fmt or 'unknown'}); send one of {', '.join(limits.formats)}")
@@ -258,16 +264,17 @@ def decode_image(data, spec, limits):
   H, W, C = spec.image_shape
   if spec.pp_eval:  # exactly as the run evaluated: e.g. resize_small + central_crop, not a squash
     try:
-      return preprocess.for_model(data, spec.pp_eval, spec.image_shape)
+      image, to_source = preprocess.for_model_with_map(data, spec.pp_eval, spec.image_shape)
     except preprocess.BadImage as e:
       raise RequestError(400, f"cannot decode the {fmt} image: {e}")
+    return image, to_source, (w, h)
   try:
     im = im.convert("L" if C == 1 else "RGB")
   except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt pixel data
     raise RequestError(400, f"cannot decode the {fmt} image: {e}")
   if im.size != (W, H):
     im = im.resize((W, H), Image.Resampling.BILINEAR)
-  return np.asarray(im, np.uint8).reshape(H, W, C)
+  return np.asarray(im, np.uint8).reshape(H, W, C), (w / W, h / H, 0.0, 0.0), (w, h)
 
 
 def decode_images(items, spec, limits):
@@ -498,3 +505,23 @@ def _numeric(value, spec, limits):
   else:
     raise RequestError(400, f"input '{INPUT_NAME}': values must be numbers (integers 0-255 or normalised floats)")
   return image_batch(INPUT_NAME, arr, spec, limits)
+
+
+def tfs_response(tensors, names, columnar):
+  """TF-Serving's reply of the outputs `names` (the task's TFS_OUTPUTS) of a batch: one name answers its values
+  per row ({"predictions": [...]}) or as one column ({"outputs": [...]}); several answer a {name: value} object
+  per row, or {"outputs": {name: values}}, as TF-Serving does for a signature with several outputs."""
+  if len(names) == 1:
+    values = tensors[names[0]].tolist()
+    return {"outputs": values} if columnar else {"predictions": values}
+  if columnar:
+    return {"outputs": {n: tensors[n].tolist() for n in names}}
+  rows = {n: tensors[n].tolist() for n in names}
+  return {"predictions": [{n: rows[n][i] for n in names} for i in range(len(rows[names[0]]))]}
+
+
+def is_upload(content_type, body):
+  """Whether a :predict body is an image upload (multipart, or an encoded image whatever its Content-Type says:
+  `curl --data-binary @x.png` sends form-urlencoded) rather than TF-Serving JSON, which starts with "{"."""
+  return content_type == "multipart/form-data" or content_type.startswith("image/") or \
+      sniff_format(body) is not None

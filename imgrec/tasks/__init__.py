@@ -38,12 +38,23 @@ Evaluation
   summary_images(record, summary) -> {TensorBoard tag: (plot function, its arguments but the output file)}
   augment_preview(cfg) -> (plot function, its arguments but the file) of augmented training examples, or None
 Prediction and serving
-  make_predict(model, mean, std) -> fn(variables, uint8 images) -> outputs [B, ...] (any pytree), decoding
-  included (inside jit, static shapes); PREDICTS: what it returns, in words (an export's meta.json "output")
+  make_predict(model, mean, std, normalized=False) -> fn(variables, images) -> outputs [B, ...] (any pytree),
+  decoding included (inside jit, static shapes); images uint8, or with `normalized` float32 already
+  standardised by the client (the server's FP32 input); PREDICTS: what it returns, in words (an export's
+  meta.json "output")
   postprocess(outputs) -> {output name: numpy array [B, ...]}: on the host, in the server, after the batcher
-  OUTPUTS: [(name, datatype, per-example shape)] for model metadata ("K" in a shape: the number of classes)
+  OUTPUTS: [(name, datatype, per-example shape)], sizes the model decides left symbolic; outputs_of(model, info):
+  the same with every size filled in (OIP model metadata, an export's meta.json)
+  TFS_OUTPUTS: the names TF-Serving :predict answers with (one: its values per row, as a one-output signature
+  does; several: a {name: value} object per row, or per name in the columnar form)
+  upload_result(outputs, input_hw, to_source, source_wh, class_names, k) -> the JSON of one uploaded image (an
+  image body to :predict, or :classify for classifiers; the web page): `outputs` that image's {name: array},
+  input_hw the model input's (height, width), to_source the map (sx, sy, tx, ty) from the model input's pixels
+  to the upload's (preprocess.for_model_with_map), source_wh the upload's (width, height), k the query's k or
+  None. The page shows "predictions" [{label, probability}] as bars and draws "detections" [{label, score,
+  box: [x0, y0, x1, y1] in the upload's pixels}] on the image; the server knows neither.
   classification_strings(values, k, class_names) (optional): OIP's classification extension; without it a
-  request asking for it is refused. TF-Serving :predict/:classify and uploads answer classification only.
+  request asking for it is refused. TF-Serving :classify answers classifiers only.
 Reports
   write_report(out_dir, outputs, split, info, summary): report.md, metrics.json and PNG plots
   headline(summary): the short JSON `imgrec eval --json` prints; eval_line(summary): the line `imgrec eval` prints

@@ -23,6 +23,8 @@ DEFAULT_SELECT = "accuracy"
 RECORD = ("accuracy", "loss", "examples", "top5_accuracy", "ece")  # what metrics.jsonl keeps of an evaluation
 OUTPUTS = (("logits", "FP32", ("K",)), ("probabilities", "FP32", ("K",)))  # served; "K": the number of classes
 PREDICTS = "logits"  # what make_predict returns (an export artifact's meta.json "output")
+TFS_OUTPUTS = ("probabilities",)  # TF-Serving :predict's one output
+UPLOAD_K = 5  # classes an upload answers with when the query names no k
 
 
 # ---------------------------------------------------------------------------- data and model
@@ -127,9 +129,19 @@ def headline(result):
 
 # ---------------------------------------------------------------------------- prediction and serving
 
-def make_predict(model, mean, std):
-  """`fn(variables, uint8 images) -> logits` (pure; the server compiles it per padded batch size)."""
+def make_predict(model, mean, std, normalized=False):
+  """`fn(variables, images) -> logits` (pure; the server compiles it per padded batch size): uint8 images, or
+  with `normalized` already-standardised float32 ones."""
+  if normalized:
+    return lambda variables, x: model.apply(variables, x, train=False).astype(jnp.float32)
   return lambda variables, images: steps.predict(model, variables, images, mean, std)
+
+
+def outputs_of(model, info):
+  """OUTPUTS with K, the number of classes, filled in."""
+  del model
+  k = len(info["class_names"])
+  return [(n, t, tuple(k if d == "K" else d for d in shape)) for n, t, shape in OUTPUTS]
 
 
 def postprocess(logits):
@@ -147,6 +159,16 @@ def top_k(scores, k):
 def classification_strings(values, k, class_names):
   """Triton's classification extension: per row the top-k "score:index:label" strings of `values`."""
   return [[f"{values[i, j]:f}:{j}:{class_names[j]}" for j in row] for i, row in enumerate(top_k(values, k))]
+
+
+def upload_result(outputs, input_hw, to_source, source_wh, class_names, k=None):
+  """An uploaded image's JSON: {"predictions": [{"label", "index", "probability"}]}, the k (default UPLOAD_K)
+  most probable classes, best first. The geometry is the detection task's concern, not this one's."""
+  del input_hw, to_source, source_wh
+  probs = outputs["probabilities"]
+  k = max(1, min(k or UPLOAD_K, len(class_names)))
+  return {"predictions": [{"label": class_names[j], "index": int(j), "probability": float(probs[j])}
+                          for j in top_k(probs, k)]}
 
 
 def eval_line(result):

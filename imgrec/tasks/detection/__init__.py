@@ -12,6 +12,10 @@ Serving (make_predict) gives the TF Object Detection API's outputs for K = confi
   detection_classes float32 [K]     class index + 1 (1-based, as the API's label maps; 0 past num_detections):
                                     class_names[c - 1] names it
   num_detections    float32 []      valid detections
+Boxes are relative to the model's input tensor (the letterboxed image), as in the TF Object Detection API. The
+server's image uploads (upload_result) answer in the uploaded image's own pixels instead: each box mapped back
+through the eval preprocessing's affine map (preprocess.for_model_with_map, transforms.to_source), as
+{"label", "class" (0-based index into the class names), "score", "box": [x0, y0, x1, y1]}.
 """
 import json
 import os
@@ -35,6 +39,7 @@ OUTPUTS = [("detection_boxes", "FP32", (-1, 4)), ("detection_scores", "FP32", (-
            ("detection_classes", "FP32", (-1,)), ("num_detections", "FP32", ())]
 PREDICTS = ("TF Object Detection API outputs: detection_boxes [K, 4] (ymin, xmin, ymax, xmax in [0, 1]), "
             "detection_scores [K], detection_classes [K] (class index + 1; 0: none), num_detections []")
+TFS_OUTPUTS = tuple(n for n, _, _ in OUTPUTS)  # TF-Serving :predict answers with all four, per row
 REPORT_IMAGES = 12  # test images drawn with their boxes in the report
 
 
@@ -56,8 +61,9 @@ def create_model(cfg, info):
                      **cfg.model.kwargs.to_dict())
 
 
-def outputs_of(model):
+def outputs_of(model, info=None):
   """OUTPUTS with K filled in from the model's decoding settings."""
+  del info
   return [(n, t, tuple(model.num_detections if d == -1 else d for d in shape)) for n, t, shape in OUTPUTS]
 
 
@@ -99,9 +105,10 @@ def make_loss(cfg, info, teacher=None):
 
 # ---------------------------------------------------------------------------- evaluation
 
-def _detect(model, variables, images, mean, std):
-  """uint8 NHWC -> decoded detections in the images' pixels (decode.decode's dict)."""
-  out = model.apply(variables, steps.normalize(images, mean, std), train=False)
+def _detect(model, variables, images, mean, std, normalized=False):
+  """uint8 NHWC (or, `normalized`, standardised float) -> decoded detections in the images' pixels
+  (decode.decode's dict)."""
+  out = model.apply(variables, images if normalized else steps.normalize(images, mean, std), train=False)
   return decode.decode(out, images.shape[1], images.shape[2], model.num_detections, model.pre_nms_topk,
                        model.nms_iou, model.score_threshold)
 
@@ -165,12 +172,12 @@ def headline(result):
 
 # ---------------------------------------------------------------------------- prediction and serving
 
-def make_predict(model, mean, std):
+def make_predict(model, mean, std, normalized=False):
   """`fn(variables, uint8 images [B, H, W, C]) -> {TF Object Detection API output: [B, ...]}` (module doc),
-  decoding included; jit it (static shapes)."""
+  decoding included; jit it (static shapes). With `normalized` the images are standardised float32."""
   def predict(variables, images):
     h, w = images.shape[1:3]
-    det = _detect(model, variables, images, mean, std)
+    det = _detect(model, variables, images, mean, std, normalized)
     b, n = det["boxes"], det["num_detections"]
     valid = jnp.arange(b.shape[1])[None, :] < n[:, None]
     return {"detection_boxes": jnp.stack([b[..., 1] / h, b[..., 0] / w, b[..., 3] / h, b[..., 2] / w], -1),
@@ -183,6 +190,25 @@ def make_predict(model, mean, std):
 def postprocess(outputs):
   """The served outputs of a batch, on the host: make_predict's dict as float32 numpy arrays."""
   return {k: np.asarray(v, np.float32) for k, v in outputs.items()}
+
+
+def upload_result(outputs, input_hw, to_source, source_wh, class_names, k=None):
+  """An uploaded image's JSON: {"width", "height", "detections": [{"label", "class", "score", "box"}]}, best
+  first, at most k (None: all num_detections). `outputs`: make_predict's for this image; its boxes are mapped
+  from the model input's (height, width) `input_hw` through `to_source` onto the upload of size `source_wh`
+  (width, height) and clipped to it; a box left with no area there (wholly in the letterbox padding) is no
+  detection of the upload and is left out."""
+  (h, w), (width, height) = input_hw, source_wh
+  n = int(outputs["num_detections"])
+  ymin, xmin, ymax, xmax = np.asarray(outputs["detection_boxes"][:n], np.float64).T
+  boxes = transforms.to_source(np.stack([xmin * w, ymin * h, xmax * w, ymax * h], 1), to_source, width, height)
+  detections = []
+  for box, score, c in zip(boxes, outputs["detection_scores"][:n], outputs["detection_classes"][:n]):
+    if box[2] > box[0] and box[3] > box[1]:
+      c = int(c) - 1  # detection_classes is 1-based
+      detections.append({"label": class_names[c], "class": c, "score": float(score),
+                         "box": [float(v) for v in box]})
+  return {"width": int(width), "height": int(height), "detections": detections[:k]}
 
 
 # ---------------------------------------------------------------------------- report
