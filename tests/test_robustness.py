@@ -66,7 +66,6 @@ def test_cli_robustness_bad_epsilons(trained_workdir, capsys):
   assert "unknown corruption 'fog'" in capsys.readouterr().err
 
 
-
 def test_every_attack_budget_runs_one_compiled_program(trained_workdir):
   """eps is an argument of the compiled attack, not a constant baked into a closure: three budgets, one
   compilation per attack; a zero budget leaves the clean accuracy, a large one lowers it."""
@@ -78,6 +77,7 @@ def test_every_attack_budget_runs_one_compiled_program(trained_workdir):
   fgsm = robustness.make_attack(run.model, run.info["mean"], run.info["std"])
   acc = {e: steps.stream(fgsm, (run.variables, robustness.budget(e)), data, 32, mesh, 0).mean() for e in (0, 4, 16)}
   assert steps._jitted(fgsm, mesh)._cache_size() == 1
-  clean = steps.stream(lambda v, b: steps.make_eval_step(run.model, run.info["mean"], run.info["std"])(v, b)["correct"],
-                       run.variables, data, 32, mesh, 0).mean()
+  logits = steps.stream(lambda v, b: steps.predict(run.model, v, b["image"], run.info["mean"], run.info["std"]),
+                        run.variables, data, 32, mesh, 0)
+  clean = (logits.argmax(-1) == data.labels).mean()
   assert acc[0] == clean and acc[16] < clean - 0.1, (acc, clean)
