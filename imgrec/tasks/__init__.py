@@ -36,7 +36,8 @@ Evaluation
   SELECT: {metric: "max" | "min"}, the metrics model selection may use; DEFAULT_SELECT
   progress_line(record), final_line(record): the trainer's line per evaluation (after "step N: ") and at the end
   summary_images(record, summary) -> {TensorBoard tag: (plot function, its arguments but the output file)}
-  augment_preview(cfg) -> (plot function, its arguments but the file) of augmented training examples, or None
+  augment_preview(cfg, ds) -> (plot function, its arguments but the file) of augmented training examples drawn
+      from the open data set `ds`, or None
 Prediction and serving
   make_predict(model, mean, std, normalized=False) -> fn(variables, images) -> outputs [B, ...] (any pytree),
   decoding included (inside jit, static shapes); images uint8, or with `normalized` float32 already
