@@ -26,7 +26,7 @@ import numpy as np
 from imgrec import steps
 from imgrec.data import augment
 from imgrec.errors import UserError
-from imgrec.tasks.detection import coco_eval, data, decode, holdout, loss, model as fcos, plots
+from imgrec.tasks.detection import coco_eval, data, decode, holdout, loss, model as fcos, plots, transforms
 
 NAME = "detection"
 SELECT = {"AP": "max", "AP50": "max", "AP75": "max", "AR100": "max"}  # what model selection may maximise

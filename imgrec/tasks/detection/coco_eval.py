@@ -10,6 +10,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from imgrec.tasks.detection import transforms
+
 # pycocotools' summary, in its `stats` order; -1 where the split has no ground truth of that size.
 STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -20,10 +22,10 @@ def to_results(detections, category_ids):
   category_ids = np.asarray(category_ids)
   k = np.asarray(detections["scores"]).shape[1]
   valid = np.arange(k)[None, :] < np.asarray(detections["num_detections"])[:, None]
-  sx, sy, tx, ty = np.asarray(detections["to_source"], np.float64).T[:, :, None]
   b = np.asarray(detections["boxes"], np.float64)
-  x0, y0, x1, y1 = b[..., 0] * sx + tx, b[..., 1] * sy + ty, b[..., 2] * sx + tx, b[..., 3] * sy + ty
-  xywh = np.stack([x0, y0, x1 - x0, y1 - y0], -1)[valid].tolist()
+  if len(b):  # each example's boxes to its source image's pixels
+    b = np.stack([transforms.to_source(boxes, m) for boxes, m in zip(b, detections["to_source"])]).reshape(b.shape)
+  xywh = np.concatenate([b[..., :2], b[..., 2:] - b[..., :2]], -1)[valid].tolist()
   image_ids = np.broadcast_to(np.asarray(detections["image_id"])[:, None], valid.shape)[valid].tolist()
   cats = category_ids[np.asarray(detections["classes"])[valid]].tolist()
   scores = np.asarray(detections["scores"], np.float64)[valid].tolist()

@@ -74,7 +74,7 @@ def build(image_ids, sizes, ann_image, boxes_xywh, ann_class, crowd, area, max_b
   counts["zero or negative size"] += int((ok & ((b[:, 2] <= 0) | (b[:, 3] <= 0))).sum())
   ok &= (b[:, 2] > 0) & (b[:, 3] > 0)
   wh = sizes[np.maximum(ann_image, 0)].astype(np.float64)
-  clipped = np.concatenate([np.clip(xyxy[:, :2], 0, wh), np.clip(xyxy[:, 2:], 0, wh)], 1)
+  clipped = transforms.clip_to(xyxy, wh[:, 0], wh[:, 1])
   changed = ok & (np.abs(clipped - xyxy) > 1e-3).any(1)
   outside = ok & ((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1]))
   counts["outside the image (dropped)"] += int(outside.sum())

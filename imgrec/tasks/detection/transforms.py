@@ -20,13 +20,19 @@ def apply_affine(boxes, affine):
   return np.stack([xs.min(1), ys.min(1), xs.max(1), ys.max(1)], 1)
 
 
+def clip_to(boxes, width, height):
+  """Boxes [N, 4] clipped to the [0, width] x [0, height] image (width, height: numbers or one per box)."""
+  boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+  return np.stack([np.clip(boxes[:, 0], 0, width), np.clip(boxes[:, 1], 0, height),
+                   np.clip(boxes[:, 2], 0, width), np.clip(boxes[:, 3], 0, height)], 1)
+
+
 def clip(boxes, height, width, min_visible=MIN_VISIBLE):
   """(boxes clipped to the [0, width] x [0, height] image, keep: bool [N]). A box is dropped when
   nothing of it is left or less than `min_visible` of its area is."""
   boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
   area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-  out = np.stack([np.clip(boxes[:, 0], 0, width), np.clip(boxes[:, 1], 0, height),
-                  np.clip(boxes[:, 2], 0, width), np.clip(boxes[:, 3], 0, height)], 1)
+  out = clip_to(boxes, width, height)
   w, h = out[:, 2] - out[:, 0], out[:, 3] - out[:, 1]
   keep = (w > 0) & (h > 0) & (w * h >= min_visible * np.maximum(area, 1e-12))
   return out, keep
@@ -63,7 +69,4 @@ def to_source(boxes, to_source_map, width=None, height=None):
   """Boxes in the preprocessed image's pixels -> the source image's, by an example's "to_source" map (or
   preprocess.for_model_with_map's); clipped to a (width, height) source when given."""
   out = apply_affine(boxes, to_source_map)
-  if width is not None:
-    out = np.stack([np.clip(out[:, 0], 0, width), np.clip(out[:, 1], 0, height),
-                    np.clip(out[:, 2], 0, width), np.clip(out[:, 3], 0, height)], 1)
-  return out
+  return out if width is None else clip_to(out, width, height)
