@@ -262,6 +262,14 @@ def test_web_page_draws_a_class_map_overlay(server, reference, tmp_path):
         "const c = document.getElementById('canvas');"
         "return [Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data), "
         f"classColor({reply['classes'].index(label)})];")
+    buf = io.BytesIO()  # a mode "P" class map: the page reads its indices back through the palette
+    pmode = Image.fromarray(np.array([[0, 1]], np.uint8), "P")
+    pmode.putpalette([10, 20, 30, 40, 50, 60])
+    pmode.save(buf, "PNG")
+    palette = driver.execute_script(
+        f"return Array.from(paletteOf(Uint8Array.from(atob('{base64.b64encode(buf.getvalue()).decode()}'), "
+        "(c) => c.charCodeAt(0)))).map((p) => Array.from(p));")
+  assert palette == [[10, 20, 30], [40, 50, 60]]
   assert labels == [label] and shares == [f"{100 * count / 64 / 64:.1f}%"]
   drawn = np.array(drawn).reshape(64, 64, 4)[..., :3].astype(float)
   photo = np.kron(reference[0][2], np.ones((8, 8, 1)))[..., 0][..., None].repeat(3, -1)
