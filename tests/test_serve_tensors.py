@@ -21,7 +21,7 @@ from PIL import Image
 from starlette.exceptions import HTTPException
 
 from imgrec import tasks
-from imgrec.serve import app as app_lib, protocol, routes
+from imgrec.serve import app as app_lib, grpc_service, protocol, routes
 from imgrec.tasks import classification
 from tests.test_serve import browser, needs_browser, png, running_server, upload_on_page
 
@@ -275,3 +275,29 @@ def test_web_page_draws_a_class_map_overlay(server, reference, tmp_path):
   photo = np.kron(reference[0][2], np.ones((8, 8, 1)))[..., 0][..., None].repeat(3, -1)
   np.testing.assert_allclose(drawn[:, 32:], photo[:, 32:], atol=1)  # no class: the photo as it is
   np.testing.assert_allclose(drawn[:, :32], 0.45 * photo[:, :32] + 0.55 * np.array(color), atol=1.5)
+
+
+def test_bytes_elements_round_trip_whole():
+  """Trailing zero bytes and empty elements survive (a fixed-width numpy bytes_ array would drop them)."""
+  items = [b"a\x00", b"", b"\x89PNG\x00\x00"]
+  arr = protocol.bytes_array(items, [3])
+  assert protocol.split_bytes_elements("x", protocol.tensor_bytes(arr, "BYTES")) == items
+  assert protocol.text_or_base64([b"ok", "é".encode()]) == (["ok", "é"], False)
+  assert protocol.text_or_base64(items)[1] is True
+  got = protocol.tensor_from_json("x", "BYTES", [2], [["a", "é"]], 2)
+  assert got.dtype == object and list(got) == [b"a", "é".encode()]
+
+
+def test_grpc_typed_contents_carry_inputs_beside_the_images():
+  spec = protocol.ModelSpec((2, 2, 1), ("a", "b"), "", (("p", "FP32", (2,)),),
+                            inputs=(protocol.InputSpec("labels", "BYTES", ("N",)),))
+  req = grpc_service.MESSAGES["ModelInfer"][0](model_name="m")
+  img = req.inputs.add(name="images", datatype="UINT8", shape=[1, 2, 2, 1])
+  img.contents.uint_contents.extend([0, 1, 2, 255])
+  lab = req.inputs.add(name="labels", datatype="BYTES", shape=[2])
+  lab.contents.bytes_contents.extend([b"cat", b"\x00dog"])
+  parsed = grpc_service.parse_infer(req, spec, protocol.Limits())
+  assert parsed.images.reshape(-1).tolist() == [0, 1, 2, 255] and list(parsed.extras["labels"]) == [b"cat", b"\x00dog"]
+  del req.inputs[1]
+  with pytest.raises(protocol.RequestError, match=r"also needs the input\(s\) \['labels'\]"):
+    grpc_service.parse_infer(req, spec, protocol.Limits())
