@@ -55,6 +55,14 @@ Prediction and serving
       (sx, sy, tx, ty) from the model input's pixels to the upload's, source_wh the upload's (width, height), k
       the query's k or None. The page shows "predictions" as bars and draws "detections" on the image.
   classification_strings(values, k, class_names) (optional): OIP's classification extension
+  Optional, for the server (imgrec/serve/served.py reads them):
+  INPUTS: ((name, datatype, per-request shape[, required]), ...) taken beside the images (open-vocabulary
+      labels as BYTES [N]); they reach postprocess(outputs, inputs) -> {output name: numpy array} on the host,
+      per request (the batcher merges images of many requests; these inputs are not batched)
+  upload_png(result) -> PNG bytes of an upload's result, for a client whose Accept asks for image/png
+  routes() -> [(method, suffix, handler(request, served))]: the task's own routes under
+      /v1/models/NAME[/versions/V]SUFFIX (":verify", "/gallery/{item}"); `served` is the model version (its
+      spec, infer(images, kind), read_image(body), and `state` for what the task keeps between requests)
 Reports
   write_report(out_dir, outputs, split, info, summary): report.md, metrics.json and PNG plots
   headline(summary): the short JSON `imgrec eval --json` prints
