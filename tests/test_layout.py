@@ -150,3 +150,11 @@ def test_create_app_is_small():
   fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "create_app")
   assert fn.end_lineno - fn.lineno + 1 <= 80, f"create_app() is {fn.end_lineno - fn.lineno + 1} lines"
   assert not [n for n in ast.walk(fn) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n is not fn]
+
+
+def test_the_schema_is_sections_and_task_settings():
+  """config.defaults() is the shared keys in short sections plus every task's settings(), not one long list."""
+  with open(os.path.join(PACKAGE, "config.py")) as f:
+    tree = ast.parse(f.read())
+  fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "defaults")
+  assert fn.end_lineno - fn.lineno + 1 <= 80, f"config.defaults() is {fn.end_lineno - fn.lineno + 1} lines"
