@@ -285,8 +285,8 @@ def test_queue_full_gives_503_with_retry_after(server):
   model = next(m for m in gate.app.state.served if m.name == "other")
   release = threading.Event()
   original = model.batchers["uint8"]
-  model.batchers["uint8"] = Batcher(lambda x: (release.wait(20), np.zeros((len(x), 10), np.float32))[1],
-                                    (1, 4), 0, max_queue=1)
+  slow = lambda x: (release.wait(20), {k: np.zeros((len(x), 10), np.float32) for k in ("logits", "probabilities")})
+  model.batchers["uint8"] = Batcher(lambda x: slow(x)[1], (1, 4), 0, max_queue=1)
   body = v2([1, 8, 8, 1], data=[0] * 64)
   try:
     with concurrent.futures.ThreadPoolExecutor(2) as pool:

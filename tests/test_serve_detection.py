@@ -219,8 +219,8 @@ def test_export_includes_decoding(det, tmp_path):
   assert cli.main(["export", "--workdir", workdir, "--out", artifact, "--platforms", "cpu"]) == 0
   predictor = export.load(artifact)
   assert predictor.meta["task"] == "detection"
-  assert [(o["name"], o["shape"]) for o in predictor.meta["outputs"]] == [
-      ("detection_boxes", ["b", K, 4]), ("detection_classes", ["b", K]), ("detection_scores", ["b", K]),
+  assert [(o["name"], o["shape"]) for o in predictor.meta["outputs"]] == [  # the task's description, in its order
+      ("detection_boxes", ["b", K, 4]), ("detection_scores", ["b", K]), ("detection_classes", ["b", K]),
       ("num_detections", ["b"])]
   got = {k: np.asarray(v) for k, v in predictor(images).items()}
   assert_outputs(got, expected)
