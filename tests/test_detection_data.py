@@ -2,6 +2,7 @@
 its COCO round trip, tfds' coco feature layout."""
 import json
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -9,7 +10,9 @@ from PIL import Image
 
 from imgrec import cli, config
 from imgrec.errors import UserError
+from imgrec.data import sources
 from imgrec.tasks.detection import data, synthetic
+from tests.helpers import needs_debian
 
 
 def data_cfg(source, **kw):
@@ -162,6 +165,7 @@ def test_generated_set_is_deterministic_tight_and_split_by_glyph():
                                                                          max(x0 - 1, 0):x1 + 1]].any()
 
 
+@needs_debian(os.path.isdir(sources.FASHION_MNIST_DIR), "dataset-fashion-mnist")
 def test_fashion_mnist_glyphs():
   ds = data.open_data(data_cfg("digit_boxes", digit_boxes_glyphs="fashion_mnist", digit_boxes_train=3,
                                digit_boxes_test=2, digit_boxes_size=64))
