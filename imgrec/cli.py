@@ -21,7 +21,9 @@ Exit codes: 0 done; 2 a user error (one line on stderr, no traceback); 75 (error
 stopped by SIGTERM/SIGINT after writing a checkpoint at the step it reached: rerun the same command to resume;
 128 + N killed by signal N (a second SIGTERM/SIGINT while that checkpoint is written exits so, at once).
 Outside train and augment-preview, --config.data.dir and --config.data.source point a trained run at data that
-moved (serve reads no data and only checks them); any other --config key is refused.
+moved or at another source of its task and classes, read with the run's own eval preprocessing, and
+--config.data.on_bad_image=skip skips unreadable images there (serve reads no data and only checks them); any
+other --config key is refused.
 """
 import argparse
 import json

@@ -151,19 +151,21 @@ def write(workdir, cfg, info, state=None, keep=None):
       checkpoint.save(mngr, int(state.step), state)
 
 
-# Keys a command on a trained run may override: where its data is read from, when the data moved.
-DATA_KEYS = ("data.dir", "data.source")
+# Keys a command on a trained run may override: where its data is read from (data that moved, or another
+# source of the run's task and classes), and what to do with an unreadable image there.
+DATA_KEYS = ("data.dir", "data.source", "data.on_bad_image")
 
 
 def apply_data_overrides(cfg, overrides):
-  """Applies "data.dir=NEW" / "data.source=NEW" (from `--config.data.dir=NEW`) to a trained run's config; any
+  """Applies "data.dir=NEW" / "data.source=NEW" / "data.on_bad_image=skip" (from `--config.data.dir=NEW`) to a
+  trained run's config; any
   other key is refused: the run's config.json says what was trained, and only where its data lives may change."""
   for item in overrides:
     key = item.partition("=")[0]
     if key not in DATA_KEYS:
       raise UserError(f"--config.{key} is refused: a command on a trained run uses its config.json as it is, and "
-                      f"only {' and '.join('--config.' + k for k in DATA_KEYS)} may change, to point it at data "
-                      "that moved; to change anything else, train a new run")
+                      f"only {', '.join('--config.' + k for k in DATA_KEYS)} may change, to point it at data "
+                      "that moved or other data of its classes; to change anything else, train a new run")
   return config_lib.override(cfg, overrides)
 
 
@@ -206,6 +208,8 @@ def dataset(run):
   shape it was trained on."""
   cfg = run.cfg.copy_and_resolve_references()
   cfg.data.val_fraction = 0.0
+  if run.info.get("pp_eval"):  # the run's own eval preprocessing on any source (not that source's defaults)
+    cfg.data.pp_eval = cfg.data.pp_train = run.info["pp_eval"]
   ds = tasks.get(cfg.task).open_data(cfg)
   saved = {"class_names": run.info["class_names"], "image_shape": run.info["image_shape"]}
   found = {"class_names": list(ds.class_names), "image_shape": list(ds.image_shape)}

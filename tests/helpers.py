@@ -5,9 +5,20 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# .ci/run sets CI=true (as most CI services do): there a test never skips for a missing system package.
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def needs_debian(present, packages):
+  """Marks a test that needs Debian `packages` (not pip's): skipped with the reason where they are absent, as
+  on a fresh `pip install -e ".[test]"` machine; under CI it runs anyway, so a missing package fails it there
+  instead of skipping silently. `present`: whether what the packages install is on this machine."""
+  return pytest.mark.skipif(not present and not CI,
+                            reason=f"needs Debian package(s) {packages} (.ci/run installs them)")
 
 
 def run_python(code, devices=1, env=None, timeout=300, check=True):

@@ -2,6 +2,7 @@
 its COCO round trip, tfds' coco feature layout."""
 import json
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -9,7 +10,10 @@ from PIL import Image
 
 from imgrec import cli, config
 from imgrec.errors import UserError
+from imgrec.data import sources
+from imgrec.tasks import detection
 from imgrec.tasks.detection import data, synthetic
+from tests.helpers import needs_debian
 
 
 def data_cfg(source, **kw):
@@ -60,20 +64,23 @@ def test_coco_bad_annotations_are_clipped_dropped_and_counted(tmp_path, caplog):
                 "images with more than 2 boxes (largest kept): 1"):
     assert count in line, line
   assert ds.class_names == ("cat", "dog") and ds.category_ids == (5, 17) and ds.image_shape == (80, 80, 3)
-  both = {s.ann.image_ids[0]: s for s in ds.splits.values()}
-  assert sorted(both) == [1, 2]  # one image each side of the hold-out; the missing one left out
-  a, b = both[1], both[2]
+  by_ids = {tuple(s.ann.image_ids): s for s in ds.splits.values()}
+  assert sorted(by_ids) == [(1, 2), (3,)]  # the missing image kept (its boxes count in evaluation) ...
+  assert by_ids[(3,)].example(0, False, None) is None  # ... and skipped when read
+  assert by_ids[(3,)].coco_ground_truth()["annotations"][0]["bbox"] == [1, 1, 5, 5]
+  a = by_ids[(1, 2)]
   ex = a.example(0, False, None)  # letterbox(80) of 40x30: scale 2, no translation
   n = ex["box_mask"].sum()
   assert n == 2 and ex["image_id"] == 1 and ex["image"].shape == (80, 80, 3)
   np.testing.assert_allclose(ex["boxes"][:n], [[4, 6, 24, 22], [60, 40, 80, 60]])  # the 2 largest non-crowd
   assert ex["classes"][:n].tolist() == [0, 1] and not ex["box_mask"][n:].any()
   np.testing.assert_allclose(ex["to_source"], [0.5, 0.5, 0, 0])
-  assert b.example(0, True, np.random.default_rng(0))["box_mask"].sum() == 0  # background image kept
+  assert a.example(1, True, np.random.default_rng(0))["box_mask"].sum() == 0  # background image kept
   gt = a.coco_ground_truth()
   assert [(g["category_id"], g["bbox"], g["iscrowd"]) for g in gt["annotations"]] == [
       (5, [2, 3, 10, 8], 0), (17, [30, 20, 10, 10], 0), (17, [0, 0, 40, 30], 1), (5, [20, 2, 4, 4], 0)]
-  assert gt["images"] == [{"id": 1, "width": 40, "height": 30, "file_name": "a.png"}]
+  assert gt["images"] == [{"id": 1, "width": 40, "height": 30, "file_name": "a.png"},
+                          {"id": 2, "width": 20, "height": 20, "file_name": "b.png"}]
   assert {c["id"]: c["name"] for c in gt["categories"]} == {5: "cat", 17: "dog"}
 
 
@@ -162,6 +169,7 @@ def test_generated_set_is_deterministic_tight_and_split_by_glyph():
                                                                          max(x0 - 1, 0):x1 + 1]].any()
 
 
+@needs_debian(os.path.isdir(sources.FASHION_MNIST_DIR), "dataset-fashion-mnist")
 def test_fashion_mnist_glyphs():
   ds = data.open_data(data_cfg("digit_boxes", digit_boxes_glyphs="fashion_mnist", digit_boxes_train=3,
                                digit_boxes_test=2, digit_boxes_size=64))
@@ -213,3 +221,26 @@ def test_tfds_coco_records(monkeypatch):
   assert [(g["image_id"], g["category_id"], g["bbox"], g["iscrowd"]) for g in gt["annotations"]] == [
       (42, 3, [20, 5, 40, 20], 0), (42, 1, [0, 0, 100, 50], 1)]
   assert data.coco.COCO_2017_CATEGORY_IDS[-1] == 90 and len(data.coco.COCO_2017_CATEGORY_IDS) == 80
+
+
+def test_a_skipped_test_image_keeps_its_boxes_in_the_evaluation(tmp_path):
+  """Perfect detections on the readable test images of a COCO folder score AP 1 when every image reads; with
+  one image file gone under on_bad_image=skip, that image's boxes count as misses, so AP and recall drop."""
+  synthetic.write_coco(str(tmp_path), (1, 6), 48)
+
+  def score(on_bad_image):
+    split = data.open_data(data_cfg(f"coco:{tmp_path}", on_bad_image=on_bad_image)).split("test")
+    examples = [e for e in (split.example(i, False, None) for i in range(len(split))) if e is not None]
+    perfect = {"boxes": np.stack([e["boxes"] for e in examples]),
+               "scores": np.stack([e["box_mask"].astype(np.float32) for e in examples]),
+               "classes": np.stack([e["classes"] for e in examples]),
+               "num_detections": np.array([e["box_mask"].sum() for e in examples]),
+               "image_id": np.array([e["image_id"] for e in examples]),
+               "to_source": np.stack([e["to_source"] for e in examples])}
+    return len(examples), detection.evaluate(perfect, split, None)[0]
+
+  n, whole = score("error")
+  assert n == 6 and whole["AP"] == pytest.approx(1.0) and whole["AR100"] == pytest.approx(1.0)
+  (tmp_path / "test" / "000002.png").unlink()
+  n, skipped = score("skip")
+  assert n == 5 and skipped["AP"] < 0.95 and skipped["AR100"] < 0.95

@@ -67,3 +67,23 @@ def test_imgrec_eval_writes_the_report(run, capsys):
   assert "| AP |" in open(os.path.join(report, "report.md")).read()
   assert_png(os.path.join(report, "detections.png"))
   assert_png(os.path.join(report, "precision_recall.png"))
+
+
+def test_imgrec_eval_on_a_coco_folder_of_its_classes(run, tmp_path, capsys):
+  """The run's own test images written as a COCO folder (`make-detection-data`, same size), scored with the run's
+  eval preprocessing (letterbox(64), not coco:'s default 512): the run's AP. With one image file gone and
+  data.on_bad_image=skip, that image is skipped and its boxes count as misses."""
+  workdir, _ = run
+  folder = tmp_path / "coco"
+  assert cli.main(["make-detection-data", str(folder), "--train", "1", "--test", "16", "--size", "64"]) == 0
+  eval_json = lambda *extra: (cli.main(["eval", "--workdir", workdir, "--json", *extra]),
+                              json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+  code, own = eval_json()
+  assert code == 0
+  code, coco = eval_json(f"--config.data.source=coco:{folder}")
+  assert code == 0 and coco["examples"] == 16 and coco["AP"] == pytest.approx(own["AP"], abs=1e-4)
+  assert coco["AR100"] == pytest.approx(own["AR100"], abs=1e-4)
+  (folder / "test" / "000001.png").unlink()
+  code, skipped = eval_json(f"--config.data.source=coco:{folder}", "--config.data.on_bad_image=skip")
+  assert code == 0 and skipped["examples"] == 15
+  assert skipped["AR100"] <= coco["AR100"]  # fewer detections against the same boxes

@@ -24,6 +24,7 @@ import requests
 
 from imgrec.serve import app as app_lib, protocol
 from imgrec.serve.batcher import Batcher, QueueFull
+from tests.helpers import needs_debian
 
 KEY = "k-3f9a2c41d7"
 H = {"Authorization": f"Bearer {KEY}"}  # tritonclient adds to the dict it is given: pass dict(H) there
@@ -366,8 +367,8 @@ def test_json_depth_ignores_brackets_in_strings():
 # ---------------------------------------------------------------- web page in a real browser
 
 CHROMIUM = "/usr/bin/chromium"
-needs_browser = pytest.mark.skipif(not (os.path.exists(CHROMIUM) and shutil.which("chromedriver")),
-                                   reason="needs Debian packages chromium and chromium-driver")
+needs_browser = needs_debian(os.path.exists(CHROMIUM) and shutil.which("chromedriver"),
+                             "chromium and chromium-driver")
 
 
 @contextlib.contextmanager

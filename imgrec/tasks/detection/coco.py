@@ -90,7 +90,9 @@ def load_coco_json(path, d, image_dir, cfg, category_ids, counts):
     first = names[int(np.flatnonzero(~present)[0])]
     if cfg.get("on_bad_image", "error") != "skip":
       raise UserError(f"{int((~present).sum())} image(s) listed in {path} are missing from {image_dir}, e.g. "
-                      f"{first}; restore them, or set --config.data.on_bad_image=skip to leave them out")
+                      f"{first}; restore them, or set --config.data.on_bad_image=skip to skip them")
+    # Kept, with their boxes: skipped when read, as an unreadable file is, so their boxes count as misses
+    # in evaluation rather than vanish from it.
     counts["missing image file"] += int((~present).sum())
   anns = d["annotations"]
   need = "image_id, category_id and bbox"
@@ -102,13 +104,10 @@ def load_coco_json(path, d, image_dir, cfg, category_ids, counts):
     raise UserError(f"{path}: every annotation needs a bbox of 4 numbers [x, y, width, height]") from None
   crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], bool)
   area = np.array([a.get("area", w * h) for a, (_, _, w, h) in zip(anns, bbox)], np.float64)
-  keep = np.flatnonzero(present)
-  ann_image = _lookup(ids[keep], ann_img_id)  # each box's row among the kept images, -1 for an unknown id
-  sel = ~np.isin(ann_img_id, ids[~present])  # boxes of missing files go with them, not as "unknown image id"
+  ann_image = _lookup(ids, ann_img_id)  # each box's image row, -1 for an unknown id
   ann_class = _lookup(np.asarray(category_ids, np.int64), ann_cat)
-  ann = build(ids[keep], sizes[keep], ann_image[sel], bbox[sel], ann_class[sel], crowd[sel], area[sel],
-              max_boxes_of(cfg), counts)
-  return ann, np.array([names[k].encode() for k in keep], dtype=bytes)
+  ann = build(ids, sizes, ann_image, bbox, ann_class, crowd, area, max_boxes_of(cfg), counts)
+  return ann, np.array([n.encode() for n in names], dtype=bytes)
 
 
 def _lookup(keys, values):

@@ -22,7 +22,8 @@ The annotations are kept as a few numpy arrays (`Annotations`), not a dict per b
 Bad annotations never crash a run: an out-of-image box is clipped, a box with no width or height, an unknown
 category or image id is dropped, an image without boxes is kept as background, an image with more than M
 boxes keeps its M largest; one line at load gives the counts. A listed image file that is missing is an
-error naming it, or under data.on_bad_image=skip the image is left out (counted).
+error naming it, or under data.on_bad_image=skip it is counted and skipped when read, as an unreadable one
+is: training takes the next image, and evaluation keeps its ground truth, whose boxes count as misses.
 """
 import collections
 
