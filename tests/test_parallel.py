@@ -186,3 +186,33 @@ def test_two_processes_read_disjoint_slices_of_the_global_batch(tmp_path):
     first, second = results[0]["seen"][str(step)], results[1]["seen"][str(step)]
     assert len(first) == len(second) == 4 and not set(first) & set(second)
     assert first + second == [ids[int(i)] for i in idx]  # process 0 the first half, process 1 the second
+
+
+STREAM_SUMS = r"""
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh
+from imgrec import steps
+from imgrec.data import sources
+from tests.conftest import tiny_config
+assert jax.device_count() == 8
+split = sources.load(tiny_config().data).split("test")  # 359 examples: the last batch of 64 is padded
+
+def fn(variables, batch):  # a task that reduces as it goes: a masked histogram, beside per-example outputs
+  keep = batch["mask"].astype(jnp.int32)
+  hist = jnp.zeros(10, jnp.int32).at[batch["label"]].add(keep)
+  return {"label": batch["label"], "sums": {"hist": hist, "pixels": jnp.sum(batch["image"].sum((1, 2, 3)) * keep)}}
+
+got = [steps.stream(fn, {}, split, 64, Mesh(np.array(d), ("data",))) for d in (jax.devices()[:1], jax.devices())]
+labels = split.labels
+for out in got:
+  np.testing.assert_array_equal(out["label"], labels)  # per-example outputs: gathered in order, padding dropped
+  np.testing.assert_array_equal(out["sums"]["hist"], np.bincount(labels, minlength=10))  # padding masked out
+  assert int(out["sums"]["pixels"]) == int(split.get(np.arange(len(split)))[0].astype(np.int64).sum())
+print("SUMS OK", got[1]["sums"]["hist"].tolist())
+"""
+
+
+def test_evaluation_sums_accumulate_alike_on_eight_devices():
+  """steps.stream adds an eval fn's "sums" up over the batches on device (a confusion matrix in segmentation):
+  on 8 devices as on 1, with the padded last batch masked out, beside the gathered per-example outputs."""
+  assert "SUMS OK" in run_python(STREAM_SUMS, devices=8).stdout
