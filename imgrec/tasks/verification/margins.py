@@ -82,6 +82,7 @@ class Embedder(nn.Module):
   dropout: float = 0.0
   normalized_classes: bool = True
   dtype: jnp.dtype = jnp.float32
+  flip: bool = True  # evaluation and serving add the mirror image's embedding (the task's _embed reads it)
 
   @nn.compact
   def __call__(self, x, train=False):
