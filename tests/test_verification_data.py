@@ -3,14 +3,13 @@ over held-out identities, identity folders with real image files, the embedded g
 error per bad input."""
 import pickle
 
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
 from imgrec import config
 from imgrec.errors import UserError
-from imgrec.tasks.verification import data, glyphs, pairs, settings
+from imgrec.tasks.verification import data, glyphs, pairs
 
 LFW_SAMPLE = """2\t2
 Aaron_Peirsol\t1\t2
@@ -26,10 +25,7 @@ Alan_Tang_Kwong-wing\t1\tThomas_Rupprath\t2
 
 def _cfg(source, **v):
   cfg = config.defaults()
-  s = settings.settings()
-  cfg.verification = ml_collections.ConfigDict(s["verification"])
-  for k, value in s["data"].items():
-    cfg.data[k] = value
+  cfg.task = "verification"
   cfg.data.source = source
   cfg.verification.update(v)
   return cfg

@@ -7,17 +7,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from imgrec import config, optim, parallel, state, steps
+from imgrec import config, optim, parallel, state, steps, tasks
 from imgrec.errors import UserError
 from imgrec.tasks import verification as task
 
 
 def _cfg(**v):
   cfg = config.defaults()
-  s = task.settings()
-  cfg.verification = ml_collections.ConfigDict(s["verification"])
-  for k, value in s["data"].items():
-    cfg.data[k] = value
+  cfg.task = "verification"
   cfg.data.source = "face_glyphs"
   cfg.data.glyph_images = 2
   cfg.data.image_size = 16
@@ -43,7 +40,7 @@ def test_trains_and_evaluates_the_pairs_protocol(tmp_path, loss):
   tx, _ = optim.make(cfg, 4, 4)
   st = state.init_state(model, tx, 0, ds.image_shape)
   step = jax.jit(steps.make_train_step(model, tx, info["mean"], info["std"], task.make_inputs(cfg, info),
-                                       task.make_loss(cfg, info, None), cfg))
+                                       task.make_loss(cfg, info, None)[0], cfg))
   train = ds.split("train")
   losses = []
   for i in range(4):
@@ -64,11 +61,11 @@ def test_trains_and_evaluates_the_pairs_protocol(tmp_path, loss):
     assert (tmp_path / name).exists(), name
   cal = json.loads((tmp_path / "calibration.json").read_text())
   assert cal["threshold"] == record["threshold"] and cal["far"] == 1e-3
-  assert "10-fold accuracy" in task.eval_line(summary)
+  assert "accuracy" in tasks.line(task, summary)
   # serving: the same embeddings from make_predict, L2-normalised, one per image
   images = test.take(np.arange(3))["image"]
-  served = task.postprocess(jax.jit(task.make_predict(model, info["mean"], info["std"]))(state.variables(st),
-                                                                                       images))
+  served = jax.jit(task.make_predict(model, info["mean"], info["std"]))(state.variables(st), images)
+  assert tasks.outputs(task, model, info) == [("embeddings", "FP32", (16,))]
   np.testing.assert_allclose(served["embeddings"], out["embedding"][:3], atol=1e-5)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from imgrec import models, steps
 from imgrec.data import augment
 from imgrec.errors import UserError
+from imgrec.tasks.contract import Output
 from imgrec.tasks.verification import data, margins, pairs as pairs_lib, plots, protocol
 from imgrec.tasks.verification.settings import (DECODED_SOURCES, DEFAULT_SELECT, MAY_CHANGE, NAME, SELECT,
                                                 settings, validate)
@@ -28,9 +29,7 @@ __all__ = ("DECODED_SOURCES", "DEFAULT_SELECT", "MAY_CHANGE", "NAME", "SELECT", 
 
 RECORD = ("accuracy", "accuracy_std", "tar_far1e3", "tar_far1e4", "eer", "threshold", "threshold_far", "pairs")
 LINE = ("accuracy", "tar_far1e3", "eer")  # what the trainer's progress line shows
-OUTPUTS = (("embeddings", "FP32", ("D",)),)  # served; "D": verification.embedding_dim
-PREDICTS = "embeddings"
-TFS_OUTPUTS = ("embeddings",)
+OUTPUTS = (Output("embeddings", "FP32", ("D",)),)  # served; "D": verification.embedding_dim
 
 
 # ---------------------------------------------------------------------------- data and model
@@ -74,8 +73,8 @@ def make_inputs(cfg, info):
   return inputs
 
 
-def make_loss(cfg, info, open_run=None):
-  """`fn(outputs, targets, x, aux) -> (loss, {"identity_accuracy"})`: the configured margin loss over the
+def make_loss(cfg, info, open_run):
+  """(`fn(outputs, targets, x, aux) -> (loss, {"identity_accuracy"})`, None): the configured margin loss over the
   training identities (identity_accuracy: argmax of the unmargined cosines, a training signal only)."""
   del info, open_run
   v = cfg.verification
@@ -85,7 +84,7 @@ def make_loss(cfg, info, open_run=None):
     del x, aux
     value, accuracy = fn(outputs["logits"], targets["label"])
     return value, {"identity_accuracy": accuracy}
-  return loss
+  return loss, None
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -97,7 +96,7 @@ def _embed(model, variables, x):
   return margins.l2_normalize(out)
 
 
-def make_eval_fn(model, info, cfg=None):
+def make_eval_fn(model, info, cfg):
   """`fn(variables, batch) -> {"embedding"}` per example (each image of the pairs once)."""
   del cfg
   return lambda v, b: {"embedding": _embed(model, v, steps.normalize(b["image"], info["mean"], info["std"]))}
@@ -131,13 +130,6 @@ def headline(result):
   return {k: result[k] for k in keys if k in result}
 
 
-def eval_line(result):
-  return (f"{result['split']} 10-fold accuracy {result['accuracy']:.4f} +- {result['accuracy_std']:.4f}, "
-          f"TAR@FAR=1e-3 {result['tar_far1e3']:.4f}, TAR@FAR=1e-4 {result['tar_far1e4']:.4f} (FAR resolution "
-          f"{result['far_resolution']:.1e}), EER {result['eer']:.4f}, threshold {result['threshold']:.4f} at FAR "
-          f"{result['threshold_far']:g}, {result['pairs']} pairs")
-
-
 # ---------------------------------------------------------------------------- prediction and serving
 
 def make_predict(model, mean, std, normalized=False):
@@ -146,10 +138,6 @@ def make_predict(model, mean, std, normalized=False):
   if normalized:
     return lambda variables, x: {"embeddings": _embed(model, variables, x)}
   return lambda variables, images: {"embeddings": _embed(model, variables, steps.normalize(images, mean, std))}
-
-
-def postprocess(outputs):
-  return {"embeddings": np.asarray(outputs["embeddings"], np.float32)}
 
 
 def upload_result(outputs, input_hw, to_source, source_wh, class_names, k=None):

@@ -1,0 +1,48 @@
+"""Verification on face_glyphs, the embedded identity set (a character in a font is an identity): no download.
+
+  imgrec train --config configs/face_glyphs.py --workdir runs/face_glyphs
+  imgrec eval --workdir runs/face_glyphs     # report/: 10-fold table, roc.png, scores.png, calibration.json
+
+955 training identities x 10 images (32x32), 409 held-out identities giving 10 identity-disjoint folds of 300
+matched + 300 mismatched pairs; a small CNN (3 stages of 2 convs, BN) -> 128-d embedding head -> ArcFace (s=32,
+m=0.3: s=64, m=0.5 does not converge from scratch in this budget), 1500 steps of 128 with flip and small rotations.
+
+Expected: see MEASURED below (scripts/bench_verification.py train runs this config through the shared train step
+and the task's evaluation; figures, command and machine there).
+"""
+from imgrec.config import defaults
+
+# Measured with `python scripts/bench_verification.py train` (the same config, the shared train step and the task's
+# evaluation): filled in by that run, see the docstring.
+MEASURED = None
+
+
+def get_config(arg=None):
+  del arg
+  c = defaults()
+  c.task = "verification"
+  c.data.source = "face_glyphs"
+  c.data.glyph_images = 10
+  c.data.augment = "rotate(10)"
+  c.model.name = "small_cnn"
+  c.model.kwargs.widths = (32, 64, 128)
+  c.model.kwargs.convs_per_stage = 2
+  c.model.kwargs.hidden = 256
+  c.model.kwargs.dropout = 0.0
+  c.verification.loss = "arcface"
+  c.verification.scale = 32.0
+  c.verification.margin = 0.3
+  c.verification.embedding_dim = 128
+  c.verification.flip = False  # glyphs are not mirror-symmetric: a mirrored "b" is a "d"
+  c.batch_size = 128
+  c.steps = 1500
+  c.optim.name = "adamw"
+  c.optim.lr = 3e-3
+  c.optim.weight_decay = 5e-4
+  c.optim.warmup_steps = 100
+  c.optim.grad_clip = 5.0
+  c.select_metric = "accuracy"
+  c.eval_every = 500
+  c.checkpoint_every = 500
+  c.log_every = 100
+  return c
