@@ -1,6 +1,7 @@
 """The verification task module (imgrec/tasks/verification/__init__.py) through the shared step and eval loop:
 a few real training steps on face_glyphs, the pairs protocol over streamed embeddings, the report's files."""
 import json
+import os
 
 import jax
 import ml_collections
@@ -79,3 +80,10 @@ def test_mixing_augmentations_and_bad_settings_are_refused():
     bad = _cfg(**{key: value})
     with pytest.raises(UserError, match=match):
       task.validate(bad)
+
+
+@pytest.mark.parametrize("recipe", ["face_glyphs.py", "face_casia_lfw.py"])
+def test_the_recipes_load_and_validate(recipe):
+  cfg = config.load(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", recipe))
+  assert cfg.task == "verification"
+  task.validate(cfg)
