@@ -25,13 +25,14 @@ def writing(path):
 
 
 def write_atomic(path, text):
-  """Replaces `path` by a file holding `text`, in one rename after an fsync (the directory is synced too, so
-  the rename itself survives a power cut). A failure is a UserError naming `path`; the old file is intact."""
+  """Replaces `path` by a file holding `text` (str, or bytes for a binary file), in one rename after an fsync
+  (the directory is synced too, so the rename itself survives a power cut). A failure is a UserError naming
+  `path`; the old file is intact."""
   directory = os.path.dirname(os.path.abspath(path))
   with writing(path):
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
     try:
-      with os.fdopen(fd, "w") as f:
+      with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())

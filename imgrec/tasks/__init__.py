@@ -68,10 +68,10 @@ Reports
   headline(summary): the short JSON `imgrec eval --json` prints
 """
 from imgrec.errors import UserError
-from imgrec.tasks import classification, contract, detection
+from imgrec.tasks import classification, contract, detection, verification
 from imgrec.tasks.contract import Output  # noqa: F401  (re-exported: tasks.Output)
 
-TASKS = {classification.NAME: classification, detection.NAME: detection}
+TASKS = {classification.NAME: classification, detection.NAME: detection, verification.NAME: verification}
 
 
 def get(name):

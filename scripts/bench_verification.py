@@ -1,0 +1,146 @@
+"""Verification benchmarks.
+
+  python scripts/bench_verification.py gallery [--rows 100000 --dim 128 --queries 500 --k 5]
+      1:N search latency (p50, p99, one query at a time) over a gallery of random embeddings, enroll throughput
+      (rows/s, in batches of --batch, no saving) and the atomic save of the whole gallery
+  python scripts/bench_verification.py train [--losses arcface,softmax --steps N --config configs/face_glyphs.py]
+      the face_glyphs recipe through the shared train step (steps.make_train_step with the task's inputs and loss),
+      once per loss on the same backbone, data order and budget; the task's evaluation on the held-out pairs:
+      10-fold accuracy, TAR@FAR=1e-3, EER, train images/s (after the first, compiling, log window)
+Prints a markdown table and writes OUT/WHAT.json.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from imgrec import config, optim, parallel, state, steps  # noqa: E402
+from imgrec.tasks import verification as task  # noqa: E402
+from imgrec.tasks.verification import gallery  # noqa: E402
+
+
+def load_config(path):
+  """The recipe's config, checked like `imgrec train --config PATH` checks it."""
+  return config.load(path)
+
+
+def train_once(cfg, ds, log_every=100):
+  """(record of the held-out pairs, train images/s): cfg.steps steps of the shared train step."""
+  train = ds.split("train")
+  x = train.take(np.arange(len(train)))["image"].astype(np.float32) / 255
+  info = {"class_names": list(ds.class_names), "mean": x.mean((0, 1, 2)).tolist(), "std": x.std((0, 1, 2)).tolist()}
+  model = task.create_model(cfg, info)
+  spe = len(train) // cfg.batch_size
+  tx, _ = optim.make(cfg, cfg.steps, spe)
+  st = state.init_state(model, tx, cfg.seed, ds.image_shape)
+  step = jax.jit(steps.make_train_step(model, tx, info["mean"], info["std"], task.make_inputs(cfg, info),
+                                       task.make_loss(cfg, info, None)[0], cfg), donate_argnums=0)
+  rng = np.random.default_rng(cfg.seed)
+  order, speeds, t = np.zeros(0, int), [], time.perf_counter()
+  for i in tqdm.trange(cfg.steps, desc=f"train {cfg.verification.loss}", unit="step"):
+    if len(order) < cfg.batch_size:
+      order = np.concatenate([order, rng.permutation(len(train))])
+    idx, order = order[:cfg.batch_size], order[cfg.batch_size:]
+    st, m = step(st, train.take(np.sort(idx)))
+    if (i + 1) % log_every == 0:
+      jax.block_until_ready(m["loss"])
+      now = time.perf_counter()
+      speeds.append(log_every * cfg.batch_size / (now - t))
+      t = now
+  test = ds.split("test")
+  out = steps.stream(task.make_eval_fn(model, info, cfg), state.variables(st), test, 256, parallel.make_mesh())
+  record, _ = task.evaluate(out, test, info, cfg)
+  return record, float(np.median(speeds[1:] or speeds)), float(m["loss"])
+
+
+def bench_train(a):
+  cfg = load_config(a.config)
+  if a.steps:
+    cfg.steps = a.steps
+  ds = task.open_data(cfg)
+  rows = {}
+  for loss in a.losses.split(","):
+    c = ml_collections.ConfigDict(cfg.to_dict())
+    c.verification.loss = loss
+    t = time.perf_counter()
+    record, speed, final_loss = train_once(c, ds)
+    rows[loss] = {**record, "train_img_per_sec": speed, "final_loss": final_loss,
+                  "wall_s": time.perf_counter() - t, "steps": c.steps}
+  print("| loss | 10-fold accuracy | TAR@FAR=1e-3 | EER | train img/s | wall |")
+  print("|---|---|---|---|---|---|")
+  for loss, r in rows.items():
+    print(f"| {loss} | {r['accuracy']:.4f} +- {r['accuracy_std']:.4f} | {r['tar_far1e3']:.4f} | {r['eer']:.4f} | "
+          f"{r['train_img_per_sec']:.0f} | {r['wall_s']:.0f} s |")
+  return rows
+
+
+def bench_gallery(a):
+  rng = np.random.default_rng(0)
+  rows = rng.normal(size=(a.rows, a.dim)).astype(np.float32)
+  ids = [f"person{i:06d}" for i in range(a.rows // a.per_identity)]
+  path = os.path.join(tempfile.mkdtemp(), "gallery.npz")
+  g = gallery.Gallery.open(path, a.dim)
+  t = time.perf_counter()
+  for start in range(0, a.rows, a.batch):
+    chunk = np.arange(start, min(start + a.batch, a.rows))
+    for i in np.unique(chunk // a.per_identity):
+      g.enroll(ids[i], rows[chunk[chunk // a.per_identity == i]], save=False)
+  enroll_s = time.perf_counter() - t
+  t = time.perf_counter()
+  g.save()
+  save_s = time.perf_counter() - t
+  queries = rng.normal(size=(a.queries, a.dim)).astype(np.float32)
+  g.search(queries[:5], a.k)  # warm up
+  lat = []
+  for q in queries:
+    t = time.perf_counter()
+    g.search(q, a.k)
+    lat.append(time.perf_counter() - t)
+  t = time.perf_counter()
+  g.search(queries, a.k)
+  batched = (time.perf_counter() - t) / a.queries
+  out = {"rows": a.rows, "dim": a.dim, "identities": len(ids), "k": a.k,
+         "search_p50_ms": 1e3 * float(np.percentile(lat, 50)), "search_p99_ms": 1e3 * float(np.percentile(lat, 99)),
+         f"search_batched_{a.queries}_ms_per_query": 1e3 * batched,
+         "enroll_rows_per_s": a.rows / enroll_s, "save_s": save_s,
+         "file_mb": os.path.getsize(path) / 2**20}
+  print("| rows x dim | search p50 | search p99 | batched / query | enroll | save (file) |")
+  print("|---|---|---|---|---|---|")
+  print(f"| {a.rows} x {a.dim} | {out['search_p50_ms']:.2f} ms | {out['search_p99_ms']:.2f} ms | "
+        f"{1e3 * batched:.3f} ms | {out['enroll_rows_per_s']:.0f} rows/s | {save_s:.2f} s ({out['file_mb']:.0f} MB) |")
+  return out
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = p.add_subparsers(dest="what", required=True)
+  g = sub.add_parser("gallery")
+  g.add_argument("--rows", type=int, default=100_000)
+  g.add_argument("--dim", type=int, default=128)
+  g.add_argument("--per-identity", type=int, default=2)
+  g.add_argument("--batch", type=int, default=64)
+  g.add_argument("--queries", type=int, default=500)
+  g.add_argument("--k", type=int, default=5)
+  t = sub.add_parser("train")
+  t.add_argument("--config", default=os.path.join(ROOT, "configs", "face_glyphs.py"))
+  t.add_argument("--losses", default="arcface,softmax")
+  t.add_argument("--steps", type=int, default=0)
+  p.add_argument("--out", default="bench_verification")
+  a = p.parse_args()
+  os.makedirs(a.out, exist_ok=True)
+  result = bench_gallery(a) if a.what == "gallery" else bench_train(a)
+  with open(os.path.join(a.out, f"{a.what}.json"), "w") as f:
+    json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()
