@@ -179,7 +179,7 @@ def _image_files(path, prefix=""):
   return files
 
 
-def _scan_classes(directory):
+def scan_classes(directory):
   """(class names, FileSplit of every image under `directory`/<class>/, reading unset). The names
   (relative to their class folder) are packed class by class into one utf-8 blob, so no per-file
   Python object outlives its class."""
@@ -200,7 +200,7 @@ def _scan_classes(directory):
   return classes, FileSplit(directory, tuple(classes), dir_index, b"".join(chunks), offsets)
 
 
-def _sample_headers(paths, on_bad_image):
+def sample_headers(paths, on_bad_image):
   """(width, height, channels) of a few files; unreadable ones are errors, or left out under skip."""
   out = []
   for path in paths:
@@ -214,7 +214,7 @@ def _sample_headers(paths, on_bad_image):
   return out
 
 
-def _reading(cfg, channels, photo, size):
+def reading_for(cfg, channels, photo, size):
   """The Reading of an encoded source: its pp strings (the config's, or the defaults) and image shape.
   `size` (h, w) is the source's image size when fixed, else None."""
   pp_train, pp_eval = preprocess.defaults(photo, cfg.image_size)
@@ -255,21 +255,21 @@ def _load_folder(directory, cfg):
     directory = os.path.join(directory, "train")
     present = []
   has_splits = "train" in present and len(present) > 1
-  parts = {s: _scan_classes(os.path.join(directory, s)) for s in present} if has_splits else {
-      "all": _scan_classes(directory)}
+  parts = {s: scan_classes(os.path.join(directory, s)) for s in present} if has_splits else {
+      "all": scan_classes(directory)}
   classes = parts["train" if has_splits else "all"][0]
   total = sum(len(split) for _, split in parts.values())
   if not classes or not total:
     raise UserError(f"no class subfolders with {'/'.join(IMAGE_EXTENSIONS)} files found in {directory}")
   on_bad = cfg.get("on_bad_image", "error")
   picks = [_nth(parts, int(k)) for k in np.unique(np.linspace(0, total - 1, min(total, HEADER_SAMPLE)).astype(int))]
-  sample = _sample_headers([split.describe(i) for split, i in picks], on_bad)
+  sample = sample_headers([split.describe(i) for split, i in picks], on_bad)
   if not sample:
     raise UserError(f"none of the sampled images in {directory} could be read")
   channels = cfg.get("channels", 0) or (1 if all(c == 1 for _, _, c in sample) else 3)
   sizes = {(h, w) for w, h, _ in sample}
   photo = len(sizes) > 1 or max(max(s) for s in sizes) > SMALL_IMAGE
-  reading = _reading(cfg, channels, photo, None if len(sizes) > 1 else next(iter(sizes)))
+  reading = reading_for(cfg, channels, photo, None if len(sizes) > 1 else next(iter(sizes)))
   splits = {}
   for s, (split_classes, split) in parts.items():
     unknown = sorted(set(split_classes) - set(classes))
@@ -305,7 +305,7 @@ def _load_tfds(name, cfg):
   shape = tuple(features["image"].shape)  # (H, W, C), None where it varies
   channels = cfg.get("channels", 0) or shape[-1] or 3
   photo = None in shape[:2]
-  reading = _reading(cfg, channels, photo, None if photo else shape[:2])
+  reading = reading_for(cfg, channels, photo, None if photo else shape[:2])
   splits = {split: TfdsSplit(src, reading, f"tfds:{name}/{split}") for split, src in sources.items()}
   return Dataset(f"tfds:{name}", splits, tuple(features["label"].names), reading.image_shape, reading.pp_train,
                  reading.pp_eval)

@@ -131,7 +131,7 @@ def _scan(directory):
   """(identity names, FileSplit of every image, {name: count}, {name: first index})."""
   if not os.path.isdir(directory):
     raise UserError(f"identity folder {directory} not found; it needs one subfolder of images per identity")
-  names, split = sources._scan_classes(directory)
+  names, split = sources.scan_classes(directory)
   n = np.bincount(split.labels, minlength=len(names))
   if not n.sum():
     raise UserError(f"no identity subfolders with {'/'.join(sources.IMAGE_EXTENSIONS)} files in {directory}")
@@ -139,21 +139,21 @@ def _scan(directory):
   return names, split, dict(zip(names, n.tolist())), dict(zip(names, starts.tolist()))
 
 
-def _reading(split, data_cfg):
+def reading(split, data_cfg):
   total = len(split)
   picks = np.unique(np.linspace(0, total - 1, min(total, sources.HEADER_SAMPLE)).astype(int))
-  sample = sources._sample_headers([split.describe(int(i)) for i in picks], data_cfg.get("on_bad_image", "error"))
+  sample = sources.sample_headers([split.describe(int(i)) for i in picks], data_cfg.get("on_bad_image", "error"))
   if not sample:
     raise UserError(f"none of the sampled images in {split.root} could be read")
   channels = data_cfg.get("channels", 0) or (1 if all(c == 1 for _, _, c in sample) else 3)
   sizes = {(h, w) for w, h, _ in sample}
   photo = len(sizes) > 1 or max(max(s) for s in sizes) > sources.SMALL_IMAGE
-  return sources._reading(data_cfg, channels, photo, None if len(sizes) > 1 else next(iter(sizes)))
+  return sources.reading_for(data_cfg, channels, photo, None if len(sizes) > 1 else next(iter(sizes)))
 
 
 def _load_identities(directory, data_cfg, v):
   names, split, counts, offsets = _scan(directory)
-  split.reading = _reading(split, data_cfg)
+  split.reading = reading(split, data_cfg)
   _warn_single(counts)
   if v.pairs:
     root = v.pairs_root or os.path.dirname(os.path.abspath(v.pairs))
