@@ -47,7 +47,8 @@ def apply(model, variables, images, mean, std):
 def make_train_step(model, tx, mean, std, inputs, loss, cfg):
   """The pure training step, for any task: `train_step(state, batch[, aux]) -> (state, metrics)`.
 
-  The task gives `inputs(rng, batch) -> (float images in [0, 1] after augmentation, targets pytree)` and
+  The task gives `inputs(rng, batch) -> (x, targets pytree)`, x the float images in [0, 1] after augmentation, or
+  a dict of the model's inputs holding them under "image" (an image-text model's token ids beside them), and
   `loss(outputs, targets, x, aux) -> (scalar loss, {train metric: scalar})`, `x` being the model's standardised
   input and `aux` the step's optional third argument (classification's distillation teacher variables: an
   input of the compiled program rather than constants baked into it). `cfg` adds penalties, accumulation and
@@ -73,13 +74,13 @@ def make_train_step(model, tx, mean, std, inputs, loss, cfg):
     rng = jax.random.fold_in(state.rng, state.step)
     aug_rng, drop_rng = jax.random.split(rng)
     x, targets = inputs(aug_rng, batch)
-    x = standardize(x, mean, std)
+    x = {**x, "image": standardize(x["image"], mean, std)} if isinstance(x, dict) else standardize(x, mean, std)
     if accum == 1:
       (_, (metrics, batch_stats)), grads = grad_fn(state.params, state.batch_stats, x, targets, drop_rng, aux)
     else:
       # Micro-batch i takes every accum-th example, so each stays spread over all devices.
       split = lambda a: jnp.swapaxes(a.reshape((a.shape[0] // accum, accum) + a.shape[1:]), 0, 1)
-      micro = (split(x), jax.tree.map(split, targets), jnp.arange(accum))
+      micro = (jax.tree.map(split, x), jax.tree.map(split, targets), jnp.arange(accum))
       add = lambda a, b: jax.tree.map(jnp.add, a, b)
 
       def body(carry, inputs_i):
@@ -89,7 +90,7 @@ def make_train_step(model, tx, mean, std, inputs, loss, cfg):
         return add(carry, (g, new_stats, m)), None
 
       zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
-      first = (micro[0][0], jax.tree.map(lambda a: a[0], micro[1]))
+      first = (jax.tree.map(lambda a: a[0], micro[0]), jax.tree.map(lambda a: a[0], micro[1]))
       metrics = jax.eval_shape(lambda: grad_fn(state.params, state.batch_stats, *first, drop_rng, aux))[0][1][0]
       (grads, batch_stats, metrics), _ = jax.lax.scan(body, zeros((state.params, state.batch_stats, metrics)), micro)
       grads, batch_stats, metrics = jax.tree.map(lambda a: a / accum, (grads, batch_stats, metrics))

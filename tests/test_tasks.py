@@ -111,3 +111,38 @@ def test_the_batcher_hands_out_named_outputs():
       np.testing.assert_array_equal(out["first"], np.full(n, i))
   finally:
     b.close()
+
+
+def test_the_step_takes_a_dict_of_model_inputs():
+  """A task whose model reads more than images (an image-text model's tokens) gives x as a dict: the step
+  standardises x["image"] only, passes the rest as it is, and splits every leaf alike under accumulation."""
+  import flax.linen as nn
+
+  class Both(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      if not isinstance(x, dict):  # init_state traces images alone: the model makes up its other inputs
+        x = {"image": x, "tokens": jnp.zeros((x.shape[0], 2))}
+      return nn.Dense(3)(x["image"].reshape(x["image"].shape[0], -1)) + x["tokens"].sum(-1, keepdims=True)
+
+  seen = {}
+
+  def inputs(rng, batch):
+    return {"image": batch["image"] / 255.0, "tokens": batch["tokens"]}, {}
+
+  def loss(outputs, targets, x, aux):
+    seen["tokens"] = x["tokens"].shape
+    return jnp.mean(outputs**2), {"image_mean": jnp.mean(x["image"]), "tokens_sum": jnp.sum(x["tokens"])}
+
+  model, tx = Both(), optax.sgd(0.1)
+  batch = {"image": np.full((4, 2, 2, 1), 255, np.uint8), "tokens": np.arange(8, dtype=np.float32).reshape(4, 2)}
+  from imgrec import config, state as train_state, steps
+  for accum in (1, 2):
+    cfg = config.defaults()
+    cfg.optim.accum_steps = accum
+    state = train_state.init_state(model, tx, 0, (2, 2, 1))
+    _, metrics = jax.jit(steps.make_train_step(model, tx, (0.5,), (0.25,), inputs, loss, cfg))(state, batch)
+    assert bool(metrics["finite"])
+    assert float(metrics["image_mean"]) == pytest.approx(2.0)  # (1 - 0.5) / 0.25: standardised
+    assert float(metrics["tokens_sum"]) * accum == pytest.approx(28.0)  # as given (0 + ... + 7), per micro-batch
+    assert seen["tokens"] == (4 // accum, 2)  # split like the images

@@ -30,7 +30,9 @@ Model
   create_model(cfg, info) -> a Linen module; apply(variables, float NHWC, train) -> outputs (any pytree).
   Backbones come from the zoo (imgrec.models); `features=True` gives a backbone's multi-scale maps.
 Training (pure, inside the jitted step; steps.make_train_step is the skeleton both go into)
-  make_inputs(cfg, info) -> fn(rng, batch) -> (float images in [0, 1] after augmentation, targets pytree)
+  make_inputs(cfg, info) -> fn(rng, batch) -> (x, targets pytree): x the float images in [0, 1] after
+      augmentation, or a dict of the model's inputs with them under "image" (standardised there by the step;
+      an image-text model's token ids beside them); the model's apply takes x as it is
   make_loss(cfg, info, open_run) -> (fn(outputs, targets, x, aux) -> (scalar loss, {train metric: scalar}), aux)
       x: the model's standardised input; aux: a pytree passed to the compiled step as its third argument (None:
       none), e.g. classification's distillation teacher variables. open_run(path) restores another run
