@@ -7,7 +7,9 @@ import pytest
 
 from imgrec import checkpoint_import, models, tokenizer
 from imgrec.checkpoint_import import formats
+from imgrec.errors import UserError
 from imgrec.models import two_tower
+from imgrec.tasks.image_text import zeroshot
 from tests import text_helpers as th
 
 ref = pytest.importorskip("tests.torch_reference")
@@ -37,8 +39,8 @@ def hf_outputs(model, x, ids):
   return out.image_embeds.numpy(), out.text_embeds.numpy(), out.logits_per_image.numpy()
 
 
-def imgrec_outputs(values, info, x, ids):
-  model = models.create(info["model"]["name"], info["num_classes"], **info["model"]["kwargs"])
+def nest(values):
+  """{"params/a/b": array} -> {"params": {"a": {"b": array}}}."""
   params = {}
   for name, v in values.items():
     node = params
@@ -46,7 +48,12 @@ def imgrec_outputs(values, info, x, ids):
     for p in path:
       node = node.setdefault(p, {})
     node[leaf] = v
-  variables = {"params": params}
+  return {"params": params}
+
+
+def imgrec_outputs(values, info, x, ids):
+  model = models.create(info["model"]["name"], info["num_classes"], **info["model"]["kwargs"])
+  variables = nest(values)
   zi = np.asarray(model.apply(variables, x, method="embed_image"))
   zt = np.asarray(model.apply(variables, ids, method="embed_text"))
   logits = np.asarray(model.apply(variables, zi, zt, method="scores"))
@@ -173,3 +180,46 @@ def test_big_vision_siglip_npz_matches(tmp_path):
   _, img_info, _ = checkpoint_import.convert(path + ":img")
   assert img_info["model"]["kwargs"]["pool"] == "map"
   assert formats.read(path).shapes["t"] == (1,)
+
+
+def test_zero_shot_matches_hf_clip_prompts(tmp_path):
+  """Zero-shot from the import folder (its tokenizer, its scale) equals CLIPModel's logits on the same prompts; two
+  templates give the re-normalised mean of their text embeddings."""
+  n = th.clip_vocab(str(tmp_path))
+  model = clip_reference(n)
+  model.save_pretrained(tmp_path / "m")
+  hf_tok = transformers.CLIPTokenizer.from_pretrained(str(tmp_path))
+  hf_tok.save_pretrained(tmp_path / "m")
+  info, _ = checkpoint_import.import_checkpoint(str(tmp_path / "m"), str(tmp_path / "w"))
+  with np.load(tmp_path / "w" / "params.npz") as f:
+    variables = nest({k: f[k] for k in f.files})
+  ours = models.create(info["model"]["name"], info["num_classes"], **info["model"]["kwargs"])
+  tok = tokenizer.load(str(tmp_path / "w"))
+  names, templates = ["cat", "Dog!", "café"], ["a photo of a {}.", "a drawing of the {}"]
+  x, _ = inputs(n)
+  zi = np.asarray(ours.apply(variables, x))
+
+  def hf_text(template):
+    ids = hf_tok([template.format(c) for c in names], padding="max_length", max_length=12).input_ids
+    with torch.no_grad():
+      out = model(pixel_values=torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), input_ids=torch.tensor(ids))
+    return out.text_embeds.numpy(), out.image_embeds.numpy(), out.logits_per_image.numpy()
+
+  clf = zeroshot.classifier(ours, variables, tok, names, templates[:1])
+  np.testing.assert_allclose(zeroshot.logits(clf, zi), hf_text(templates[0])[2], rtol=1e-4, atol=1e-4)
+  probs = zeroshot.probabilities(clf, zi)
+  np.testing.assert_allclose(probs.sum(-1), 1, rtol=1e-5)  # CLIP: softmax over the labels
+  (t0, img, _), (t1, _, _) = hf_text(templates[0]), hf_text(templates[1])
+  mean = (t0 + t1) / 2
+  mean /= np.linalg.norm(mean, axis=-1, keepdims=True)
+  clf2 = zeroshot.classifier(ours, variables, tok, names, templates)
+  np.testing.assert_allclose(clf2.weights, mean, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(zeroshot.logits(clf2, zi), model.logit_scale.exp().item() * img @ mean.T, rtol=1e-4,
+                             atol=1e-4)
+  assert clf2.truncated == ()
+  long = zeroshot.classifier(ours, variables, tok, ["a very long label " * 5], templates[:1])
+  assert long.truncated == ("a photo of a " + "a very long label " * 5 + ".",)
+  with pytest.raises(UserError, match="no labels"):
+    zeroshot.classifier(ours, variables, tok, [], templates)
+  with pytest.raises(UserError, match="exactly one"):
+    zeroshot.classifier(ours, variables, tok, names, ["a photo"])
