@@ -5,7 +5,7 @@ giving Hugging Face's ids."""
 import numpy as np
 import pytest
 
-from imgrec import checkpoint_import, models, tokenizer
+from imgrec import checkpoint_import, cli, models, tokenizer
 from imgrec.checkpoint_import import formats
 from imgrec.errors import UserError
 from imgrec.models import two_tower
@@ -165,7 +165,7 @@ def big_vision_npz(model, path, heads=(4, 2)):
   np.savez(path, **{"params/" + k: np.ascontiguousarray(a, np.float32) for k, a in out.items()})
 
 
-def test_big_vision_siglip_npz_matches(tmp_path):
+def test_big_vision_siglip_npz_matches(tmp_path, capsys):
   model = siglip_reference()
   # big_vision's Flax GELU is the tanh form: the reference's must be too (SigLIP's gelu_pytorch_tanh)
   assert model.config.vision_config.hidden_act == "gelu_pytorch_tanh"
@@ -180,6 +180,15 @@ def test_big_vision_siglip_npz_matches(tmp_path):
   _, img_info, _ = checkpoint_import.convert(path + ":img")
   assert img_info["model"]["kwargs"]["pool"] == "map"
   assert formats.read(path).shapes["t"] == (1,)
+  # `imgrec import` without a tokenizer beside the file: imported, and it says zero-shot needs one
+  assert cli.main(["import", path, "--out", str(tmp_path / "w")]) in (0, None)
+  assert "no tokenizer file beside the checkpoint" in capsys.readouterr().out
+  with pytest.raises(UserError, match="has no text.json"):
+    tokenizer.load(str(tmp_path / "w"))
+  th.sentencepiece_model(str(tmp_path))  # with its spiece.model beside it: SigLIP's conventions
+  checkpoint_import.import_checkpoint(path, str(tmp_path / "w2"))
+  conv = tokenizer.load(str(tmp_path / "w2")).conv
+  assert conv["lower"] and conv["canonicalize"] and conv["eos_id"] == conv["pad_id"] == 1 and conv["max_len"] == 12
 
 
 def test_zero_shot_matches_hf_clip_prompts(tmp_path):
