@@ -142,6 +142,11 @@ def _import(args, overrides):
         + (f"\npreprocessing it expects ({pre['from']}): mean {pre['mean']} std {pre['std']}"
            + (f", {pre['pp_eval']}" if pre.get("pp_eval") else "") if pre else
            "\npreprocessing: the checkpoint does not say; set --config.data.mean/std (or data.norm=imagenet)"))
+  if "text" in info:  # a two-tower model: its text conventions travel with it, or zero-shot cannot run
+    print(f"text tower: {info['text']['file']} + text.json copied (max_len {info['text']['max_len']})" if info["text"]
+          else "text tower: no tokenizer file beside the checkpoint (tokenizer.json, spiece.model or vocab.json + "
+          "merges.txt); zero-shot needs one: put it there and import again")
+    return
   print(f"fine-tune with --config.model.name={info['model']['name']}{kwargs} --config.transfer.init_from={out}")
 
 

@@ -3,6 +3,7 @@ parameters, 346 MB), timed as a whole process: wall time and peak RSS, medians o
 
   python scripts/bench_import.py [--runs 3] [--dir /tmp/bench_import]
   python scripts/bench_import.py --finetune [--steps 20 --size 64]
+  python scripts/bench_import.py --two-tower [--runs 3]    # a SigLIP B/16-size SiglipModel folder, both towers
 
 Goal (issue 23): under 10 s and a peak RSS under 2x the file size. Also prints the interpreter's own floor (a
 process that only imports imgrec.checkpoint_import), so the figure can be read against it.
@@ -39,6 +40,24 @@ def vit_b16_timm(path, classes=1000, seed=0, d=768, m=3072):
                b + "norm2.weight": r(d), b + "norm2.bias": r(d), b + "mlp.fc1.weight": r(m, d), b + "mlp.fc1.bias": r(m),
                b + "mlp.fc2.weight": r(d, m), b + "mlp.fc2.bias": r(d)})
   save_file(sd, path)
+  return sum(v.size for v in sd.values())
+
+
+def siglip_b16_folder(folder, seed=0):
+  """A Hugging Face SiglipModel folder of SigLIP B/16's shapes (203.2M parameters), random float32 values: the key
+  names and shapes from transformers' own SiglipModel built on the meta device (nothing allocated), the values
+  written here; with a tiny trained spiece.model as its tokenizer (the import copies it)."""
+  sys.path.insert(0, ROOT)
+  from tests import text_helpers, torch_reference
+  torch, tf = torch_reference.torch, torch_reference.transformers
+  with torch.device("meta"):
+    model = tf.SiglipModel(tf.SiglipConfig())
+  rng = np.random.default_rng(seed)
+  sd = {k: rng.standard_normal(tuple(v.shape), dtype=np.float32) * 0.02 for k, v in model.state_dict().items()}
+  os.makedirs(folder, exist_ok=True)
+  save_file(sd, os.path.join(folder, "model.safetensors"))
+  model.config.to_json_file(os.path.join(folder, "config.json"))
+  text_helpers.sentencepiece_model(folder)
   return sum(v.size for v in sd.values())
 
 
@@ -90,13 +109,19 @@ def main():
   p.add_argument("--finetune", action="store_true", help="the import -> train -> eval path on a random ViT-S/16")
   p.add_argument("--steps", type=int, default=20)
   p.add_argument("--size", type=int, default=64)
+  p.add_argument("--two-tower", action="store_true", help="a SigLIP B/16-size Hugging Face folder, both towers")
   args = p.parse_args()
   os.makedirs(args.dir, exist_ok=True)
   if args.finetune:
     return finetune(args, dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"))
-  path = os.path.join(args.dir, "vit_b16.safetensors")
-  n = vit_b16_timm(path)
-  size_mb = os.path.getsize(path) / 2**20
+  if args.two_tower:
+    path = os.path.join(args.dir, "siglip_b16")
+    n = siglip_b16_folder(path)
+    size_mb = os.path.getsize(os.path.join(path, "model.safetensors")) / 2**20
+  else:
+    path = os.path.join(args.dir, "vit_b16.safetensors")
+    n = vit_b16_timm(path)
+    size_mb = os.path.getsize(path) / 2**20
   print(f"file: {path}, {n / 1e6:.1f}M parameters, {size_mb:.0f} MiB")
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
   floor = [timed([sys.executable, "-c", "import imgrec.checkpoint_import"], env) for _ in range(args.runs)]

@@ -64,8 +64,15 @@ TINY = {
     "convnext_tiny": dict(depths=(1, 1), dims=(8, 16), drop_path_rate=0.5),
     "lstm": dict(hidden=16, dropout=0.2),
     "gru": dict(hidden=16, bidirectional=True, unroll=1),  # a scan loop: faster to compile than unrolled
+    # two towers: images -> image embeddings of num_classes (the text tower is tested in test_two_tower.py)
+    "siglip_b16": dict(image=dict(patch=4, width=16, depth=1, heads=2, mlp_dim=32, pool="map"),
+                       text=dict(vocab_size=32, max_len=8, width=16, depth=1, heads=2, mlp_dim=32)),
+    "clip_b32": dict(image=dict(patch=4, width=16, depth=1, heads=2, mlp_dim=32, pre_norm=True, quick_gelu=True),
+                     text=dict(vocab_size=32, max_len=8, width=8, depth=1, heads=2, mlp_dim=16, pool="eos",
+                               eos_id=31, causal=True)),
 }
-BATCH_NORM = {"alexnet": False, "lenet5": False, "vit_ti4": False, "convnext_tiny": False, "lstm": False, "gru": False}
+BATCH_NORM = {"alexnet": False, "lenet5": False, "vit_ti4": False, "convnext_tiny": False, "lstm": False, "gru": False,
+              "siglip_b16": False, "clip_b32": False}
 STOCHASTIC = {"alexnet", "vgg11_bn", "inception_v1", "resnet50", "wrn16_4", "mobilenet_v2",
               "mobilenet_v3_small", "efficientnet_b0", "vit_ti4", "convnext_tiny", "lstm"}
 

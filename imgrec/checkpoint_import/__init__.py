@@ -23,11 +23,11 @@ import numpy as np
 from flax import traverse_util
 
 from imgrec import files, models
-from imgrec.checkpoint_import import convnext, efficientnet, formats, mapping, resnet, torchvision, vit
+from imgrec.checkpoint_import import convnext, efficientnet, formats, mapping, resnet, torchvision, two_tower, vit
 from imgrec.errors import UserError
 
 FAMILIES = {"vit": vit, "convnext": convnext, "resnet": resnet, "efficientnet": efficientnet,
-            "torchvision": torchvision}
+            "torchvision": torchvision, "two_tower": two_tower}
 # `imgrec import-torchvision ARCH` names: torchvision's model name -> imgrec's
 TORCHVISION_ARCHS = {"resnet18": "resnet18", "resnet34": "resnet34", "resnet50": "resnet50", "vgg16": "vgg16",
                      "vgg16_bn": "vgg16_bn", "mobilenet_v2": "mobilenet_v2", "efficientnet_b0": "efficientnet_b0",
@@ -164,6 +164,9 @@ def import_checkpoint(spec, out, model=None):
     raise
   writer.zip.close()
   os.replace(params + ".tmp", params)
+  if info["layout"].endswith(" two_tower"):  # the text tower's tokenizer travels with it
+    folder = info["source"] if os.path.isdir(info["source"]) else os.path.dirname(info["source"])
+    info["text"] = two_tower.copy_tokenizer(folder, info["layout"].split()[0], info["model"]["kwargs"], out)
   files.write_json(os.path.join(out, REPORT_FILE), rows)
   files.write_json(os.path.join(out, INFO_FILE), info)
   return info, rows

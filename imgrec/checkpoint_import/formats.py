@@ -1,7 +1,8 @@
 """Checkpoint files: which format a file is (read from its bytes, not its name), and one reader per format.
 
   .npz          big_vision / ViT-repository layout, "/"-joined keys; read with allow_pickle=False (a pickled
-                object in it is refused, never loaded); "FILE.npz:img" picks a two-tower file's image tower
+                object in it is refused, never loaded); "FILE.npz:img" picks a two-tower file's image tower; a whole
+                SigLIP / LiT file (img/, txt/, t) is read whole
   .safetensors  timm / Hugging Face; a folder with config.json + model.safetensors gives the config too
   .pth          a torch state_dict (torchvision); needs torch, and is read with weights_only=True
 
@@ -112,7 +113,7 @@ def read_npz(path, tower=None):
       raise UserError(f"{path} has no tower {tower!r} (it has {', '.join(towers) or 'none'}: keys such as "
                       f"{', '.join(list(names)[:3])})")
     names = {k[len(tower) + 1:]: v for k, v in names.items() if k.startswith(tower + "/")}
-  elif towers and "img" in towers:
+  elif towers and "img" in towers and "t" not in names:  # with its temperature t: a whole two-tower model
     raise UserError(f"{path} is a two-tower file ({', '.join(towers)}): name the image tower, {path}:img")
 
   last = {}  # 3 arrays kept: in scanned big_vision files every block reads q, k, v slices of the same stacked arrays

@@ -26,6 +26,7 @@ _FAMILIES = {
     "imgrec.models.convnext": ("convnext_tiny", "convnext_small", "convnext_base", "convnext_large"),
     "imgrec.models.vit": tuple(f"vit_{s}{p}" for s in ("ti", "s", "b", "l") for p in (16, 8, 4, 32)),
     "imgrec.models.rnn": ("lstm", "gru"),
+    "imgrec.models.two_tower": ("siglip_b16", "clip_b32"),
 }
 DEFAULT_INPUT_SHAPE = (224, 224, 3)  # unless a family module's INPUT_SHAPES says otherwise
 
@@ -61,6 +62,11 @@ def family(name):
     if name in ns:
       return module_name.rsplit(".", 1)[1]
   raise UserError(f"unknown model {name!r}; known models: {', '.join(names())}")
+
+
+def embed_dim(name):
+  """A two-tower model's published embedding size (its `num_classes`), or None for a classifier."""
+  return getattr(importlib.import_module(f"imgrec.models.{family(name)}"), "EMBED_DIMS", {}).get(name)
 
 
 def input_shape(name):

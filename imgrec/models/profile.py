@@ -59,8 +59,10 @@ def forward_flops(model, variables, input_shape, batch=1):
 def describe(name, num_classes=1000, input_shape=None, flops=True):
   """{"name", "family", "input_shape", "params", "gflops" (None when not asked), "seconds"}.
 
-  FLOPs are computed here (a compile), uncached; `describe_all` caches them."""
+  FLOPs are computed here (a compile), uncached; `describe_all` caches them. A two-tower model is described at
+  its published embedding size, whatever `num_classes` says (its classes are text)."""
   start = time.perf_counter()
+  num_classes = models.embed_dim(name) or num_classes
   input_shape = tuple(input_shape or models.input_shape(name))
   model = models.create(name, num_classes)
   variables = abstract_variables(model, input_shape)
@@ -127,7 +129,7 @@ def describe_all(names, num_classes=1000, flops=(), progress=lambda n: None):
     rows[r["name"]] = dict(cache[key("row", r["name"])], gflops=None)
   for name in flops:
     if key("gflops", name) not in cache:
-      model, shape = models.create(name, num_classes), tuple(rows[name]["input_shape"])
+      model, shape = models.create(name, models.embed_dim(name) or num_classes), tuple(rows[name]["input_shape"])
       cache[key("gflops", name)] = forward_flops(model, abstract_variables(model, shape), shape) / 1e9
     rows[name]["gflops"] = cache[key("gflops", name)]
   if missing:

@@ -9,7 +9,10 @@ LayerNorms use eps 1e-6 as torchvision (`ln_eps`: Hugging Face's ViT uses 1e-12)
 `gelu_approximate=False`. For imported checkpoints: `representation_size` adds big_vision's `pre_logits`
 (Dense + tanh before the head, as in AugReg's ImageNet-21k checkpoints), `layer_scale` DeiT-III's per-channel
 scales of each residual branch (`ls_1`, `ls_2`) and `pos_embed_class=False` its position embedding of the
-patches only; `pool="map"` is SigLIP's attention-pooling head (`map_head`).
+patches only; `pool="map"` is SigLIP's attention-pooling head (`map_head`). For two-tower image and text towers
+(imgrec/models/two_tower.py): `num_classes=0` ends at the pooled features (no `head`), `pre_norm` is CLIP's
+LayerNorm ahead of the encoder (`ln_pre`), `quick_gelu` CLIP's x * sigmoid(1.702 x), and a block's `causal` mask
+lets each token attend to earlier ones only (CLIP's text tower).
 """
 import functools
 import math
@@ -28,8 +31,14 @@ SIZES = {"ti": (192, 12, 3, 768), "s": (384, 12, 6, 1536), "b": (768, 12, 12, 30
 PATCHES = (16, 8, 4, 32)
 
 
+def activation(x, approximate, quick):
+  """The MLP's GELU: tanh form, exact (erf) form, or CLIP's quick form x * sigmoid(1.702 x)."""
+  return x * jax.nn.sigmoid(1.702 * x) if quick else nn.gelu(x, approximate=approximate)
+
+
 class SelfAttention(nn.Module):
   heads: int
+  causal: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -42,11 +51,13 @@ class SelfAttention(nn.Module):
     if self.is_mutable_collection("intermediates"):
       # Asked for the weights [b, heads, t, t] (attention rollout): the fused kernel below does not return them.
       logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(d // self.heads)
+      if self.causal:
+        logits = jnp.where(jnp.tril(jnp.ones((t, t), bool)), logits, -jnp.inf)
       weights = jax.nn.softmax(logits).astype(v.dtype)
       self.sow("intermediates", "attention_weights", weights)
       y = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
     else:
-      y = jax.nn.dot_product_attention(q, k, v)
+      y = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal)
     return nn.Dense(d, name="out_proj", **kw)(y.reshape(b, t, d))
 
 
@@ -59,6 +70,8 @@ class EncoderBlock(nn.Module):
   gelu_approximate: bool = True
   ln_eps: float = 1e-6
   layer_scale: bool = False
+  quick_gelu: bool = False
+  causal: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -71,10 +84,10 @@ class EncoderBlock(nn.Module):
   def __call__(self, x):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     dropout = functools.partial(nn.Dropout, self.dropout, deterministic=not self.train)
-    y = SelfAttention(self.heads, name="self_attention", **kw)(nn.LayerNorm(self.ln_eps, name="ln_1", **kw)(x))
+    y = SelfAttention(self.heads, self.causal, name="self_attention", **kw)(nn.LayerNorm(self.ln_eps, name="ln_1", **kw)(x))
     x = x + drop_path(self, self.scale("ls_1", dropout()(y)), self.drop_path, self.train)
     y = nn.Dense(self.mlp_dim, name="mlp_0", **kw)(nn.LayerNorm(self.ln_eps, name="ln_2", **kw)(x))
-    y = nn.gelu(y, approximate=self.gelu_approximate)
+    y = activation(y, self.gelu_approximate, self.quick_gelu)
     y = nn.Dense(x.shape[-1], name="mlp_3", **kw)(dropout()(y))
     return x + drop_path(self, self.scale("ls_2", dropout()(y)), self.drop_path, self.train)
 
@@ -115,7 +128,7 @@ def resize_grid(pos, n_extra, h, w):
 
 
 class ViT(nn.Module):
-  num_classes: int
+  num_classes: int  # 0: no head, the pooled features are the output (a two-tower image tower)
   patch: int = 16
   width: int = 768
   depth: int = 12
@@ -130,6 +143,8 @@ class ViT(nn.Module):
   layer_scale: bool = False  # DeiT-III: learned per-channel scales of each residual branch
   pos_embed_class: bool = True  # False (DeiT-III): the position embedding covers the patches only
   representation_size: Optional[int] = None  # big_vision's `pre_logits`: Dense(size) + tanh before the head
+  pre_norm: bool = False  # CLIP: a LayerNorm (`ln_pre`) on the tokens ahead of the first block
+  quick_gelu: bool = False  # CLIP's x * sigmoid(1.702 x) in the MLPs instead of GELU
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -162,11 +177,13 @@ class ViT(nn.Module):
     x = x + pos.astype(self.dtype)
     if n_extra and not pos_extra:  # DeiT-III: the class token joins after the position embedding
       x = jnp.concatenate([cls, x], axis=1)
+    if self.pre_norm:
+      x = nn.LayerNorm(self.ln_eps, name="ln_pre", **kw)(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     for i in range(self.depth):
       x = EncoderBlock(self.heads, self.mlp_dim, self.dropout, self.drop_path_rate * i / max(1, self.depth - 1),
                        train, gelu_approximate=self.gelu_approximate, ln_eps=self.ln_eps,
-                       layer_scale=self.layer_scale, name=f"encoder_layer_{i}", **kw)(x)
+                       layer_scale=self.layer_scale, quick_gelu=self.quick_gelu, name=f"encoder_layer_{i}", **kw)(x)
     x = nn.LayerNorm(self.ln_eps, name="encoder_ln", **kw)(x)
     if self.pool == "map":
       x = MAPHead(self.heads, self.mlp_dim, self.gelu_approximate, self.ln_eps, name="map_head", **kw)(x)
@@ -174,7 +191,8 @@ class ViT(nn.Module):
       x = x[:, 0] if n_extra else jnp.mean(x, axis=1)
     if self.representation_size:
       x = jnp.tanh(nn.Dense(self.representation_size, name="pre_logits", **kw)(x))
-    x = nn.Dense(self.num_classes, name="head", **kw)(x)
+    if self.num_classes:
+      x = nn.Dense(self.num_classes, name="head", **kw)(x)
     return x.astype(jnp.float32)
 
 
