@@ -15,7 +15,8 @@ as text at request time). `img_proj` exists when the image tower's width is not 
 so); `txt_proj` always (SigLIP's text `head`, CLIP's `text_projection`).
 
 `apply(variables, images)` gives the image embeddings [N, E] (not normalised), as a zoo model maps images to
-an array; `init` also creates the text tower. `method="embed_text"` gives text embeddings of token ids
+an array; `init` also creates the text tower. `apply(variables, {"image", "tokens"})` (the image-text task's
+training step) gives {"image_embeds", "text_embeds", "scale", "bias"}. `method="embed_text"` gives text embeddings of token ids
 [M, L]; `method="scores"` (or `logits` below, with `scale_bias`) compares them.
 """
 import functools
@@ -90,6 +91,10 @@ class TwoTower(nn.Module):
     return logits(image_embeds, text_embeds, scale, bias)
 
   def __call__(self, images, train: bool = False):
+    if isinstance(images, dict):  # training's inputs {"image", "tokens"}: both towers and the scores' terms
+      scale, bias = self.scale_bias()
+      return {"image_embeds": self.embed_image(images["image"], train),
+              "text_embeds": self.embed_text(images["tokens"], train), "scale": scale, "bias": bias}
     z = self.embed_image(images, train)
     if self.is_initializing():  # one init creates every parameter, the text tower's too
       self.embed_text(jnp.zeros((1, self.text_len), jnp.int32))

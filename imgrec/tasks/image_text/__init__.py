@@ -1,2 +1,246 @@
-"""The image-text task (two towers: SigLIP / CLIP): contrastive losses (losses.py) and zero-shot
-classification (zeroshot.py). Not yet a registered task: its contract module comes with the task contract v2."""
+"""Image-text: two towers (SigLIP / CLIP, imgrec/models/two_tower.py) trained contrastively on captioned images,
+judged by zero-shot classification and retrieval. The task contract (imgrec/tasks/__init__.py), filled in.
+
+Examples are {"image", "tokens", "label", "unseen"} (data.py): the embedded caption set (glyph canvases whose
+captions name digit, colour and background; some colour/background pairs never trained on) or a captions file.
+Training: x = {"image", "tokens"}, the model gives both towers' embeddings and its scale and bias, and the loss
+is SigLIP's sigmoid loss or CLIP's softmax contrastive loss (losses.py, image_text.loss); with
+image_text.lock_image (LiT) the image embeddings enter it through stop_gradient, so the image tower never moves.
+Evaluation: every image's and caption's embedding, and zero-shot logits against the class names written into the
+prompt templates (several templates averaged per class and re-normalised, as zeroshot.py does on the host);
+then (metrics.py) zero-shot accuracy on the held-out pairs ("zeroshot_accuracy") and on the seen ones, and
+image-to-text / text-to-image recall@1/5/10 among the seen test examples (a caption's matches: every image with
+the same caption text).
+
+Served output: "image_embeds" float32 [B, E] (not normalised; E the shared embedding size). The image tower is
+what serving and export run.
+"""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from imgrec import models, steps
+from imgrec.data import augment
+from imgrec.errors import UserError
+from imgrec.models import two_tower
+from imgrec.plots import plot_confusion
+from imgrec.tasks.contract import Output
+from imgrec.tasks.image_text import data, losses, metrics, plots, zeroshot
+from imgrec.tasks.image_text.settings import (DECODED_SOURCES, DEFAULT_SELECT, MAY_CHANGE, NAME, SELECT,
+                                              settings, validate)
+
+__all__ = ("DECODED_SOURCES", "DEFAULT_SELECT", "MAY_CHANGE", "NAME", "SELECT", "settings", "validate")
+
+RETRIEVAL = tuple(f"{d}_r{k}" for d in ("i2t", "t2i") for k in metrics.KS)
+RECORD = ("zeroshot_accuracy", "zeroshot_top5", "zeroshot_seen_accuracy", *RETRIEVAL, "examples")
+LINE = ("zeroshot_accuracy", "zeroshot_seen_accuracy", "i2t_r1", "t2i_r1")
+OUTPUTS = (Output("image_embeds", "FP32", ("E",), tfs=True),)  # E: the shared embedding size
+N_EXAMPLES = 24  # example images with their top labels in the report
+
+
+# ---------------------------------------------------------------------------- data and model
+
+def open_data(cfg):
+  """The caption data of cfg.data.source, tokenized with the run's tokenizer (data.py)."""
+  return data.open_data(cfg, data.tokenizer(cfg))
+
+
+def create_model(cfg, info):
+  """The two-tower zoo model cfg.model.name, its shared embedding image_text.embed_dim (0: its published one);
+  refused when its text tower does not fit the run's tokenizer."""
+  del info
+  name = cfg.model.name
+  if models.family(name) != "two_tower":
+    raise UserError(f"the image_text task needs a two-tower model (siglip_b16, clip_b32), not {name!r}")
+  dim = cfg.image_text.embed_dim or models.embed_dim(name)
+  model = models.create(name, dim, dtype=jnp.dtype(cfg.model.dtype), **cfg.model.kwargs.to_dict())
+  text, tok = dict(model.text or {}), data.tokenizer(cfg)
+  if text.get("max_len") != tok.max_len:
+    raise UserError(f"the text tower of {name} takes {text.get('max_len')} tokens but the tokenizer pads to "
+                    f"{tok.max_len}: set model.kwargs.text.max_len (or image_text.text_len) so they agree")
+  return model
+
+
+def output_sizes(model, info=None):
+  del info
+  return {"E": model.num_classes}
+
+
+# ---------------------------------------------------------------------------- training (inside the jitted step)
+
+def make_inputs(cfg, info):
+  """`fn(rng, batch) -> ({"image": augmented float images in [0, 1], "tokens"}, {})`; ops that mix images are
+  refused (a mixed image has no one caption)."""
+  del info
+  ops = augment.parse(cfg.data.augment)
+  mixing = [name for name, _ in ops if name in augment.BATCH_OPS]
+  if mixing:
+    raise UserError(f"data.augment {mixing[0]!r} mixes two images; an image-text pair needs the image its caption "
+                    "describes: drop it")
+
+  def inputs(rng, batch):
+    x = steps.to_float(batch["image"])
+    if ops:
+      x, _ = augment.apply(ops, rng, x, jnp.zeros((x.shape[0], 1)))
+    return {"image": x, "tokens": batch["tokens"]}, {}
+  return inputs
+
+
+def make_loss(cfg, info, open_run):
+  """(`fn(outputs, targets, x, aux) -> (loss, {"pair_accuracy"})`, None): image_text.loss over the batch's
+  pairs; pair_accuracy: how often an image's own caption scores highest among the batch's (a training signal:
+  a batch may hold the same caption twice)."""
+  del info, open_run
+  v = cfg.image_text
+
+  def loss(outputs, targets, x=None, aux=None):
+    del targets, x, aux
+    zimg, ztxt = outputs["image_embeds"], outputs["text_embeds"]
+    if v.lock_image:
+      zimg = jax.lax.stop_gradient(zimg)
+    scale, bias = outputs["scale"], outputs["bias"]
+    value = (losses.sigmoid_loss(zimg, ztxt, scale, bias) if v.loss == "sigmoid"
+             else losses.softmax_loss(zimg, ztxt, scale))
+    best = jnp.argmax(two_tower.logits(zimg, ztxt, scale, bias), axis=1)
+    return value, {"pair_accuracy": jnp.mean(best == jnp.arange(zimg.shape[0]))}
+  return loss, None
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+def class_tokens(cfg, class_names):
+  """Token ids [templates * classes, L] of the zero-shot prompts (image_text.templates, or the tokenizer's own)."""
+  tok = data.tokenizer(cfg)
+  texts = zeroshot.prompts(list(class_names), list(cfg.image_text.templates or [tok.template]))
+  return np.concatenate([tok.encode(row).ids for row in texts])
+
+
+def class_weights(model, variables, tokens, num_classes):
+  """Unit class embeddings [K, E]: each class's prompts embedded, averaged over templates, re-normalised."""
+  z = two_tower.normalize(model.apply(variables, tokens, method="embed_text"))
+  return two_tower.normalize(z.reshape(-1, num_classes, z.shape[-1]).mean(0))
+
+
+def make_eval_fn(model, info, cfg):
+  """`fn(variables, batch) -> {"image_embeds", "text_embeds", "logits"}` per example; logits: zero-shot over
+  info's class names (none when the data has no classes)."""
+  names = info["class_names"]
+  tokens = jnp.asarray(class_tokens(cfg, names)) if names else None
+
+  def fn(variables, batch):
+    zimg = model.apply(variables, steps.normalize(batch["image"], info["mean"], info["std"]), method="embed_image")
+    out = {"image_embeds": zimg, "text_embeds": model.apply(variables, batch["tokens"], method="embed_text")}
+    if tokens is not None:
+      scale, bias = model.apply(variables, method="scale_bias")
+      out["logits"] = two_tower.logits(zimg, class_weights(model, variables, tokens, len(names)), scale, bias)
+    return out
+  return fn
+
+
+def _same_caption(tokens):
+  """[N, N] bool: pairs of examples whose captions are the same text."""
+  t = np.asarray(tokens)
+  return (t[:, None, :] == t[None, :, :]).all(-1)
+
+
+def evaluate(outputs, split, info, cfg):
+  """(record, summary) of a split: zero-shot on its unseen and seen examples, retrieval among its seen ones. The
+  examples' top-label probabilities are by the trained loss: sigmoid (each label alone) or softmax."""
+  a = split.arrays
+  unseen, labels = a["unseen"], a["label"]
+  seen = np.flatnonzero(~unseen)
+  record = {"examples": len(labels)}
+  sim = (metrics._unit(outputs["image_embeds"][seen]) @ metrics._unit(outputs["text_embeds"][seen]).T
+         if len(seen) else np.zeros((0, 0)))
+  matches = _same_caption(a["tokens"][seen])
+  i2t, t2i = (metrics.recall_at(sim, matches), metrics.recall_at(sim.T, matches.T)) if len(seen) else ({}, {})
+  record.update({f"i2t_r{k}": i2t.get(k, float("nan")) for k in metrics.KS})
+  record.update({f"t2i_r{k}": t2i.get(k, float("nan")) for k in metrics.KS})
+  k = len(info["class_names"])
+  logits = np.asarray(outputs["logits"]) if k else np.zeros((len(labels), 0))
+  zs = lambda keep: metrics.zero_shot(logits[keep], labels[keep], k) if k and keep.any() else None
+  held = zs((labels >= 0) & unseen) or zs(labels >= 0)  # a set with no held-out pairs: all its labelled examples
+  seen_zs = zs((labels >= 0) & ~unseen)
+  nan = float("nan")
+  record.update(zeroshot_accuracy=held["accuracy"] if held else nan, zeroshot_top5=held["top5_accuracy"] if held else nan,
+                zeroshot_seen_accuracy=seen_zs["accuracy"] if seen_zs else nan)
+  show = np.flatnonzero(unseen)[:N_EXAMPLES] if unseen.any() else np.arange(min(N_EXAMPLES, len(labels)))
+  top = np.argsort(-logits[show], axis=1, kind="stable")[:, :3] if k else np.zeros((len(show), 0), int)
+  summary = {**record, "class_names": list(info["class_names"]),
+             "confusion": (held["confusion"] if held else np.zeros((k, k), np.int64)).tolist(),
+             "examples_shown": show.tolist(), "top_labels": top.tolist(),
+             "top_probabilities": (np.take_along_axis(np.asarray(two_tower.probabilities(
+                 logits[show], "siglip" if cfg.image_text.loss == "sigmoid" else "clip")), top, 1).tolist()
+                                   if k else [])}
+  return {key: record[key] for key in RECORD}, summary
+
+
+def summary_images(result, summary):
+  """{TensorBoard tag: (plot function, its arguments but the file)}: the zero-shot confusion matrix."""
+  if not summary["class_names"]:
+    return {}
+  return {f"{result['split']}/zeroshot_confusion": (plot_confusion, summary["confusion"], summary["class_names"])}
+
+
+def augment_preview(cfg, ds):
+  del cfg, ds
+  return None
+
+
+def headline(result):
+  keys = ("split", *RECORD, "step")
+  return {k: result[k] for k in keys if k in result}
+
+
+# ---------------------------------------------------------------------------- prediction and serving
+
+def make_predict(model, mean, std, normalized=False):
+  """`fn(variables, images) -> {"image_embeds": float32 [B, E]}` (the image tower; uint8 images, or with
+  `normalized` standardised float32 ones)."""
+  if normalized:
+    return lambda variables, x: {"image_embeds": model.apply(variables, x, method="embed_image")}
+  return lambda variables, images: {"image_embeds": model.apply(variables, steps.normalize(images, mean, std),
+                                                                method="embed_image")}
+
+
+def upload_result(outputs, input_hw, to_source, source_wh, class_names, k=None):
+  """An uploaded image's JSON: its image embedding."""
+  del input_hw, to_source, source_wh, class_names, k
+  e = np.asarray(outputs["image_embeds"], np.float32)
+  return {"image_embeds": e.tolist(), "dim": int(e.shape[-1])}
+
+
+# ---------------------------------------------------------------------------- report
+
+def write_report(out, outputs, split, info, summary):
+  """out/{metrics.json, confusion.png (zero-shot, held-out pairs), examples.png (images with top labels),
+  report.md}."""
+  del outputs, info
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "metrics.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  names = summary["class_names"]
+  if names:
+    plot_confusion(summary["confusion"], names, os.path.join(out, "confusion.png"))
+    shown = summary["examples_shown"]
+    plots.plot_examples(split.arrays["image"][shown], split.arrays["label"][shown], summary["top_labels"],
+                        summary["top_probabilities"], names, os.path.join(out, "examples.png"))
+  with open(os.path.join(out, "report.md"), "w") as f:
+    f.write(report_markdown(summary))
+
+
+def report_markdown(r):
+  where = f"split `{r['split']}`, checkpoint step {r['step']}" if "split" in r and "step" in r else "evaluation"
+  lines = [f"# Image-text report: {where}", "", f"{r['examples']} examples", "", "| metric | value |", "|---|---|",
+           f"| zero-shot accuracy, held-out attribute pairs | {r['zeroshot_accuracy']:.4f} |",
+           f"| zero-shot top-5, held-out attribute pairs | {r['zeroshot_top5']:.4f} |",
+           f"| zero-shot accuracy, seen pairs | {r['zeroshot_seen_accuracy']:.4f} |"]
+  lines += [f"| {'image to text' if d == 'i2t' else 'text to image'} recall@{k} | {r[f'{d}_r{k}']:.4f} |"
+            for d in ("i2t", "t2i") for k in metrics.KS]
+  if r["class_names"]:
+    lines += ["", "## Zero-shot confusion (held-out pairs)", "", "![confusion](confusion.png)", "",
+              "## Examples with their top labels", "", "![examples](examples.png)", ""]
+  return "\n".join(lines)
