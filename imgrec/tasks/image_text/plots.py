@@ -8,7 +8,7 @@ def plot_examples(images, labels, top, probabilities, class_names, path, cols=6)
   """Each image titled with its true class and its top labels with their probabilities (green: the top one is right)."""
   n = len(images)
   rows = max(1, -(-n // cols))
-  fig, axes = subplots(rows, cols, figsize=(2.2 * cols, 2.6 * rows), squeeze=False)
+  fig, axes = subplots(rows, cols, figsize=(2.2 * cols, 2.9 * rows), squeeze=False)
   for i, ax in enumerate(axes.flat):
     if i >= n:
       ax.axis("off")
