@@ -9,8 +9,8 @@ image_text.lock_image (LiT) the image embeddings enter it through stop_gradient,
 Evaluation: every image's and caption's embedding, and zero-shot logits against the class names written into the
 prompt templates (several templates averaged per class and re-normalised, as zeroshot.py does on the host);
 then (metrics.py) zero-shot accuracy on the held-out pairs ("zeroshot_accuracy") and on the seen ones, and
-image-to-text / text-to-image recall@1/5/10 among the seen test examples (a caption's matches: every image with
-the same caption text).
+image-to-text / text-to-image recall@1/5/10 among the seen test examples (a caption's matches: every image its
+words describe as well, data.py's "group").
 
 Served output: "image_embeds" float32 [B, E] (not normalised; E the shared embedding size). The image tower is
 what serving and export run.
@@ -140,12 +140,6 @@ def make_eval_fn(model, info, cfg):
   return fn
 
 
-def _same_caption(tokens):
-  """[N, N] bool: pairs of examples whose captions are the same text."""
-  t = np.asarray(tokens)
-  return (t[:, None, :] == t[None, :, :]).all(-1)
-
-
 def evaluate(outputs, split, info, cfg):
   """(record, summary) of a split: zero-shot on its unseen and seen examples, retrieval among its seen ones. The
   examples' top-label probabilities are by the trained loss: sigmoid (each label alone) or softmax."""
@@ -155,7 +149,8 @@ def evaluate(outputs, split, info, cfg):
   record = {"examples": len(labels)}
   sim = (metrics._unit(outputs["image_embeds"][seen]) @ metrics._unit(outputs["text_embeds"][seen]).T
          if len(seen) else np.zeros((0, 0)))
-  matches = _same_caption(a["tokens"][seen])
+  group = a["group"][seen]
+  matches = group[:, None] == group[None, :]  # an image's matches: the captions saying what its own says
   i2t, t2i = (metrics.recall_at(sim, matches), metrics.recall_at(sim.T, matches.T)) if len(seen) else ({}, {})
   record.update({f"i2t_r{k}": i2t.get(k, float("nan")) for k in metrics.KS})
   record.update({f"t2i_r{k}": t2i.get(k, float("nan")) for k in metrics.KS})

@@ -8,8 +8,10 @@
                                   (a fixed draw) are the test split. Images are decoded and resized to
                                   data.image_size once, when the data set opens.
 
-Every split is arrays {"image", "tokens", "label", "unseen"} with `take(indices)`: the input pipeline's in-memory
-path (no decoding workers). "label" is -1 where a caption has no class.
+Every split is arrays {"image", "tokens", "label", "unseen", "group"} with `take(indices)`: the input pipeline's
+in-memory path (no decoding workers). "label" is -1 where a caption has no class. "group" numbers what a caption
+says: the generated set's (digit, colour, background), whatever the phrasing; a file's caption text. Retrieval
+counts any caption of an image's group as its match.
 """
 import json
 import os
@@ -69,6 +71,8 @@ def _generated(d, tok):
                                                  disable=n < 2000)]
     out[name] = {k: np.stack([r[k] for r in rows]) for k in ("image", "tokens", "label")}
     out[name]["unseen"] = np.full(n, name == "unseen")
+    out[name]["group"] = np.asarray([(int(r["label"]) * len(captions.COLOURS) + int(r["colour"]))
+                                     * len(captions.BACKGROUNDS) + int(r["background"]) for r in rows], np.int32)
   test = {k: np.concatenate([out["test"][k], out["unseen"][k]]) for k in out["test"]}
   return sources.Dataset(GENERATED, {"train": ArraySplit(out["train"]), "test": ArraySplit(test),
                                      "unseen": ArraySplit(out["unseen"])}, captions.DIGITS, (size, size, 3))
@@ -116,7 +120,8 @@ def _captions_file(source, d, tok):
   images = np.stack([_image(os.path.join(root, r[0]), d.image_size)
                      for r in tqdm.tqdm(rows, desc="captions", unit="image", leave=False)])
   arrays = {"image": images, "tokens": tok.encode([r[1] for r in rows]).ids,
-            "label": np.asarray([index.get(r[2], -1) for r in rows], np.int32), "unseen": np.zeros(len(rows), bool)}
+            "label": np.asarray([index.get(r[2], -1) for r in rows], np.int32), "unseen": np.zeros(len(rows), bool),
+            "group": np.unique([r[1] for r in rows], return_inverse=True)[1].astype(np.int32)}
   held = np.random.default_rng(sources.SPLIT_SEED).permutation(len(rows)) < max(1, round(d.test_fraction * len(rows)))
   split = lambda keep: ArraySplit({k: a[keep] for k, a in arrays.items()})
   return sources.Dataset(f"captions:{spec}", {"train": split(~held), "test": split(held)}, tuple(names),
