@@ -22,6 +22,7 @@ backgrounds but not digits: held-out 0.090, seen 0.134, recall@1 0.082 / 0.110 (
 """
 from imgrec.config import defaults
 
+
 def get_config(arg=None):
   del arg
   c = defaults()

@@ -16,8 +16,8 @@ so); `txt_proj` always (SigLIP's text `head`, CLIP's `text_projection`).
 
 `apply(variables, images)` gives the image embeddings [N, E] (not normalised), as a zoo model maps images to
 an array; `init` also creates the text tower. `apply(variables, {"image", "tokens"})` (the image-text task's
-training step) gives {"image_embeds", "text_embeds", "scale", "bias"}. `method="embed_text"` gives text embeddings of token ids
-[M, L]; `method="scores"` (or `logits` below, with `scale_bias`) compares them.
+training step) gives {"image_embeds", "text_embeds", "scale", "bias"}. `method="embed_text"` gives text
+embeddings of token ids [M, L]; `method="scores"` (or `logits` below, with `scale_bias`) compares them.
 """
 import functools
 import math

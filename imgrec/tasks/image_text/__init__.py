@@ -159,8 +159,9 @@ def evaluate(outputs, split, info, cfg):
   zs = lambda keep: metrics.zero_shot(logits[keep], labels[keep], k) if k and keep.any() else None
   held = zs((labels >= 0) & unseen) or zs(labels >= 0)  # a set with no held-out pairs: all its labelled examples
   seen_zs = zs((labels >= 0) & ~unseen)
-  nan = float("nan")
-  record.update(zeroshot_accuracy=held["accuracy"] if held else nan, zeroshot_top5=held["top5_accuracy"] if held else nan,
+  nan = float("nan")  # no labelled examples: no zero-shot figure (a captions file without "label")
+  record.update(zeroshot_accuracy=held["accuracy"] if held else nan,
+                zeroshot_top5=held["top5_accuracy"] if held else nan,
                 zeroshot_seen_accuracy=seen_zs["accuracy"] if seen_zs else nan)
   show = np.flatnonzero(unseen)[:N_EXAMPLES] if unseen.any() else np.arange(min(N_EXAMPLES, len(labels)))
   top = np.argsort(-logits[show], axis=1, kind="stable")[:, :3] if k else np.zeros((len(show), 0), int)
