@@ -120,9 +120,11 @@ def test_captions_file_source(tmp_path):
     (dict(loss="hinge"), "image_text.loss 'hinge' is not one of sigmoid, softmax"),
     (dict(templates=("a {} {}",)), "exactly one '{}'"),
     (dict(lock_image=True), "optim.weight_decay would still shrink it"),
+    (dict(val=0.1), "no val split yet"),
 ])
 def test_bad_settings_are_one_clear_error(change, message):
-  cfg = _cfg(**change)
+  cfg = _cfg(**{k: v for k, v in change.items() if k != "val"})
+  cfg.data.val_fraction = change.get("val", 0.0)
   if "lock_image" in change:
     cfg.optim.weight_decay = 1e-4
   with pytest.raises(UserError, match=message.replace("{", r"\{").replace("}", r"\}")):

@@ -51,6 +51,9 @@ def validate(cfg):
   if min(d.caption_train, d.caption_test, d.caption_unseen) < 1:
     raise UserError("data.caption_train, caption_test and caption_unseen must each be at least 1, got "
                     f"{d.caption_train}, {d.caption_test}, {d.caption_unseen}")
+  if d.val_fraction > 0:
+    raise UserError("the image_text task has no val split yet: set data.val_fraction=0 (runs then evaluate on "
+                    "data.eval_split and keep their last checkpoint; no best one is selected)")
   if v.lock_image and cfg.optim.weight_decay > 0 and not cfg.optim.freeze:
     raise UserError("image_text.lock_image gives the image tower no gradient, but optim.weight_decay would still "
                     "shrink it: set optim.weight_decay=0, or lock it with optim.freeze='^img' instead (the same, "
