@@ -13,6 +13,7 @@ from PIL import Image
 from imgrec import cli, config, optim, parallel, state, steps, tasks
 from imgrec.errors import UserError
 from imgrec.tasks import image_text as task
+from imgrec.tasks.image_text import data, zeroshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"image": dict(patch=4, width=16, depth=1, heads=2, mlp_dim=32, pool="map"),
@@ -77,6 +78,12 @@ def test_trains_and_evaluates_zero_shot_and_retrieval(tmp_path, loss):
   for name in ("metrics.json", "confusion.png", "examples.png", "report.md"):
     assert (tmp_path / name).stat().st_size > 0, name
   assert json.loads((tmp_path / "metrics.json").read_text())["zeroshot_accuracy"] == record["zeroshot_accuracy"]
+  # the streamed zero-shot logits are the host classifier's (zeroshot.py: templates averaged, re-normalised)
+  cfg2 = _cfg(loss=loss, templates=("a photo of the digit {}", "the digit {}"))
+  two = steps.stream(task.make_eval_fn(model, info, cfg2), state.variables(st), test, 16, parallel.make_mesh())
+  clf = zeroshot.classifier(model, state.variables(st), data.tokenizer(cfg2), ds.class_names, cfg2.image_text.templates)
+  np.testing.assert_allclose(two["logits"], zeroshot.logits(clf, two["image_embeds"]), rtol=1e-4, atol=1e-4)
+  assert not np.allclose(two["logits"], out["logits"], atol=1e-4)
   predicted = task.make_predict(model, info["mean"], info["std"])(state.variables(st), test.arrays["image"][:4])
   np.testing.assert_allclose(predicted["image_embeds"], out["image_embeds"][:4], rtol=1e-4, atol=1e-5)
 
