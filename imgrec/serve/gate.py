@@ -23,6 +23,11 @@ def make_metrics():
       "batch": prom.Histogram("imgrec_batch_size", "images per executed batch", ["model"], registry=reg,
                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)),
       "queue": prom.Gauge("imgrec_queue_depth", "requests waiting in the batcher", ["model", "kind"], registry=reg),
+      # what a task's own routes keep and time, named by the task (a face gallery's size, its search latency)
+      "task_items": prom.Gauge("imgrec_task_items", "items a task's routes keep", ["model", "item"], registry=reg),
+      "task_seconds": prom.Histogram("imgrec_task_seconds", "time of a task route's own work", ["model", "work"],
+                                     registry=reg, buckets=(.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05,
+                                                            .1, .25, .5, 1)),
   }
 
 

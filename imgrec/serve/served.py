@@ -3,7 +3,9 @@ and the adapters through which the serve package reads a task's description of i
 
 Every route (HTTP, gRPC, a task's own) reaches a model through `ServedModel`: `spec` for the parsers,
 `infer(images, kind)` for the outputs, `read_image(request)` for an uploaded image, `state` for what a task's
-routes keep between requests (a face gallery).
+routes keep between requests (a face gallery); for a task's routes also `workdir`, `step` (the restored
+checkpoint's), `records()` (the run's metrics.jsonl: a calibration the run evaluated) and `items(name)` /
+`seconds(name)` (its Prometheus series: what the routes keep, how long their work takes).
 """
 import asyncio
 import dataclasses
@@ -124,11 +126,12 @@ class ServedModel:
     self.name, self.version, self.workdir = name, version, workdir
     self.spec, self.batchers, self.ready, self.task, self.options = None, {}, False, None, Options()
     self.state = {}  # what the task's own routes keep for this model between requests
+    self.step, self.metrics = None, None
 
   def load(self, options, metrics):
     loaded = load_workdir(self.workdir)
     variables, fns, self.task, self.options = loaded.variables, dict(loaded.fns), loaded.task, options
-    self.version = self.version or loaded.step
+    self.version, self.step, self.metrics = self.version or loaded.step, loaded.step, metrics
     self.spec = model_spec(self.task, loaded.info, loaded.outputs)
     if not options.float_inputs:
       del fns["float32"]
@@ -168,6 +171,18 @@ class ServedModel:
     if not raw:
       raise RequestError(400, "empty body; send an image, e.g. curl --data-binary @cat.png URL")
     return await anyio.to_thread.run_sync(protocol.decode_upload, raw, self.spec, self.options.limits)
+
+  def records(self):
+    """The run's metrics.jsonl records (workdir.read_metrics): its evaluations, e.g. a calibrated threshold."""
+    return wd.read_metrics(self.workdir)
+
+  def items(self, item):
+    """This model's gauge of what its task's routes keep under the name `item` (imgrec_task_items)."""
+    return self.metrics["task_items"].labels(f"{self.name}:{self.version}", item)
+
+  def seconds(self, work):
+    """This model's histogram of how long its task's routes take for `work` (imgrec_task_seconds)."""
+    return self.metrics["task_seconds"].labels(f"{self.name}:{self.version}", work)
 
   def classifier(self, route):
     """This model's task module, for the route that only classification answers (TF-Serving :classify)."""

@@ -78,6 +78,11 @@ class Gallery:
   def identities(self):
     return sorted(self._count)
 
+  def counts(self):
+    """{identity: its rows}, by name."""
+    with self._lock:
+      return dict(sorted(self._count.items()))
+
   def _add(self, name, rows):
     if name not in self._index:
       self._index[name] = len(self._names)
