@@ -5,8 +5,10 @@ one message. A tiny verification run trained here (test_verification_task's conf
 score is checked against the run's own embeddings computed here, not against the model's quality."""
 import base64
 import io
+import json
 import os
 import re
+import shutil
 
 import jax
 import numpy as np
@@ -114,8 +116,13 @@ def metric(url, name, **labels):
   return None
 
 
+def copy_of(run, tmp_path):
+  """A copy of the trained run (the tests that write a gallery beside it leave the shared one alone)."""
+  return shutil.copytree(run[0], tmp_path / "run")
+
+
 def test_gallery_enroll_search_delete_and_persistence(run, tmp_path):
-  workdir, _, _, embed = run
+  workdir, embed = copy_of(run, tmp_path), run[3]
   path = os.path.join(workdir, "gallery.npz")
   enrolled = {"ann": images_of(run, 0), "bob": images_of(run, 1), "cy": images_of(run, 2)}
   query = images_of(run, 1)[1]
@@ -162,14 +169,22 @@ def test_gallery_enroll_search_delete_and_persistence(run, tmp_path):
     r = requests.post(g + ":search?k=1", data=enrolled["bob"][0], headers={"content-type": "image/png"})
     assert r.json()["matches"][0]["identity"] == "bob"
     assert metric(url, "imgrec_task_items", item="gallery_embeddings") == 4
-    requests.delete(g + "/bob"), requests.delete(g + "/cy")
-  os.remove(path)
 
 
-def test_gallery_changes_need_a_key_when_keys_are_configured(run):
-  workdir = run[0]
+def test_gallery_changes_need_a_key_and_a_run_without_calibration_a_threshold(run, tmp_path):
+  workdir = copy_of(run, tmp_path)
+  path = os.path.join(workdir, "metrics.jsonl")  # the run's evaluations left out: no calibrated threshold
+  with open(path) as f:
+    kept = [line for line in f if "threshold" not in json.loads(line)]
+  with open(path, "w") as f:
+    f.writelines(kept)
   image = images_of(run, 3)[0]
   with running_server([("faces", None, workdir)], app_lib.Options(**OPTIONS, api_keys=(KEY,))) as (url, _):
+    v = url + "/v1/models/faces:verify"
+    r = requests.post(v, files={"image1": image, "image2": image}, headers=H)
+    assert r.status_code == 400 and "has no calibrated threshold for its checkpoint of step 6" in r.json()["error"]
+    r = requests.post(v, files={"image1": image, "image2": image}, data={"threshold": "0.5"}, headers=H)
+    assert r.json()["same"] is True and r.json()["threshold"] == 0.5
     g = url + "/v1/models/faces/gallery"
     r = requests.post(g, data={"identity": "eve"}, files={"image": image})
     assert r.status_code == 401 and "missing API key" in r.json()["error"]
@@ -179,4 +194,3 @@ def test_gallery_changes_need_a_key_when_keys_are_configured(run):
     assert requests.get(g, headers=H).json()["gallery_size"] == 0  # nothing was enrolled
     assert requests.post(g, data={"identity": "eve"}, files={"image": image}, headers=H).status_code == 200
     assert requests.delete(g + "/eve", headers=H).json()["deleted"] == 1
-  os.remove(os.path.join(workdir, "gallery.npz"))
