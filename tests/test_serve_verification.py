@@ -163,12 +163,20 @@ def test_gallery_enroll_search_delete_and_persistence(run, tmp_path):
   # on disk: embeddings and names only, and a restarted server finds them
   with np.load(path, allow_pickle=False) as f:
     assert sorted(f.files) == ["embeddings", "identities"] and f["embeddings"].shape == (4, 16)
-  with running_server([("faces", None, workdir)], app_lib.Options(**OPTIONS)) as (url, _):
-    g = url + "/v1/models/faces/gallery"
+  # ... and two names served from the one run share its gallery: a change through one is seen through the other
+  with running_server([("faces", None, workdir), ("twin", None, workdir)], app_lib.Options(**OPTIONS)) as (url, _):
+    g, twin = url + "/v1/models/faces/gallery", url + "/v1/models/twin/gallery"
     assert requests.get(g).json() == {"identities": {"bob": 2, "cy": 2}, "gallery_size": 4}
     r = requests.post(g + ":search?k=1", data=enrolled["bob"][0], headers={"content-type": "image/png"})
     assert r.json()["matches"][0]["identity"] == "bob"
-    assert metric(url, "imgrec_task_items", item="gallery_embeddings") == 4
+    assert metric(url, "imgrec_task_items", item="gallery_embeddings", model="faces:6") == 4
+    assert requests.delete(twin + "/bob").json()["gallery_size"] == 2
+    assert requests.post(g, json={"identity": "dee", "image": b64(query)}).json()["gallery_size"] == 3
+    assert requests.get(twin).json()["identities"] == {"cy": 2, "dee": 1}
+    r = requests.delete(g + "/%20")
+    assert r.status_code == 400 and "name the identity to delete" in r.json()["error"]
+  with np.load(path, allow_pickle=False) as f:
+    assert sorted(set(f["identities"])) == ["cy", "dee"]
 
 
 def test_gallery_changes_need_a_key_and_a_run_without_calibration_a_threshold(run, tmp_path):

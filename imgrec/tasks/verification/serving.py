@@ -18,7 +18,9 @@ The threshold is the request's `threshold`, else the one the run calibrated (ver
 evaluation record of the served checkpoint's step (metrics.jsonl).
 
 The gallery is gallery.Gallery at W/gallery.npz beside the run (embeddings only, saved atomically at every
-change), opened at the model's first gallery request; search is exact (gallery.py says why). Keys: with API keys
+change), opened at the model's first gallery request and read again whenever the file changed behind it (two
+names or versions served from one run share it); search is exact (gallery.py says why). One server process
+should write a run's gallery: two writing at the same instant would each save their own copy. Keys: with API keys
 configured, every route, enroll and delete included, needs a valid key (the server's Gate); the server has no
 separate admin keys yet. Its size and search latency are the model's imgrec_task_items{item="gallery_embeddings"|
 "gallery_identities"} and imgrec_task_seconds{work="gallery_search"} in /metrics.
@@ -158,16 +160,35 @@ async def verify(request, served):
 
 # ---------------------------------------------------------------- the gallery
 
+def stamp(path):
+  """What tells one version of a file from another (None: no file)."""
+  try:
+    st = os.stat(path)
+  except FileNotFoundError:
+    return None
+  return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def gallery_of(served):
-  """The model's gallery (opened from W/gallery.npz at its first request, kept in served.state)."""
-  if "gallery" not in served.state:
+  """The model's gallery (W/gallery.npz, kept in served.state), read again when the file changed since this model
+  last read or wrote it: another name or version served from the same run, or another server on it, enrolled or
+  deleted meanwhile, and writing from a stale copy would lose that."""
+  path = os.path.join(served.workdir, GALLERY_FILE)
+  held = served.state.get("gallery")
+  if held is None or held[1] != stamp(path):
     dim = next(shape[0] for name, _, shape in served.spec.outputs if name == "embeddings")
     try:
-      served.state["gallery"] = gallery_lib.Gallery.open(os.path.join(served.workdir, GALLERY_FILE), dim)
+      served.state["gallery"] = (gallery_lib.Gallery.open(path, dim), stamp(path))
     except UserError as e:
       raise HTTPException(500, str(e))
-    count(served, served.state["gallery"])
-  return served.state["gallery"]
+    count(served, served.state["gallery"][0])
+  return served.state["gallery"][0]
+
+
+def saved(served, g):
+  """After this model's change to its gallery: the file's new version is its own (no need to read it again)."""
+  served.state["gallery"] = (g, stamp(g.path))
+  count(served, g)
 
 
 def count(served, g):
@@ -198,7 +219,7 @@ async def enroll(request, served):
     rows = await anyio.to_thread.run_sync(g.enroll, name, e)
   except UserError as err:
     raise HTTPException(400, str(err))
-  count(served, g)
+  saved(served, g)
   return {"identity": name, "enrolled": len(raws), "rows": rows, "gallery_size": len(g)}
 
 
@@ -226,6 +247,8 @@ async def listing(request, served):
 
 async def delete(request, served):
   """Removes every row of the path's identity (saved before answering); an identity not enrolled is a 404."""
+  if not request.path_params["identity"].strip():
+    raise HTTPException(400, "name the identity to delete: DELETE /v1/models/NAME/gallery/IDENTITY")
   name = identity_of(request.path_params["identity"])
   g = gallery_of(served)
   if name not in g.identities:
@@ -235,7 +258,7 @@ async def delete(request, served):
     removed = await anyio.to_thread.run_sync(g.delete, name)
   except UserError as e:  # deleted by a concurrent request meanwhile
     raise HTTPException(404, str(e))
-  count(served, g)
+  saved(served, g)
   return {"identity": name, "deleted": removed, "gallery_size": len(g)}
 
 
