@@ -64,7 +64,8 @@ Prediction and serving
   upload_png(result) -> PNG bytes of an upload's result, for a client whose Accept asks for image/png
   routes() -> [(method, suffix, handler(request, served))]: the task's own routes under
       /v1/models/NAME[/versions/V]SUFFIX (":verify", "/gallery/{item}"); `served` is the model version (its
-      spec, infer(images, kind), read_image(body), and `state` for what the task keeps between requests)
+      spec, infer(images, kind), read_image(body), `state` for what the task keeps between requests, workdir,
+      step and records() of the run, items(name) / seconds(name) for the task's Prometheus series)
 Reports
   write_report(out_dir, outputs, split, info, summary): report.md, metrics.json and PNG plots
   headline(summary): the short JSON `imgrec eval --json` prints
