@@ -4,6 +4,7 @@ a restart, API keys in front of enroll and delete, its size and search latency i
 one message. A tiny verification run trained here (test_verification_task's config, a few steps) is served; every
 score is checked against the run's own embeddings computed here, not against the model's quality."""
 import base64
+import concurrent.futures
 import io
 import json
 import os
@@ -173,10 +174,14 @@ def test_gallery_enroll_search_delete_and_persistence(run, tmp_path):
     assert requests.delete(twin + "/bob").json()["gallery_size"] == 2
     assert requests.post(g, json={"identity": "dee", "image": b64(query)}).json()["gallery_size"] == 3
     assert requests.get(twin).json()["identities"] == {"cy": 2, "dee": 1}
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:  # at once, through both names: every one is kept
+      done = list(pool.map(lambda i: requests.post((g, twin)[i % 2], json={"identity": f"p{i}", "image": b64(
+          enrolled["ann"][i % 2])}).status_code, range(6)))
+    assert done == [200] * 6 and len(requests.get(twin).json()["identities"]) == 8
     r = requests.delete(g + "/%20")
     assert r.status_code == 400 and "name the identity to delete" in r.json()["error"]
   with np.load(path, allow_pickle=False) as f:
-    assert sorted(set(f["identities"])) == ["cy", "dee"]
+    assert sorted(set(f["identities"])) == ["cy", "dee"] + [f"p{i}" for i in range(6)]
 
 
 def test_gallery_changes_need_a_key_and_a_run_without_calibration_a_threshold(run, tmp_path):

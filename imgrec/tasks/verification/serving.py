@@ -18,9 +18,9 @@ The threshold is the request's `threshold`, else the one the run calibrated (ver
 evaluation record of the served checkpoint's step (metrics.jsonl).
 
 The gallery is gallery.Gallery at W/gallery.npz beside the run (embeddings only, saved atomically at every
-change), opened at the model's first gallery request and read again whenever the file changed behind it (two
-names or versions served from one run share it); search is exact (gallery.py says why). One server process
-should write a run's gallery: two writing at the same instant would each save their own copy. Keys: with API keys
+change and read again when the file changed behind it), one for every name and version served from the run;
+search is exact (gallery.py says why). Two server processes may share a run's gallery, but not write it at the
+same instant (each would save its own copy). Keys: with API keys
 configured, every route, enroll and delete included, needs a valid key (the server's Gate); the server has no
 separate admin keys yet. Its size and search latency are the model's imgrec_task_items{item="gallery_embeddings"|
 "gallery_identities"} and imgrec_task_seconds{work="gallery_search"} in /metrics.
@@ -30,6 +30,7 @@ import binascii
 import json
 import math
 import os
+import weakref
 
 import anyio
 import numpy as np
@@ -160,35 +161,32 @@ async def verify(request, served):
 
 # ---------------------------------------------------------------- the gallery
 
-def stamp(path):
-  """What tells one version of a file from another (None: no file)."""
-  try:
-    st = os.stat(path)
-  except FileNotFoundError:
-    return None
-  return st.st_ino, st.st_mtime_ns, st.st_size
+_OPEN = weakref.WeakValueDictionary()  # gallery file -> the one Gallery (one lock) of every model served from it
 
 
 def gallery_of(served):
-  """The model's gallery (W/gallery.npz, kept in served.state), read again when the file changed since this model
-  last read or wrote it: another name or version served from the same run, or another server on it, enrolled or
-  deleted meanwhile, and writing from a stale copy would lose that."""
-  path = os.path.join(served.workdir, GALLERY_FILE)
-  held = served.state.get("gallery")
-  if held is None or held[1] != stamp(path):
-    dim = next(shape[0] for name, _, shape in served.spec.outputs if name == "embeddings")
-    try:
-      served.state["gallery"] = (gallery_lib.Gallery.open(path, dim), stamp(path))
-    except UserError as e:
-      raise HTTPException(500, str(e))
-    count(served, served.state["gallery"][0])
-  return served.state["gallery"][0]
+  """The model's gallery (W/gallery.npz, opened at its first gallery request), one object per file for every
+  name and version served from the run, so their changes take turns under its lock."""
+  if "gallery" not in served.state:
+    path = os.path.join(served.workdir, GALLERY_FILE)
+    g = _OPEN.get(path)
+    if g is None:
+      dim = next(shape[0] for name, _, shape in served.spec.outputs if name == "embeddings")
+      try:
+        g = _OPEN[path] = gallery_lib.Gallery.open(path, dim)
+      except UserError as e:
+        raise HTTPException(500, str(e))
+    served.state["gallery"] = g
+  return served.state["gallery"]
 
 
-def saved(served, g):
-  """After this model's change to its gallery: the file's new version is its own (no need to read it again)."""
-  served.state["gallery"] = (g, stamp(g.path))
-  count(served, g)
+async def run(fn, *args):
+  """A gallery call in a worker thread (it may wait for the gallery's lock, save or read the file); its
+  UserError (a bad name, a gallery file that is not one) is a 400 with that message."""
+  try:
+    return await anyio.to_thread.run_sync(fn, *args)
+  except UserError as e:
+    raise HTTPException(400, str(e))
 
 
 def count(served, g):
@@ -215,11 +213,8 @@ async def enroll(request, served):
                              f"{served.options.limits.max_images}; enroll them in several requests")
   e = await embed(served, raws)
   g = gallery_of(served)
-  try:
-    rows = await anyio.to_thread.run_sync(g.enroll, name, e)
-  except UserError as err:
-    raise HTTPException(400, str(err))
-  saved(served, g)
+  rows = await run(g.enroll, name, e)
+  count(served, g)
   return {"identity": name, "enrolled": len(raws), "rows": rows, "gallery_size": len(g)}
 
 
@@ -235,14 +230,17 @@ async def search(request, served):
   e = await embed(served, raws)
   g = gallery_of(served)
   with served.seconds("gallery_search").time():
-    matches = (await anyio.to_thread.run_sync(g.search, e, k))[0]
+    matches = (await run(g.search, e, k))[0]
+  count(served, g)
   return {"matches": [{"identity": n, "score": s} for n, s in matches], "k": k, "gallery_size": len(g)}
 
 
 async def listing(request, served):
   """The enrolled identities with their row counts."""
   g = gallery_of(served)
-  return {"identities": g.counts(), "gallery_size": len(g)}
+  counts = await run(g.counts)
+  count(served, g)
+  return {"identities": counts, "gallery_size": sum(counts.values())}
 
 
 async def delete(request, served):
@@ -251,14 +249,11 @@ async def delete(request, served):
     raise HTTPException(400, "name the identity to delete: DELETE /v1/models/NAME/gallery/IDENTITY")
   name = identity_of(request.path_params["identity"])
   g = gallery_of(served)
-  if name not in g.identities:
+  if name not in await run(g.counts):
     raise HTTPException(404, f"identity {name!r} is not in the gallery; nothing was deleted (GET .../gallery "
                              "lists the enrolled ones)")
-  try:
-    removed = await anyio.to_thread.run_sync(g.delete, name)
-  except UserError as e:  # deleted by a concurrent request meanwhile
-    raise HTTPException(404, str(e))
-  saved(served, g)
+  removed = await run(g.delete, name)
+  count(served, g)
   return {"identity": name, "deleted": removed, "gallery_size": len(g)}
 
 
