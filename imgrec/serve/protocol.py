@@ -521,7 +521,7 @@ def tfs_response(tensors, names, columnar):
 
 
 def is_upload(content_type, body):
-  """Whether a :predict body is an image upload (multipart, or an encoded image whatever its Content-Type says:
-  `curl --data-binary @x.png` sends form-urlencoded) rather than TF-Serving JSON, which starts with "{"."""
-  return content_type == "multipart/form-data" or content_type.startswith("image/") or \
-      sniff_format(body) is not None
+  """Whether a :predict body is an image upload (multipart, octet-stream, or an encoded image whatever its
+  Content-Type says: `curl --data-binary @x.png` sends form-urlencoded) rather than TF-Serving JSON."""
+  return content_type in ("multipart/form-data", "application/octet-stream") or content_type.startswith("image/") \
+      or sniff_format(body) is not None  # octet-stream is never JSON: an empty or unknown one gets an image error
