@@ -129,13 +129,13 @@ def test_replicas_on_two_devices_serve_the_same_logits(trained_workdir):
 import json, numpy as np, jax
 from imgrec import state as train_state, steps, workdir as wd
 from imgrec.data import sources
-from imgrec.serve import app
+from imgrec.serve import app, gate
 assert jax.device_count() == 2
 cfg, info, model, state = wd.restore({trained_workdir!r})
 images = sources.load(cfg.data).split("test").get(np.arange(16))[0]
 ref = np.asarray(model.apply(train_state.variables(state), steps.normalize(images, info["mean"], info["std"]),
                              train=False))
-_, metrics = app._metrics()
+_, metrics = gate.make_metrics()
 m = app.ServedModel("d", None, {trained_workdir!r})
 m.load(app.Options(batch_sizes=(1, 4), float_inputs=False), metrics)
 b = m.batchers["uint8"]

@@ -64,6 +64,7 @@ class ModelSpec:
   pp_eval: str = ""    # the run's eval preprocessing (dataset.json), applied to encoded images; "": resize
   outputs: tuple = ()  # the task's outputs_of: (name, datatype, per-example shape; a "K" left: len(class_names))
   classify: object = None  # (values, k) -> per row k "score:index:label" strings; None: no classification extension
+  inputs: tuple = ()   # the task's inputs beside the images: (name, datatype, per-request shape)
 
 
 # Work above these sizes runs in a worker thread, below them on the event loop: a thread hop costs about

@@ -1,0 +1,178 @@
+"""What the server holds for one model version: restored variables, warmed batchers per input kind, its task,
+and the adapters through which the serve package reads a task's description of its inputs and outputs.
+
+Every route (HTTP, gRPC, a task's own) reaches a model through `ServedModel`: `spec` for the parsers,
+`infer(images, kind)` for the outputs, `read_image(request)` for an uploaded image, `state` for what a task's
+routes keep between requests (a face gallery).
+"""
+import asyncio
+import dataclasses
+
+import anyio
+import jax
+import numpy as np
+
+from imgrec import tasks, workdir as wd
+from imgrec.serve import protocol
+from imgrec.serve.batcher import Batcher, QueueFull, Replica
+from imgrec.serve.protocol import RequestError
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  batch_sizes: tuple = (1, 8, 32, 64)
+  max_delay_ms: float = 1.0
+  max_queue: int = 256       # requests waiting per batcher; beyond: 503 + Retry-After
+  timeout_s: float = 30.0    # per request, queue wait + inference (504 after)
+  float_inputs: bool = True  # also compile the FP32 (pre-normalised) path
+  limits: protocol.Limits = protocol.Limits()
+  api_keys: tuple = ()
+  grpc_address: str | None = None  # "HOST:PORT" of the OIP v2 gRPC service; None: HTTP only
+  pipeline: int = 1          # batches in flight per device; 2 merges, copies and dispatches the next batch while
+                             # one computes (slower on a 2-core CPU: it halves the batches; see BENCHMARKS.md)
+  replicas: int = 0          # devices used, one model replica each, taking batches in turn (0: all)
+
+
+# ---------------------------------------------------------------- the task's description, read in one place
+
+def served_outputs(task, model, info):
+  """The task's served outputs, every size filled in: ((name, datatype, per-example shape), ...)."""
+  return tuple(task.outputs_of(model, info))
+
+
+def tfs_outputs(task):
+  """The output names TF-Serving :predict answers with."""
+  return tuple(task.TFS_OUTPUTS)
+
+
+def served_inputs(task):
+  """The inputs a task takes beside the images: ((name, datatype, per-request shape), ...) from its optional
+  INPUTS, e.g. (("labels", "BYTES", ("N",)),) for open-vocabulary classes; a named size is free (-1 in the
+  metadata). They reach the task's `postprocess(outputs, inputs)` as {name: numpy array}, not the model."""
+  return tuple(getattr(task, "INPUTS", ()))
+
+
+def postprocess(task, outputs, extras):
+  """The task's served outputs of a batch: `postprocess(outputs)`, or `postprocess(outputs, extras)` for a task
+  with INPUTS."""
+  return task.postprocess(outputs, extras) if served_inputs(task) else task.postprocess(outputs)
+
+
+def upload_png(task):
+  """The task's optional `upload_png(result) -> PNG bytes` (an upload's reply as an image), or None."""
+  return getattr(task, "upload_png", None)
+
+
+# ---------------------------------------------------------------- loading and compiling
+
+def make_predict(task, model, mean, std):
+  """The task's pure predict functions by input kind: uint8 pixels (normalised on device) or already-normalised
+  floats -> the model's outputs, decoding included."""
+  return {"uint8": task.make_predict(model, mean, std), "float32": task.make_predict(model, mean, std, normalized=True)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+  """What the server takes from a trained workdir."""
+  variables: dict
+  info: dict      # dataset.json
+  step: int
+  fns: dict       # {"uint8": fn, "float32": fn}, each `fn(variables, images) -> outputs`
+  task: object    # the run's task module: its post-processing makes the served outputs
+  outputs: tuple  # served_outputs: (name, datatype, per-example shape)
+
+
+def load_workdir(workdir):
+  """A trained workdir, restored without optimiser state -> Loaded."""
+  run = wd.restore(workdir, params_only=True)
+  task = tasks.get(run.cfg.task)
+  return Loaded(run.variables, run.info, int(run.state.step), make_predict(task, run.model, run.info["mean"],
+                run.info["std"]), task, served_outputs(task, run.model, run.info))
+
+
+def compile_replica(fn, variables, device, sizes, image_shape, dtype):
+  """`fn(variables, images)` compiled for every padded size on one device and run once there -> Replica."""
+  sharding = jax.sharding.SingleDeviceSharding(device)
+  variables = jax.device_put(variables, sharding)
+  jitted, compiled = jax.jit(fn), {}
+  for b in sizes:
+    x = jax.ShapeDtypeStruct((b, *image_shape), dtype, sharding=sharding)
+    compiled[b] = jitted.lower(variables, x).compile()
+    jax.block_until_ready(compiled[b](variables, np.zeros(x.shape, dtype)))  # any pytree of outputs
+
+  def launch(x):  # host-to-device copy and an asynchronous dispatch; np.asarray(result) waits
+    return compiled[len(x)](variables, jax.device_put(x, sharding))
+  return Replica(launch, str(device))
+
+
+def model_spec(task, info, outputs):
+  """The parsers' view of a model (protocol.ModelSpec)."""
+  names = tuple(info["class_names"])
+  classify = getattr(task, "classification_strings", None)
+  return protocol.ModelSpec(tuple(info["image_shape"]), names, info.get("pp_eval", ""), outputs,
+                            classify and (lambda values, k: classify(values, k, names)), served_inputs(task))
+
+
+class ServedModel:
+  """One model version: restored variables and a warmed Batcher per input kind."""
+
+  def __init__(self, name, version, workdir):
+    self.name, self.version, self.workdir = name, version, workdir
+    self.spec, self.batchers, self.ready, self.task, self.options = None, {}, False, None, Options()
+    self.state = {}  # what the task's own routes keep for this model between requests
+
+  def load(self, options, metrics):
+    loaded = load_workdir(self.workdir)
+    variables, fns, self.task, self.options = loaded.variables, dict(loaded.fns), loaded.task, options
+    self.version = self.version or loaded.step
+    self.spec = model_spec(self.task, loaded.info, loaded.outputs)
+    if not options.float_inputs:
+      del fns["float32"]
+    devices = jax.local_devices()[:options.replicas or None]
+    label = f"{self.name}:{self.version}"
+    for kind, fn in fns.items():
+      dtype = np.uint8 if kind == "uint8" else np.float32
+      replicas = [compile_replica(fn, variables, d, options.batch_sizes, self.spec.image_shape, dtype)
+                  for d in devices]
+      self.batchers[kind] = Batcher(replicas, options.batch_sizes, options.max_delay_ms / 1000, options.max_queue,
+                                    metrics["batch"].labels(label).observe, f"batcher-{label}-{kind}",
+                                    options.pipeline)
+      metrics["queue"].labels(label, kind).set_function(self.batchers[kind].depth)
+    self.ready = True
+
+  async def infer(self, images, kind, timeout=None, extras=None):
+    """-> the task's served outputs {name: numpy array [B, ...]} (its postprocess, given the request's `extras`
+    {input name: array} when the task takes INPUTS). `timeout`: seconds, default the server's."""
+    if kind not in self.batchers:
+      raise RequestError(400, "FP32 inputs are disabled on this server; send UINT8 pixels or encoded images")
+    if len(images) == 0:
+      raise RequestError(400, "the request holds no images")
+    timeout = self.options.timeout_s if timeout is None else timeout
+    try:
+      fut = self.batchers[kind].submit(images)
+    except QueueFull as e:
+      raise RequestError(503, f"server busy: {e}; retry shortly", {"retry-after": "1"})
+    try:
+      async with asyncio.timeout(timeout):  # on expiry the future is cancelled, so the batcher skips it
+        outputs = await asyncio.wrap_future(fut)
+    except TimeoutError:
+      raise RequestError(504, f"inference did not finish within {timeout} s")
+    return postprocess(self.task, outputs, extras or {})
+
+  async def read_image(self, raw):
+    """An encoded upload -> (uint8 image of the model's shape, map to the upload's pixels, its (width, height))."""
+    if not raw:
+      raise RequestError(400, "empty body; send an image, e.g. curl --data-binary @cat.png URL")
+    return await anyio.to_thread.run_sync(protocol.decode_upload, raw, self.spec, self.options.limits)
+
+  def classifier(self, route):
+    """This model's task module, for the route that only classification answers (TF-Serving :classify)."""
+    if self.task.NAME != tasks.classification.NAME:
+      raise RequestError(400, f"model {self.name!r} is a {self.task.NAME} model; {route} serves classifiers "
+                         f"only: use /v1/models/{self.name}:predict (TF-Serving JSON, or the image itself as the "
+                         "body) or the OIP v2 /v2/models/{name}/infer route")
+    return self.task
+
+  def close(self):
+    for b in self.batchers.values():
+      b.close()
