@@ -5,7 +5,8 @@ The artifact is a zip file:
                       C]) -> float32[b, K]` logits; detection: `-> {detection_boxes [b, K, 4], detection_scores,
                       detection_classes [b, K], num_detections [b]}`, decoding and NMS included), batch dimension
                       `b` symbolic, normalisation and weights baked in as constants
-  meta.json           task, class names, image shape, input dtype, output (in words) and outputs (name,
+  meta.json           task, class names, image shape, eval preprocessing (what a server applies to an
+                      encoded image), input dtype, output (in words) and outputs (name,
                       dtype and shape of each array returned, "b" the batch), platforms, source workdir
 
 Loading needs only jax (no imgrec model code): `load(path)` here, or by hand:
@@ -72,7 +73,8 @@ def export_workdir(workdir, out, platforms=DEFAULT_PLATFORMS):
   predict = make_predict(run.model, jax.device_get(run.variables), info["mean"], info["std"], task)
   exported = export_predict(predict, tuple(info["image_shape"]), platforms)
   meta = {"format": "imgrec-jax-export-v1", "task": task.NAME, "class_names": info["class_names"],
-          "image_shape": list(info["image_shape"]), "input_dtype": "uint8", "output": task.PREDICTS,
+          "image_shape": list(info["image_shape"]), "pp_eval": info.get("pp_eval", ""), "input_dtype": "uint8",
+          "output": task.PREDICTS,
           "outputs": returns(exported, task.PREDICTS),
           "platforms": list(exported.platforms), "workdir": os.path.abspath(workdir),
           "step": int(run.state.step)}

@@ -176,7 +176,7 @@ def test_proto_has_the_kserve_names_and_numbers_tritonclient_uses():
   for name, (req, resp) in grpc_service.MESSAGES.items():
     same(req.DESCRIPTOR, triton.methods_by_name[name].input_type)
     same(resp.DESCRIPTOR, triton.methods_by_name[name].output_type)
-  assert len(grpc_service.MESSAGES) == 6
+  assert len(grpc_service.MESSAGES) == 11  # health, metadata, infer; config, statistics and the repository extension
 
 
 def test_checked_in_descriptor_set_is_the_compiled_proto(tmp_path):

@@ -115,7 +115,7 @@ def test_names_that_are_not_plain_are_refused(tmp_path):
     with pytest.raises(RequestError, match="is not a plain name") as e:
       repo.load(bad)
     assert e.value.status == 400
-  with pytest.raises(RequestError, match="unknown model 'nope'") as e:
+  with pytest.raises(RequestError, match="model .nope. not found") as e:
     repo.acquire("nope")
   assert e.value.status == 404
 

@@ -282,7 +282,7 @@ def test_integral_floats_for_uint8_pixels(server, reference):
 def test_queue_full_gives_503_with_retry_after(server):
   """A batcher stuck on a slow batch with room for one queued request: the third concurrent request is refused."""
   url, gate = server
-  model = next(m for m in gate.app.state.served if m.name == "other")
+  model = next(m for m in gate.app.state.server.served if m.name == "other")
   release = threading.Event()
   original = model.batchers["uint8"]
   model.batchers["uint8"] = Batcher(lambda x: (release.wait(20), np.zeros((len(x), 10), np.float32))[1],

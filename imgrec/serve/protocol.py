@@ -305,21 +305,6 @@ def image_batch(name, arr, spec, limits):
 EXTENSIONS = ("binary_tensor_data", "classification")
 
 
-def find_model(served, name, version=None):
-  """The served model `name` at `version` (a string; None or "" for the latest), else 404 / 503."""
-  found = [m for m in served if m.name == name]
-  if not found:
-    raise RequestError(404, f"model {name!r} not found; served: {sorted({m.name for m in served})}")
-  if not all(m.ready for m in found):
-    raise RequestError(503, f"model {name!r} is still loading", {"retry-after": "1"})
-  if not version:
-    return max(found, key=lambda m: m.version)
-  for m in found:
-    if str(m.version) == version:
-      return m
-  raise RequestError(404, f"model {name!r} has no version {version!r}; versions: {[m.version for m in found]}")
-
-
 def model_metadata(model, served):
   """OIP v2 model metadata (HTTP JSON; the gRPC message has the same fields)."""
   H, W, C = model.spec.image_shape

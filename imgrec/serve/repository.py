@@ -17,7 +17,8 @@ and changes them while requests are served:
 A request holds a `Lease` from `acquire` to `release`; that count is what "drained" means.
 
 The loader (app.py's) is `loader(name, version, path, settings, stats) -> served` where `served` has `close()`
-and `nbytes`; this module knows nothing of JAX, so its rules are tested with a fake one.
+and `nbytes`; this module knows nothing of models (only memory_total asks JAX about the device), so its rules
+are tested with a fake loader.
 """
 import dataclasses
 import logging
@@ -25,6 +26,8 @@ import os
 import re
 import threading
 import time
+
+import jax
 
 from imgrec import files
 from imgrec.errors import UserError
@@ -334,7 +337,7 @@ class Repository:
     check_name(name)
     with self.cond:
       if name not in self.models:
-        raise RequestError(404, f"unknown model {name!r}; the repository has {sorted(self.models)}")
+        raise RequestError(404, f"model {name!r} not found; served: {sorted(self.models)}")
       return self.models[name]
 
   # ---------------------------------------------------------------- requests
@@ -594,6 +597,17 @@ def _estimate(path):
     return disk_bytes(path)
   except OSError:
     return 0
+
+
+def memory_total():
+  """What a fractional --memory-budget is a fraction of: the first device's memory on an accelerator, else RAM."""
+  try:
+    stats = jax.devices()[0].memory_stats() or {}
+  except Exception:  # not every backend reports memory
+    stats = {}
+  if stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def parse_budget(text, total):
