@@ -129,10 +129,6 @@ def fingerprint(path):
   return tuple(found)
 
 
-def disk_bytes(path):
-  return sum(size for _, size, _ in fingerprint(path)) if os.path.isdir(path) else os.path.getsize(path)
-
-
 def scan_model(model_dir):
   """(versions {int: path}, problems {folder name: reason}) of one model folder."""
   versions, problems = {}, {}
@@ -454,7 +450,7 @@ class Repository:
         v.state, v.reason = LOADING, "loading"
     try:
       kind, path = version_kind(v.path) if m.folder is not None else (RUN, v.path)
-      self._make_room(m, v, v.nbytes or _estimate(path))
+      self._make_room(m, v, v.nbytes)  # its size at its last load; a first load is measured after it
       t0 = time.monotonic()
       served = self.loader(m.name, v.version, path, m.settings, v.stats)
       log.info("model %s version %s (%s) loaded in %.1f s", m.name, v.version, kind, time.monotonic() - t0)
@@ -590,13 +586,6 @@ class Repository:
       names = list(self.models)
     for name in names:
       self.unload(name, "server stopping")
-
-
-def _estimate(path):
-  try:
-    return disk_bytes(path)
-  except OSError:
-    return 0
 
 
 def memory_total():

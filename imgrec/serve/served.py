@@ -8,6 +8,7 @@ routes keep between requests (a face gallery).
 import asyncio
 import dataclasses
 import time
+import zipfile
 
 import anyio
 import jax
@@ -88,6 +89,7 @@ class Loaded:
   fns: dict       # {"uint8": fn, "float32": fn}, each `fn(variables, images) -> outputs`
   task: object    # the run's task module: its post-processing makes the served outputs
   outputs: tuple  # served_outputs: (name, datatype, per-example shape)
+  baked: int = 0  # bytes of weights baked into the program (an export artifact), not in `variables`
 
 
 def load_workdir(workdir):
@@ -112,8 +114,10 @@ def load_export(path):
   k = len(meta["class_names"])
   outputs = tuple((n, t, tuple(returned[n]) if n in returned else tuple(k if d == "K" else d for d in shape))
                   for n, t, shape in task.OUTPUTS)
+  with zipfile.ZipFile(path) as z:  # the weights are constants in the serialised module: its size stands for them
+    baked = z.getinfo(export.MODULE_NAME).file_size
   return Loaded({}, info, int(meta.get("step", 0)), {"uint8": lambda variables, images: exported.call(images)},
-                task, outputs)
+                task, outputs, baked)
 
 
 def compile_replica(fn, variables, device, sizes, image_shape, dtype):
@@ -169,7 +173,8 @@ class ServedModel:
                                     on_batch, f"batcher-{label}-{kind}", options.pipeline)
       metrics["queue"].labels(label, kind).set_function(self.batchers[kind].depth)
     # What this version holds: its parameters on every replica (compiled programs and buffers come on top).
-    self.nbytes = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(variables)) * len(devices)
+    held = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(variables)) + loaded.baked
+    self.nbytes = held * len(devices)
     self.ready = True
 
   def _on_batch(self, observe):
