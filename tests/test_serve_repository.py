@@ -108,6 +108,8 @@ def test_tritonclient_http_manages_the_repository(server, reference):
       c.load_model(name, headers=dict(A))
     assert words in states(c.get_model_repository_index(headers=dict(A)), name)["1"][1]
   # an export artifact and an import folder load and answer like runs
+  assert {"model_repository", "statistics", "model_configuration"} <= set(
+      c.get_server_metadata(headers=dict(H))["extensions"])
   assert not c.is_model_ready("exp", headers=dict(H))
   c.load_model("exp", headers=dict(A))
   x = th.InferInput("images", list(images.shape), "UINT8")

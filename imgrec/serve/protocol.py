@@ -302,7 +302,7 @@ def image_batch(name, arr, spec, limits):
 
 # ---------------------------------------------------------------- OIP v2
 
-EXTENSIONS = ("binary_tensor_data", "classification")
+EXTENSIONS = ("binary_tensor_data", "classification", "model_repository", "statistics", "model_configuration")
 
 
 def model_metadata(model, served):
