@@ -49,7 +49,8 @@ def test_health_and_metadata(server):
   url, c, _ = server
   assert c.is_server_live() and c.is_server_ready()  # the probes are open, as over HTTP
   assert c.is_model_ready("digits", headers=H) and c.is_model_ready("other", "7", headers=H)
-  assert list(c.get_server_metadata(headers=H).extensions) == list(protocol.EXTENSIONS)
+  assert list(c.get_server_metadata(headers=H).extensions) == [
+      "binary_tensor_data", "classification", "model_repository", "statistics", "model_configuration"]
   meta = c.get_model_metadata("digits", headers=H)
   http_meta = requests.get(url + "/v2/models/digits", headers=H).json()
   assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("images", "UINT8", [-1, 8, 8, 1])]
