@@ -274,3 +274,4 @@ def test_budget_for_two_of_four_models_evicts_least_recently_used(trained_workdi
     assert [r["name"] for r in rows if r["state"] == "READY"] == ["c", "d"]
     assert states(rows, "a")["1"][1].startswith("evicted: memory budget")
     assert g.app.state.server.repo.evictions == 6
+    assert 'imgrec_model_evictions_total{model="a",version="1"} 2.0' in requests.get(url + "/metrics").text

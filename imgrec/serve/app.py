@@ -60,7 +60,8 @@ class Server:
     self.options, self.loading = options, True
     self.registry, self.metrics = make_metrics()
     self.repo = repository.Repository(self.load_version, options.model_repository, options.control_mode,
-                                      options.memory_budget, drain_timeout=options.timeout_s + 5)
+                                      options.memory_budget, drain_timeout=options.timeout_s + 5,
+                                      on_evict=lambda n, v: self.metrics["evictions"].labels(n, str(v)).inc())
     for name, version, path in models:
       self.repo.add_workdir(name, version, path)
     self.fixed = sorted({name for name, _, _ in models})  # readiness waits for these

@@ -30,6 +30,8 @@ def make_metrics():
       "model_requests": prom.Counter("imgrec_model_requests", "inference requests by outcome",
                                      ["model", "version", "outcome"], registry=reg),
       "model_images": prom.Counter("imgrec_model_images", "images inferred", ["model", "version"], registry=reg),
+      "evictions": prom.Counter("imgrec_model_evictions", "versions evicted under the memory budget",
+                                ["model", "version"], registry=reg),
       "model_batches": prom.Counter("imgrec_model_batches", "batches executed", ["model", "version"], registry=reg),
       "model_queue": prom.Histogram("imgrec_model_queue_seconds", "time a request waited for its batch",
                                     ["model", "version"], registry=reg, buckets=_SECONDS),

@@ -271,13 +271,14 @@ class Repository:
 
   `loader(name, version, path, settings, stats) -> served` (served.close(), served.nbytes). `budget`: bytes that
   loaded versions may hold (None: no limit); with it, a request for a model that is not loaded loads it.
-  `observe(model, version) -> fn(kind, value)`: per-model metrics (optional)."""
+  `observe(model, version) -> fn(kind, value)`: per-model metrics (optional); `on_evict(model, version)`: called
+  after each eviction."""
 
-  def __init__(self, loader, root=None, mode="none", budget=None, drain_timeout=60.0, observe=None):
+  def __init__(self, loader, root=None, mode="none", budget=None, drain_timeout=60.0, observe=None, on_evict=None):
     if mode not in MODES:
       raise UserError(f"--model-control-mode {mode!r}: use one of {', '.join(MODES)}")
     self.loader, self.root, self.mode, self.budget = loader, root, mode, budget
-    self.drain_timeout, self.observe = drain_timeout, observe
+    self.drain_timeout, self.observe, self.on_evict = drain_timeout, observe, on_evict
     self.models = {}
     self.cond = threading.Condition()  # guards every table below; notified when a request releases a slot
     self.evictions = 0
@@ -537,6 +538,8 @@ class Repository:
                              f"used while {m.name} version {v.version} loaded")
         with self.cond:
           self.evictions += 1
+        if self.on_evict:
+          self.on_evict(victim_model.name, victim.version)
       finally:
         victim_model.lock.release()
 
