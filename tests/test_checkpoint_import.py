@@ -18,7 +18,7 @@ import torch
 from flax import traverse_util
 from safetensors.torch import save_file
 
-from imgrec import checkpoint_import, models, parallel, transfer, workdir as wd
+from imgrec import checkpoint_import, export, models, parallel, transfer, workdir as wd
 from imgrec.checkpoint_import import formats
 from imgrec.data import sources
 from imgrec.errors import UserError
@@ -337,6 +337,8 @@ def test_an_import_folder_is_a_run(small_vit, tmp_path):
   x = images(32)
   got = np.asarray(run.model.apply(run.variables, x, train=False))
   np.testing.assert_allclose(got, logits(ref, x), atol=TOL * float(np.abs(got).max()))
+  meta = export.export_workdir(str(tmp_path / "w"), str(tmp_path / "vit.zip"), platforms=("cpu",))
+  assert meta["class_names"] == run.info["class_names"] and meta["pp_eval"] == run.info["pp_eval"]
   checkpoint_import.import_checkpoint(folder, str(tmp_path / "plain"))  # no names in the checkpoint: class_i
   assert wd.restore(str(tmp_path / "plain"), params_only=True).info["class_names"] == [f"class_{i}" for i in range(5)]
 
