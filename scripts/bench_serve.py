@@ -59,7 +59,7 @@ def make_workdir(path, model_name):
 def load_predict(workdir):
   """(jitted predict(variables, uint8 images) -> logits, variables): the function every server runs."""
   import jax
-  from imgrec.serve.app import load_workdir
+  from imgrec.serve.served import load_workdir
   loaded = load_workdir(workdir)
   return jax.jit(loaded.fns["uint8"]), loaded.variables
 

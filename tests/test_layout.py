@@ -127,3 +127,12 @@ def test_shared_modules_name_no_task_targets():
     found = sorted({n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in TASK_NAMES}
                    | {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr in TASK_NAMES})
     assert not found, f"imgrec/{rel} names {found}: what a task's examples or outputs hold belongs in imgrec/tasks"
+
+
+def test_create_app_is_small():
+  """The server's app is assembled from pieces (imgrec/serve/routes.py, served.py, gate.py), not written in it."""
+  with open(os.path.join(PACKAGE, "serve", "app.py")) as f:
+    tree = ast.parse(f.read())
+  fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "create_app")
+  assert fn.end_lineno - fn.lineno + 1 <= 80, f"create_app() is {fn.end_lineno - fn.lineno + 1} lines"
+  assert not [n for n in ast.walk(fn) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n is not fn]

@@ -68,7 +68,7 @@ class Gate:
         await self.app(scope, self._capped(receive), send_wrapper)
     finally:
       route = scope.get("route")
-      route = route.path if route is not None else "unmatched"
+      route = route.path_format if route is not None else "unmatched"  # "/v1/models/{name}:predict"
       dt = time.perf_counter() - t0
       self.m["requests"].labels(route, scope["method"], str(status[0])).inc()
       self.m["latency"].labels(route).observe(dt)

@@ -15,7 +15,6 @@ DEADLINE_EXCEEDED (504), INTERNAL (500). API keys travel as metadata `authorizat
 """
 import contextlib
 import logging
-import math
 import os
 import time
 
@@ -36,8 +35,10 @@ CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTIC
          403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
          413: grpc.StatusCode.RESOURCE_EXHAUSTED, 415: grpc.StatusCode.INVALID_ARGUMENT,
          503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED}
-# Typed `contents` field per accepted image datatype.
-CONTENTS = {"UINT8": "uint_contents", "FP32": "fp32_contents", "BYTES": "bytes_contents"}
+# The typed `contents` field of each datatype (kserve_v2.proto's InferTensorContents).
+CONTENTS = {"BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+            "UINT64": "uint64_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+            "INT64": "int64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents"}
 
 
 def _messages():
@@ -64,59 +65,52 @@ def parameter_value(p):
 
 def tensor_from_contents(name, datatype, shape, contents, count):
   """Typed InferTensorContents -> numpy array of `shape`, with the same checks as JSON data."""
+  if datatype not in CONTENTS:
+    raise RequestError(400, f"input '{name}': {datatype} has no typed contents field; send raw_input_contents")
   field = CONTENTS[datatype]
   values = getattr(contents, field)
   if len(values) != count:
     raise RequestError(400, f"input '{name}': {len(values)} values in contents.{field} for shape {shape} "
                             f"({count} elements)")
   if datatype == "BYTES":
-    return np.array(list(values), dtype=object).reshape(shape)
-  arr = np.array(values, np.int64 if datatype == "UINT8" else np.float64)
-  return protocol.cast_numbers(name, arr, np.dtype(protocol.DTYPES[datatype])).reshape(shape)
+    return protocol.bytes_array(list(values), shape)
+  dtype = np.dtype(protocol.DTYPES[datatype])
+  arr = np.array(values, np.float64 if dtype.kind == "f" else np.bool_ if dtype.kind == "b" else
+                 np.uint64 if datatype == "UINT64" else np.int64)
+  return protocol.cast_numbers(name, arr, dtype).reshape(shape)
 
 
 def parse_infer(request, spec, limits):
-  """ModelInferRequest -> protocol.InferRequest; raises RequestError (before any model work) when bad."""
-  if len(request.inputs) != 1:
-    raise RequestError(400, f"{len(request.inputs)} inputs; this model takes one input named "
-                            f"'{protocol.INPUT_NAME}'")
-  t = request.inputs[0]
-  name, datatype, shape = t.name, t.datatype, list(t.shape)
-  if name != protocol.INPUT_NAME:
-    raise RequestError(400, f"unknown input {name!r}; this model takes one input named '{protocol.INPUT_NAME}'")
-  if datatype not in protocol.IMAGE_DTYPES:
-    raise RequestError(400, f"input '{name}': datatype {datatype!r} is not accepted; use one of "
-                            f"{protocol.IMAGE_DTYPES}")
-  per_image = 1 if datatype == "BYTES" else math.prod(spec.image_shape)
-  count = protocol.check_shape(name, shape, limits, per_image)
+  """ModelInferRequest -> protocol.InferRequest; raises RequestError (before any model work) when bad. Raw
+  contents, when sent, come one per input in input order."""
   raw = request.raw_input_contents
-  if len(raw) > 1:
-    raise RequestError(400, f"{len(raw)} raw_input_contents for one input")
-  if raw:
-    arr = protocol.tensor_from_binary(name, datatype, shape, raw[0], count)
-  else:
-    arr = tensor_from_contents(name, datatype, shape, t.contents, count)
-  images, kind = protocol.image_batch(name, arr, spec, limits)
+  if raw and len(raw) != len(request.inputs):
+    raise RequestError(400, f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
+  tensors = {}
+  for i, t in enumerate(request.inputs):
+    name, datatype, shape = t.name, t.datatype, list(t.shape)
+    count = protocol.check_input(name, datatype, shape, spec, limits)
+    if raw:
+      tensors[name] = protocol.tensor_from_binary(name, datatype, shape, raw[i], count)
+    else:
+      tensors[name] = tensor_from_contents(name, datatype, shape, t.contents, count)
+  images, kind, extras = protocol.request_inputs(tensors, spec, limits)
   outputs = None
   if request.outputs:
     outputs = [{"name": o.name, "parameters": {k: parameter_value(v) for k, v in o.parameters.items()}}
                for o in request.outputs]
   outputs = protocol.requested_outputs(outputs, True, spec)
-  return protocol.InferRequest(images, kind, outputs, request.id or None)
+  return protocol.InferRequest(images, kind, outputs, request.id or None, extras)
 
 
 def infer_response(model, request, tensors):
-  """-> ModelInferResponse with every output ({name: float32 array}) in raw_output_contents, as Triton sends them."""
+  """-> ModelInferResponse with every output ({name: array}) in raw_output_contents, as Triton sends them (BYTES
+  elements length-prefixed)."""
   resp = MESSAGES["ModelInfer"][1](model_name=model.name, model_version=str(model.version), id=request.id or "")
   for o in request.outputs:
-    values, k = tensors[o["name"]], o["classification"]
-    if k:
-      rows = model.spec.classify(values, k)
-      resp.outputs.add(name=o["name"], datatype="BYTES", shape=[len(rows), k])
-      resp.raw_output_contents.append(protocol.join_bytes_elements([s.encode() for r in rows for s in r]))
-    else:
-      resp.outputs.add(name=o["name"], datatype=o["datatype"], shape=list(values.shape))
-      resp.raw_output_contents.append(protocol.tensor_bytes(values, o["datatype"]))
+    entry, blob = protocol.output_entry({**o, "binary": True}, tensors[o["name"]], model.spec.classify)
+    resp.outputs.add(name=entry["name"], datatype=entry["datatype"], shape=entry["shape"])
+    resp.raw_output_contents.append(blob)
   return resp
 
 
@@ -175,7 +169,7 @@ class Service:
                                     self.options.limits)
       remaining = context.time_remaining()  # the client's deadline, when it set one
       timeout = self.options.timeout_s if remaining is None else min(remaining, self.options.timeout_s)
-      tensors = await m.infer(req.images, req.kind, timeout)
+      tensors = await m.infer(req.images, req.kind, timeout, req.extras)
       return await protocol.off_loop(len(req.images) > protocol.BIG_REPLY_IMAGES, infer_response, m, req, tensors)
 
   # ---------------------------------------------------------------- repository extension (management.py)

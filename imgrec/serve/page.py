@@ -2,11 +2,14 @@
 
 The page is static and knows no task: it posts the file as the raw body to `/v1/models/NAME:predict`, the
 same upload endpoint curl users call, and shows what the reply holds: "predictions" (a classifier's top
-classes) as bars, "detections" (boxes in the uploaded image's own pixels) drawn on the image with their labels.
+classes) as bars, "detections" (boxes in the uploaded image's own pixels) drawn on the image with their labels,
+"mask_png" (a class map: a base64 PNG of the upload's size, mode "L" or "P", one class index per pixel, 255 =
+none; "classes" names the indices, "counts" gives {label: pixels}) as a coloured overlay with a legend.
 """
 import html
 
 BOX_COLOR = "#ff00ff"  # one colour for every box: it must stand out on any photo (the browser test reads it)
+MASK_ALPHA = 0.55  # how much of a class's colour covers the photo in a mask overlay
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>imgrec</title>
@@ -19,6 +22,7 @@ _PAGE = """<!doctype html>
  #results { list-style: none; padding: 0; } #results li { margin: .35rem 0; }
  .row { display: flex; justify-content: space-between; } .bar { background: #e6e6e6; height: .7rem; }
  .fill { background: #3a7bd5; height: 100%; } #error { color: #b00020; white-space: pre-wrap; }
+ .swatch { display: inline-block; width: .9rem; height: .9rem; margin-right: .4rem; vertical-align: middle; }
 </style></head>
 <body>
 <h1>imgrec</h1>
@@ -32,7 +36,7 @@ _PAGE = """<!doctype html>
 <ol id="results"></ol>
 <script>
 const $ = (id) => document.getElementById(id);
-const BOX = "__BOX__";
+const BOX = "__BOX__", ALPHA = __ALPHA__;
 
 function row(label, value, pct) {
   const li = document.createElement("li");
@@ -64,6 +68,68 @@ function draw(url, out) {
   img.src = url;
 }
 
+// A class's overlay colour: hues a golden angle apart, so neighbouring indices differ.
+function classColor(i) {
+  const h = (i * 137.508) % 360 / 60, c = 0.8, x = c * (1 - Math.abs(h % 2 - 1)), m = 0.1;
+  const [r, g, b] = [[c, x, 0], [x, c, 0], [0, c, x], [0, x, c], [x, 0, c], [c, 0, x]][Math.floor(h) % 6];
+  return [r, g, b].map((v) => Math.round(255 * (v + m)));
+}
+
+// A PNG's palette (mode "P"): [[r, g, b], ...] from its PLTE chunk; null for a greyscale ("L") PNG.
+function paletteOf(bytes) {
+  for (let i = 8; i + 8 <= bytes.length;) {
+    const n = ((bytes[i] << 24) | (bytes[i + 1] << 16) | (bytes[i + 2] << 8) | bytes[i + 3]) >>> 0;
+    const type = String.fromCharCode(...bytes.slice(i + 4, i + 8));
+    if (type === "PLTE") {
+      const p = [];
+      for (let j = 0; j + 3 <= n; j += 3) p.push(bytes.slice(i + 8 + j, i + 11 + j));
+      return p;
+    }
+    if (type === "IDAT") return null;
+    i += 12 + n;
+  }
+  return null;
+}
+
+// The class map drawn over the upload: each pixel's class colour at ALPHA, none (255) left as it is. The
+// browser decodes the PNG to colours, so a palette PNG's indices come back through its palette.
+function overlay(url, out) {
+  const img = new Image(), mask = new Image();
+  let waiting = 2;
+  const done = () => {
+    if (--waiting) return;
+    const c = $("canvas"), g = c.getContext("2d"), w = out.width, h = out.height;
+    c.width = w; c.height = h;
+    const m = document.createElement("canvas"), mg = m.getContext("2d");
+    m.width = w; m.height = h; mg.drawImage(mask, 0, 0, w, h);
+    const ids = mg.getImageData(0, 0, w, h).data;
+    const bytes = Uint8Array.from(atob(out.mask_png), (ch) => ch.charCodeAt(0));
+    const pal = paletteOf(bytes), index = new Map();
+    if (pal) pal.forEach((p, i) => { const k = p.join(); if (!index.has(k)) index.set(k, i); });
+    g.drawImage(img, 0, 0, w, h);
+    const photo = g.getImageData(0, 0, w, h), px = photo.data, colors = out.classes.map((_, i) => classColor(i));
+    for (let i = 0; i < ids.length; i += 4) {
+      const id = pal ? (ids[i + 3] ? index.get(`${ids[i]},${ids[i + 1]},${ids[i + 2]}`) : 255) : ids[i];
+      if (id === undefined || id >= colors.length) continue;  // 255: no class
+      for (let j = 0; j < 3; j++) px[i + j] = Math.round((1 - ALPHA) * px[i + j] + ALPHA * colors[id][j]);
+    }
+    g.putImageData(photo, 0, 0);
+    c.style.display = "block"; c.dataset.drawn = String(Object.keys(out.counts).length);
+  };
+  img.onload = mask.onload = done;
+  img.src = url; mask.src = "data:image/png;base64," + out.mask_png;
+}
+
+function legend(out) {
+  const total = out.width * out.height;
+  for (const [label, n] of Object.entries(out.counts).sort((a, b) => b[1] - a[1])) {
+    row(label, `${(100 * n / total).toFixed(1)}%`, null);
+    const sw = document.createElement("span"), [r, g, b] = classColor(out.classes.indexOf(label));
+    sw.className = "swatch"; sw.style.background = `rgb(${r},${g},${b})`;
+    $("results").lastChild.querySelector(".label").prepend(sw);
+  }
+}
+
 async function upload(file) {
   $("error").textContent = ""; $("results").innerHTML = ""; $("status").textContent = "working...";
   $("canvas").style.display = "none"; $("preview").style.display = "none";
@@ -76,7 +142,11 @@ async function upload(file) {
     const r = await fetch(`/v1/models/${model}:predict`, {method: "POST", body: file, headers});
     const out = await r.json();
     if (!r.ok) throw new Error(out.error || r.statusText);
-    if (out.detections) {
+    if (out.mask_png) {
+      $("status").textContent = `${out.model} version ${out.version}: ${Object.keys(out.counts).length} classes`;
+      legend(out);
+      overlay(url, out);
+    } else if (out.detections) {
       $("status").textContent = `${out.model} version ${out.version}: ${out.detections.length} detections`;
       for (const d of out.detections) row(d.label, d.score.toFixed(2), null);
       draw(url, out);
@@ -101,4 +171,4 @@ _KEY = '<label for="key">API key</label><input id="key" type="password" autocomp
 def render(model_names, needs_key):
   options = "".join(f'<option value="{html.escape(n)}">{html.escape(n)}</option>' for n in model_names)
   return _PAGE.replace("__OPTIONS__", options).replace("__KEY__", _KEY if needs_key else "").replace(
-      "__BOX__", BOX_COLOR)
+      "__BOX__", BOX_COLOR).replace("__ALPHA__", str(MASK_ALPHA))

@@ -30,10 +30,12 @@ from imgrec.data import preprocess
 
 INPUT_NAME = "images"
 
-# OIP v2 datatype -> numpy dtype (BYTES is handled apart).
+# OIP v2 datatype -> numpy dtype. BYTES tensors are object arrays of `bytes`, one element each: in JSON a string
+# (UTF-8 text; base64 for the image input), in binary form (the binary extension, gRPC raw contents) each
+# element is a 4-byte little-endian length and its bytes.
 DTYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
           "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-          "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
+          "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "BYTES": np.object_}
 IMAGE_DTYPES = ("UINT8", "FP32", "BYTES")  # what the image input accepts
 MAGIC = {"PNG": (b"\x89PNG\r\n\x1a\n",), "JPEG": (b"\xff\xd8\xff",), "GIF": (b"GIF87a", b"GIF89a"),
          "WEBP": (b"RIFF",), "BMP": (b"BM",), "TIFF": (b"II*\x00", b"MM\x00*")}
@@ -53,7 +55,18 @@ class Limits:
   max_json_depth: int = 32         # nesting of arrays/objects (400 above)
   max_pixels: int = 16_000_000     # per decoded image, checked from the header before decoding (413 above)
   max_images: int = 1024           # images per request (400 above)
+  max_elements: int = 65536        # elements of each input beside the images (400 above)
   formats: tuple = ("PNG", "JPEG")  # encoded image allow-list (415 otherwise)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+  """An input a task takes beside the images, once per request (not per image): e.g. open-vocabulary labels,
+  InputSpec("labels", "BYTES", ("N",)). A named size (a string) is free; an integer one must match."""
+  name: str
+  datatype: str
+  shape: tuple
+  required: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +77,7 @@ class ModelSpec:
   pp_eval: str = ""    # the run's eval preprocessing (dataset.json), applied to encoded images; "": resize
   outputs: tuple = ()  # the task's outputs_of: (name, datatype, per-example shape; a "K" left: len(class_names))
   classify: object = None  # (values, k) -> per row k "score:index:label" strings; None: no classification extension
-  inputs: tuple = ()   # the task's inputs beside the images: (name, datatype, per-request shape)
+  inputs: tuple = ()   # InputSpec of each input beside the images
 
 
 # Work above these sizes runs in a worker thread, below them on the event loop: a thread hop costs about
@@ -116,29 +129,32 @@ def load_json(raw, limits):
 
 # ---------------------------------------------------------------- tensors
 
-def check_shape(name, shape, limits, elements_per_image):
-  """Validates an OIP `shape` and returns its element count, before anything is allocated."""
+def check_shape(name, shape, limits, elements_per_image=None):
+  """Validates an OIP `shape` and returns its element count, before anything is allocated. The limit: that of
+  the images at `elements_per_image`, or (None) limits.max_elements for an input beside the images."""
   if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
     raise RequestError(400, f"input '{name}': shape must be a list of integers, got {shape!r}")
   if len(shape) > 8 or any(d < 0 for d in shape):
     raise RequestError(400, f"input '{name}': shape {shape} must have at most 8 non-negative dimensions")
   count = math.prod(shape)  # Python ints: no overflow
-  limit = limits.max_images * elements_per_image
+  limit = limits.max_elements if elements_per_image is None else limits.max_images * elements_per_image
   if count > limit:
     raise RequestError(400, f"input '{name}': shape {shape} has {count} elements, more than the limit of "
-                            f"{limit} ({limits.max_images} images)")
+                            f"{limit}" + ("" if elements_per_image is None else f" ({limits.max_images} images)"))
   return count
 
 
-def tensor_from_json(name, datatype, shape, data, count):
-  """OIP JSON `data` (flat or nested, row-major) -> numpy array of `shape`."""
+def tensor_from_json(name, datatype, shape, data, count, b64=False):
+  """OIP JSON `data` (flat or nested, row-major) -> numpy array of `shape`. BYTES elements are strings: UTF-8
+  text, or with `b64` (the image input's encoded images) base64."""
   if datatype == "BYTES":
     flat = _flatten(name, data)
     if len(flat) != count:
       raise RequestError(400, f"input '{name}': {len(flat)} values for shape {shape} ({count} elements)")
     if not all(isinstance(v, str) for v in flat):
-      raise RequestError(400, f"input '{name}': BYTES data must be strings (base64 for encoded images)")
-    return np.array([_b64(name, v) for v in flat], dtype=object).reshape(shape)
+      raise RequestError(400, f"input '{name}': BYTES data must be strings" + (" (base64 encoded images)" if b64
+                                                                                else ""))
+    return bytes_array([_b64(name, v) if b64 else v.encode() for v in flat], shape)
   dtype = np.dtype(DTYPES[datatype])
   try:
     arr = np.array(data)
@@ -196,7 +212,7 @@ def tensor_from_binary(name, datatype, shape, buf, count):
     items = split_bytes_elements(name, buf)
     if len(items) != count:
       raise RequestError(400, f"input '{name}': {len(items)} BYTES elements for shape {shape} ({count} elements)")
-    return np.array(items, dtype=object).reshape(shape)
+    return bytes_array(items, shape)
   dtype = np.dtype(DTYPES[datatype]).newbyteorder("<")
   if len(buf) != count * dtype.itemsize:
     raise RequestError(400, f"input '{name}': {len(buf)} bytes of tensor data do not match shape {shape} x "
@@ -222,6 +238,28 @@ def split_bytes_elements(name, buf):
 
 def join_bytes_elements(items):
   return b"".join(struct.pack("<I", len(b)) + b for b in items)
+
+
+def bytes_array(items, shape):
+  """A list of `bytes` -> an object array of `shape` holding them (np.array would unpack nothing, but could
+  make a fixed-width bytes_ array that drops trailing zero bytes)."""
+  arr = np.empty(len(items), dtype=object)
+  arr[:] = items
+  return arr.reshape(shape)
+
+
+def bytes_items(values):
+  """A BYTES tensor (object array of bytes or str) -> its elements in row-major order, as bytes."""
+  return [v.encode() if isinstance(v, str) else bytes(v) for v in np.asarray(values, dtype=object).reshape(-1)]
+
+
+def text_or_base64(items):
+  """BYTES elements for JSON -> (strings, whether they are base64): UTF-8 text as itself when every element is
+  text, else every element base64 (JSON strings cannot carry arbitrary bytes)."""
+  try:
+    return [b.decode("utf-8") for b in items], False
+  except UnicodeDecodeError:
+    return [base64.b64encode(b).decode("ascii") for b in items], True
 
 
 def _b64(name, s):
@@ -305,13 +343,19 @@ def image_batch(name, arr, spec, limits):
 EXTENSIONS = ("binary_tensor_data", "classification", "model_repository", "statistics", "model_configuration")
 
 
+def _dims(shape):
+  return [d if isinstance(d, int) else -1 for d in shape]  # a size the request decides (a named one): -1
+
+
 def model_metadata(model, served):
   """OIP v2 model metadata (HTTP JSON; the gRPC message has the same fields)."""
   H, W, C = model.spec.image_shape
   K = len(model.spec.class_names)
+  extras = [{"name": i.name, "datatype": i.datatype, "shape": _dims(i.shape)} for i in model.spec.inputs]
   return {"name": model.name, "versions": [str(x.version) for x in served if x.name == model.name],
-          "platform": "jax_flax", "inputs": [{"name": INPUT_NAME, "datatype": "UINT8", "shape": [-1, H, W, C]}],
-          "outputs": [{"name": n, "datatype": dtype, "shape": [-1, *(K if d == "K" else d for d in shape)]}
+          "platform": "jax_flax",
+          "inputs": [{"name": INPUT_NAME, "datatype": "UINT8", "shape": [-1, H, W, C]}, *extras],
+          "outputs": [{"name": n, "datatype": dtype, "shape": [-1, *_dims(K if d == "K" else d for d in shape)]}
                       for n, dtype, shape in model.spec.outputs]}
 
 
@@ -321,10 +365,42 @@ class InferRequest:
   kind: str             # "uint8" | "float32"
   outputs: list         # [{"name", "binary", "classification"}]
   id: str | None
+  extras: dict = dataclasses.field(default_factory=dict)  # {input name: array} of the inputs beside the images
+
+
+def check_input(name, datatype, shape, spec, limits):
+  """An input's name, datatype and shape against the model's inputs -> its element count (nothing read yet)."""
+  extras = {i.name: i for i in spec.inputs}
+  if name != INPUT_NAME and name not in extras:
+    raise RequestError(400, f"unknown input {name!r}; this model takes {[INPUT_NAME, *extras]}")
+  if name == INPUT_NAME:
+    if datatype not in IMAGE_DTYPES:
+      raise RequestError(400, f"input '{name}': datatype {datatype!r} is not accepted; use one of {IMAGE_DTYPES}")
+    return check_shape(name, shape, limits, 1 if datatype == "BYTES" else math.prod(spec.image_shape))
+  if datatype != extras[name].datatype:
+    raise RequestError(400, f"input '{name}': datatype {datatype!r} is not accepted; use {extras[name].datatype!r}")
+  count = check_shape(name, shape, limits)
+  want = extras[name].shape
+  if len(shape) != len(want) or any(isinstance(w, int) and w != d for w, d in zip(want, shape)):
+    raise RequestError(400, f"input '{name}': shape {shape} does not match {_dims(want)}")
+  return count
+
+
+def request_inputs(tensors, spec, limits):
+  """{input name: array} of one request -> (images, kind, extras): the images checked as a batch, every
+  required input beside them present."""
+  if INPUT_NAME not in tensors:
+    raise RequestError(400, f"the request has no input '{INPUT_NAME}'")
+  missing = [i.name for i in spec.inputs if i.required and i.name not in tensors]
+  if missing:
+    raise RequestError(400, f"this model also needs the input(s) {missing}")
+  images, kind = image_batch(INPUT_NAME, tensors[INPUT_NAME], spec, limits)
+  return images, kind, {n: v for n, v in tensors.items() if n != INPUT_NAME}
 
 
 def parse_v2_infer(raw, header_length, spec, limits):
-  """OIP v2 infer body (JSON, or JSON + binary tensors when `header_length` is given) -> InferRequest."""
+  """OIP v2 infer body (JSON, or JSON + binary tensors when `header_length` is given) -> InferRequest. Binary
+  tensors follow the JSON header in input order, each `binary_data_size` bytes."""
   if header_length is not None:
     try:
       n = int(header_length)
@@ -337,39 +413,41 @@ def parse_v2_infer(raw, header_length, spec, limits):
     head, tail = raw, memoryview(b"")
   body = load_json(head, limits)
   inputs = body.get("inputs")
-  if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-    raise RequestError(400, f"'inputs' must be a list with one tensor named '{INPUT_NAME}'")
-  t = inputs[0]
-  name, datatype, shape = t.get("name"), t.get("datatype"), t.get("shape")
-  if name != INPUT_NAME:
-    raise RequestError(400, f"unknown input {name!r}; this model takes one input named '{INPUT_NAME}'")
-  if datatype not in IMAGE_DTYPES:
-    raise RequestError(400, f"input '{name}': datatype {datatype!r} is not accepted; use one of {IMAGE_DTYPES}")
-  per_image = 1 if datatype == "BYTES" else math.prod(spec.image_shape)
-  count = check_shape(name, shape, limits, per_image)
-  params = t.get("parameters") or {}
-  if not isinstance(params, dict):
-    raise RequestError(400, f"input '{name}': parameters must be an object")
-  size = params.get("binary_data_size")
-  if size is not None:
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-      raise RequestError(400, f"input '{name}': binary_data_size must be a non-negative integer")
-    if size != len(tail):
-      raise RequestError(400, f"input '{name}': binary_data_size {size} but {len(tail)} binary bytes follow the "
-                              f"JSON header")
-    arr = tensor_from_binary(name, datatype, shape, tail, count)
-  else:
-    if len(tail):
-      raise RequestError(400, f"{len(tail)} binary bytes follow the JSON header but no input has binary_data_size")
-    if "data" not in t:
-      raise RequestError(400, f"input '{name}': needs 'data' or parameters.binary_data_size")
-    arr = tensor_from_json(name, datatype, shape, t["data"], count)
-  images, kind = image_batch(name, arr, spec, limits)
+  if not isinstance(inputs, list) or not inputs or not all(isinstance(t, dict) for t in inputs):
+    raise RequestError(400, f"'inputs' must be a list of tensors, one of them named '{INPUT_NAME}'")
+  tensors, offset = {}, 0
+  for t in inputs:
+    arr, offset = _v2_tensor(t, tail, offset, spec, limits)
+    tensors[t["name"]] = arr
+  if offset != len(tail):
+    raise RequestError(400, f"{len(tail) - offset} binary bytes follow the JSON header beyond the inputs' "
+                            "binary_data_size")
+  images, kind, extras = request_inputs(tensors, spec, limits)
   rparams = body.get("parameters") or {}
   binary_default = bool(isinstance(rparams, dict) and rparams.get("binary_data_output", False))
   outputs = requested_outputs(body.get("outputs"), binary_default, spec)
   rid = body.get("id")
-  return InferRequest(images, kind, outputs, rid if isinstance(rid, str) else None)
+  return InferRequest(images, kind, outputs, rid if isinstance(rid, str) else None, extras)
+
+
+def _v2_tensor(t, tail, offset, spec, limits):
+  """One OIP JSON input (its data in JSON, or binary at `offset` of `tail`) -> (array, the next offset)."""
+  name, datatype, shape = t.get("name"), t.get("datatype"), t.get("shape")
+  count = check_input(name, datatype, shape, spec, limits)
+  params = t.get("parameters") or {}
+  if not isinstance(params, dict):
+    raise RequestError(400, f"input '{name}': parameters must be an object")
+  size = params.get("binary_data_size")
+  if size is None:
+    if "data" not in t:
+      raise RequestError(400, f"input '{name}': needs 'data' or parameters.binary_data_size")
+    return tensor_from_json(name, datatype, shape, t["data"], count, b64=name == INPUT_NAME), offset
+  if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+    raise RequestError(400, f"input '{name}': binary_data_size must be a non-negative integer")
+  if offset + size > len(tail):
+    raise RequestError(400, f"input '{name}': binary_data_size {size} but {len(tail) - offset} binary bytes "
+                            "follow the JSON header")
+  return tensor_from_binary(name, datatype, shape, tail[offset:offset + size], count), offset + size
 
 
 def requested_outputs(outputs, binary_default, spec):
@@ -397,8 +475,32 @@ def requested_outputs(outputs, binary_default, spec):
 
 
 def tensor_bytes(values, datatype):
-  """An output tensor's raw little-endian bytes (binary extension, gRPC raw_output_contents)."""
+  """An output tensor's raw bytes (binary extension, gRPC raw_output_contents): little-endian row-major numbers,
+  or length-prefixed BYTES elements."""
+  if datatype == "BYTES":
+    return join_bytes_elements(bytes_items(values))
   return np.ascontiguousarray(values, np.dtype(DTYPES[datatype]).newbyteorder("<")).tobytes()
+
+
+def output_entry(o, values, classify):
+  """-> (the output's JSON entry, its binary bytes or None)."""
+  k = o["classification"]
+  if k:
+    rows = classify(values, k)
+    values = bytes_array([s.encode() for r in rows for s in r], (len(rows), k))
+  datatype = "BYTES" if k else o["datatype"]
+  entry = {"name": o["name"], "datatype": datatype, "shape": list(values.shape)}
+  if o["binary"]:
+    blob = tensor_bytes(values, datatype)
+    entry["parameters"] = {"binary_data_size": len(blob)}
+    return entry, blob
+  if datatype == "BYTES":
+    entry["data"], encoded = text_or_base64(bytes_items(values))
+    if encoded:  # not text: the client must decode each string
+      entry["parameters"] = {"content_encoding": "base64"}
+  else:
+    entry["data"] = values.ravel().tolist()
+  return entry, None
 
 
 def v2_response(model_name, version, request, tensors, classify):
@@ -406,25 +508,10 @@ def v2_response(model_name, version, request, tensors, classify):
   classification-extension strings. Binary outputs follow the JSON header, in output order."""
   outs, blobs = [], []
   for o in request.outputs:
-    values = tensors[o["name"]]
-    if o["classification"]:
-      rows = classify(values, o["classification"])
-      entry = {"name": o["name"], "datatype": "BYTES", "shape": [len(rows), o["classification"]]}
-      flat = [s for r in rows for s in r]
-      if o["binary"]:
-        blob = join_bytes_elements([s.encode() for s in flat])
-      else:
-        entry["data"] = flat
-    else:
-      entry = {"name": o["name"], "datatype": o["datatype"], "shape": list(values.shape)}
-      if o["binary"]:
-        blob = tensor_bytes(values, o["datatype"])
-      else:
-        entry["data"] = values.ravel().tolist()
-    if o["binary"]:
-      entry["parameters"] = {"binary_data_size": len(blob)}
-      blobs.append(blob)
+    entry, blob = output_entry(o, tensors[o["name"]], classify)
     outs.append(entry)
+    if blob is not None:
+      blobs.append(blob)
   resp = {"model_name": model_name, "model_version": str(version), "outputs": outs}
   if request.id is not None:
     resp["id"] = request.id
@@ -438,7 +525,8 @@ def v2_response(model_name, version, request, tensors, classify):
 # ---------------------------------------------------------------- TF-Serving REST
 
 def parse_tfs(body, spec, limits):
-  """`{"instances": [...]}` (rows) or `{"inputs": ...}` (columns) -> (batch, kind, columnar)."""
+  """`{"instances": [...]}` (rows) or `{"inputs": ...}` (columns) -> (batch, kind, columnar, extras). Inputs
+  beside the images are per request, so they come in the columnar form: {"inputs": {"images": ..., NAME: ...}}."""
   if ("instances" in body) == ("inputs" in body):
     raise RequestError(400, "body needs exactly one of 'instances' (row form) or 'inputs' (columnar form)")
   if "instances" in body:
@@ -447,35 +535,60 @@ def parse_tfs(body, spec, limits):
       raise RequestError(400, "'instances' must be a list")
     if len(rows) > limits.max_images:
       raise RequestError(400, f"{len(rows)} instances, more than the limit of {limits.max_images}")
-    rows = [_unwrap_named(r) for r in rows]
-    if rows and all(_is_b64(r) for r in rows):
-      return decode_images([_b64(INPUT_NAME, r["b64"]) for r in rows], spec, limits), "uint8", False
-    if any(_is_b64(r) for r in rows):
+    rows = [_unwrap_named(r, spec)[INPUT_NAME] for r in rows]
+    if any(_is_b64(r) for r in rows) and not all(_is_b64(r) for r in rows):
       raise RequestError(400, "'instances' mixes {\"b64\": ...} images with numeric arrays")
-    arr, kind = _numeric(rows, spec, limits)
-    return arr, kind, False
-  value = _unwrap_named(body["inputs"])
-  if _is_b64(value):
-    value = [value]
+    images, kind = _tfs_images(rows, spec, limits)
+    return images, kind, False, request_inputs({INPUT_NAME: images}, spec, limits)[2]
+  named = _unwrap_named(body["inputs"], spec, columnar=True)
+  value = named.pop(INPUT_NAME)
+  value = [value] if _is_b64(value) else value
+  images, kind = _tfs_images(value, spec, limits)
+  extras = {n: _tfs_extra(n, v, spec, limits) for n, v in named.items()}
+  return images, kind, True, request_inputs({INPUT_NAME: images, **extras}, spec, limits)[2]
+
+
+def _tfs_images(value, spec, limits):
+  """TF-Serving's images: a list of {"b64": ...} encoded images, or nested numbers -> (batch, kind)."""
   if isinstance(value, list) and value and all(_is_b64(v) for v in value):
     if len(value) > limits.max_images:
       raise RequestError(400, f"{len(value)} images, more than the limit of {limits.max_images}")
-    return decode_images([_b64(INPUT_NAME, v["b64"]) for v in value], spec, limits), "uint8", True
-  arr, kind = _numeric(value, spec, limits)
-  return arr, kind, True
+    return decode_images([_b64(INPUT_NAME, v["b64"]) for v in value], spec, limits), "uint8"
+  return _numeric(value, spec, limits)
+
+
+def _tfs_extra(name, value, spec, limits):
+  """A columnar input beside the images -> array of its datatype (BYTES: strings, or {"b64": ...})."""
+  datatype = next(i.datatype for i in spec.inputs if i.name == name)
+  if datatype == "BYTES":
+    items = _flatten(name, value)
+    if not all(isinstance(v, str) or _is_b64(v) for v in items):
+      raise RequestError(400, f"input '{name}': BYTES values must be strings or {{\"b64\": ...}}")
+    shape = list(np.array(value, dtype=object).shape)  # lists of strings/dicts: their nesting
+    check_input(name, datatype, shape, spec, limits)
+    return bytes_array([_b64(name, v["b64"]) if _is_b64(v) else v.encode() for v in items], shape)
+  try:
+    arr = np.array(value)
+  except (ValueError, OverflowError) as e:
+    raise RequestError(400, f"input '{name}': not a regular array: {e}")
+  check_input(name, datatype, list(arr.shape), spec, limits)
+  return cast_numbers(name, arr, np.dtype(DTYPES[datatype]))
 
 
 def _is_b64(v):
   return isinstance(v, dict) and set(v) == {"b64"} and isinstance(v["b64"], str)
 
 
-def _unwrap_named(v):
-  """TF-Serving allows named inputs: {"images": value}; this model has one input."""
-  if isinstance(v, dict) and not _is_b64(v):
-    if set(v) != {INPUT_NAME}:
-      raise RequestError(400, f"unknown input(s) {sorted(v)}; this model takes one input named '{INPUT_NAME}'")
-    return v[INPUT_NAME]
-  return v
+def _unwrap_named(v, spec, columnar=False):
+  """TF-Serving's named inputs ({"images": value, ...}) or one unnamed value (the images) -> {name: value}."""
+  if not isinstance(v, dict) or _is_b64(v):
+    return {INPUT_NAME: v}
+  names = [INPUT_NAME, *(i.name for i in spec.inputs)] if columnar else [INPUT_NAME]
+  if INPUT_NAME not in v or not set(v) <= set(names):
+    beside = " (inputs beside the images go in the columnar form, {\"inputs\": {...}})" if spec.inputs else ""
+    raise RequestError(400, f"unknown input(s) {sorted(set(v) - set(names)) or sorted(v)}; this model takes "
+                            f"{names}, one named '{INPUT_NAME}'{beside}")
+  return dict(v)
 
 
 def _numeric(value, spec, limits):
@@ -493,17 +606,84 @@ def _numeric(value, spec, limits):
   return image_batch(INPUT_NAME, arr, spec, limits)
 
 
+def tfs_json(name, values):
+  """An output as TF-Serving writes it: numbers as nested lists; BYTES as strings, or {"b64": ...} objects when
+  the name ends in "_bytes" (TF-Serving's rule) or the elements are not all UTF-8 text."""
+  if values.dtype != object:
+    return values.tolist()
+  items = bytes_items(values)
+  strings, encoded = text_or_base64(items)
+  if name.endswith("_bytes") and not encoded:
+    strings, encoded = [base64.b64encode(b).decode("ascii") for b in items], True
+  return bytes_array([{"b64": v} for v in strings] if encoded else strings, values.shape).tolist()
+
+
 def tfs_response(tensors, names, columnar):
-  """TF-Serving's reply of the outputs `names` (the task's TFS_OUTPUTS) of a batch: one name answers its values
-  per row ({"predictions": [...]}) or as one column ({"outputs": [...]}); several answer a {name: value} object
-  per row, or {"outputs": {name: values}}, as TF-Serving does for a signature with several outputs."""
+  """TF-Serving's reply of the outputs `names` (served.tfs_outputs) of a batch: one name answers its values per
+  row ({"predictions": [...]}) or as one column ({"outputs": [...]}); several answer a {name: value} object per
+  row, or {"outputs": {name: values}}, as TF-Serving does for a signature with several outputs."""
   if len(names) == 1:
-    values = tensors[names[0]].tolist()
+    values = tfs_json(names[0], tensors[names[0]])
     return {"outputs": values} if columnar else {"predictions": values}
   if columnar:
-    return {"outputs": {n: tensors[n].tolist() for n in names}}
-  rows = {n: tensors[n].tolist() for n in names}
+    return {"outputs": {n: tfs_json(n, tensors[n]) for n in names}}
+  rows = {n: tfs_json(n, tensors[n]) for n in names}
   return {"predictions": [{n: rows[n][i] for n in names} for i in range(len(rows[names[0]]))]}
+
+
+def upload_extras(fields, spec, limits):
+  """An upload's query/form fields {name: [strings]} -> {input: 1-D array} for the inputs beside the images
+  (BYTES: each value's UTF-8; numbers parsed); other fields are not inputs and are left alone."""
+  extras = {}
+  for i in spec.inputs:
+    if i.name not in fields:
+      continue
+    values = fields[i.name]
+    count = check_input(i.name, i.datatype, [len(values)], spec, limits)
+    if i.datatype == "BYTES":
+      extras[i.name] = bytes_array([v.encode() for v in values], [count])
+      continue
+    try:
+      arr = np.array([float(v) for v in values])
+    except ValueError as e:
+      raise RequestError(400, f"input '{i.name}': {e}")
+    extras[i.name] = cast_numbers(i.name, arr, np.dtype(DTYPES[i.datatype]))
+  missing = [i.name for i in spec.inputs if i.required and i.name not in extras]
+  if missing:
+    raise RequestError(400, f"this model also needs the input(s) {missing}: add them as fields, e.g. "
+                            f"?{missing[0]}=VALUE&{missing[0]}=VALUE")
+  return extras
+
+
+def negotiate(accept, offers):
+  """The media type of `offers` (the server's, preferred first) that an HTTP `Accept` header likes best: the
+  highest q of the most specific range matching it ("image/png" over "image/*" over "*/*"); ties go to the
+  server's order; no header: the first offer. None when the client accepts none of them (406)."""
+  if not accept or not accept.strip():
+    return offers[0]
+  ranges = []
+  for part in accept.split(","):
+    kind, *params = [p.strip() for p in part.split(";")]
+    q = 1.0
+    for p in params:
+      key, _, value = p.partition("=")
+      if key.strip().lower() == "q":
+        try:
+          q = float(value)
+        except ValueError:
+          q = 0.0  # a malformed weight accepts nothing rather than everything
+    if kind:
+      ranges.append((kind.lower(), q))
+
+  def quality(offer):
+    major = offer.split("/")[0]
+    for pattern in (offer, f"{major}/*", "*/*"):  # the most specific range that names the offer decides
+      found = [q for kind, q in ranges if kind == pattern]
+      if found:
+        return max(found)
+    return 0.0
+  best = max(offers, key=lambda o: (quality(o), -offers.index(o)))
+  return best if quality(best) > 0 else None
 
 
 def is_upload(content_type, body):

@@ -15,14 +15,31 @@ import anyio
 import prometheus_client as prom
 from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.routing import Route
 
 from imgrec import tasks
 from imgrec.serve import management, page, protocol, repository, served as served_lib
 from imgrec.serve.protocol import RequestError
 
-V1 = ("/v1/models/{name}", "/v1/models/{name}/versions/{version}", "/v1/models/{name}/labels/{version}")
-V2 = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
+
+
+class ModelName(Convertor):
+  """A model name in a path: no "/" and no ":" (parse_model_arg refuses both), so `/v1/models/{name}` does not
+  swallow `/v1/models/m:verb` and a verb asked with the wrong method answers 405, not "model 'm:verb' not found"."""
+  regex = "[^/:]+"
+
+  def convert(self, value):
+    return value
+
+  def to_string(self, value):
+    return value
+
+
+register_url_convertor("model", ModelName())
+V1 = ("/v1/models/{name:model}", "/v1/models/{name:model}/versions/{version}",
+      "/v1/models/{name:model}/labels/{version}")
+V2 = ("/v2/models/{name:model}", "/v2/models/{name:model}/versions/{version}")
 
 
 # ---------------------------------------------------------------- request helpers
@@ -105,7 +122,7 @@ async def v2_infer(request):
   raw = await request.body()
   req = await parse(len(raw), protocol.parse_v2_infer, raw, request.headers.get("inference-header-content-length"),
                     m.spec, limits)
-  tensors = await m.infer(req.images, req.kind)
+  tensors = await m.infer(req.images, req.kind, extras=req.extras)
   body, headers = await protocol.off_loop(len(req.images) > protocol.BIG_REPLY_IMAGES, protocol.v2_response,
                                           m.name, m.version, req, tensors, m.spec.classify)
   return Response(body, headers=headers)
@@ -141,8 +158,8 @@ async def v1_predict(request):
   if protocol.is_upload(content_type(request), raw):
     return await upload(request, m, raw)
   body = await parse(len(raw), protocol.load_json, raw, limits)
-  images, kind, columnar = await parse(len(raw), protocol.parse_tfs, body, m.spec, limits)
-  tensors = await m.infer(images, kind)
+  images, kind, columnar, extras = await parse(len(raw), protocol.parse_tfs, body, m.spec, limits)
+  tensors = await m.infer(images, kind, extras=extras)
   return JSONResponse(protocol.tfs_response(tensors, served_lib.tfs_outputs(m.task), columnar))
 
 
@@ -155,34 +172,54 @@ async def v1_classify(request):
   # TF-Serving style: results per instance as [label, score] pairs
   k = max(1, min(query_k(request) or task.UPLOAD_K, len(m.spec.class_names)))
   body = await parse(len(raw), protocol.load_json, raw, limits)
-  images, kind, _ = await parse(len(raw), protocol.parse_tfs, body, m.spec, limits)
-  probs = (await m.infer(images, kind))["probabilities"]
+  images, kind, _, extras = await parse(len(raw), protocol.parse_tfs, body, m.spec, limits)
+  probs = (await m.infer(images, kind, extras=extras))["probabilities"]
   return JSONResponse({"results": [[[m.spec.class_names[j], float(p[j])] for j in t]
                                    for p, t in zip(probs, task.top_k(probs, k))]})
 
 
-async def upload_body(request, raw, limits):
-  """The image bytes of an upload: the body itself, or a multipart request's one file (read from memory: the
-  Gate has capped the body)."""
+async def upload_parts(request, raw, limits):
+  """-> (image bytes, {field: [values]}) of an upload: the body itself and the query's fields, or a multipart
+  request's one file and its other fields too (read from memory: the Gate has capped the body)."""
+  fields = {}
+  for key, value in request.query_params.multi_items():
+    fields.setdefault(key, []).append(value)
   if content_type(request) != "multipart/form-data":
-    return raw
-  form = await request.form(max_files=1, max_fields=8, max_part_size=limits.max_body_bytes)
+    return raw, fields
+  form = await request.form(max_files=1, max_fields=limits.max_images, max_part_size=limits.max_body_bytes)
   files = [v for v in form.values() if hasattr(v, "read")]
   if not files:
     raise RequestError(400, "multipart upload has no file field; send the image as a file, e.g. -F image=@cat.png")
-  return await files[0].read()
+  for key, value in form.multi_items():
+    if not hasattr(value, "read"):
+      fields.setdefault(key, []).append(value)
+  return await files[0].read(), fields
+
+
+def reply_type(request, m):
+  """The upload reply's media type the client's Accept asks for: JSON, or a PNG when the task draws one."""
+  offers = ["application/json"] + (["image/png"] if served_lib.upload_png(m.task) else [])
+  chosen = protocol.negotiate(request.headers.get("accept"), offers)
+  if chosen is None:
+    raise RequestError(406, f"Accept: {request.headers.get('accept')!r} takes none of what model {m.name!r} "
+                            f"answers an upload with: {', '.join(offers)}")
+  return chosen
 
 
 async def upload(request, m, raw):
   """An image as the body (curl --data-binary @cat.png) or a multipart file (curl -F image=@cat.png, the web
-  page) -> the task's JSON of it, in the uploaded image's own coordinates."""
-  k = query_k(request)
-  raw = await upload_body(request, raw, m.options.limits)
+  page) -> the task's JSON of it, in the uploaded image's own coordinates, or its PNG when the client's Accept
+  asks for image/png. The task's inputs beside the images come as query or form fields (?labels=cat&labels=dog)."""
+  k, media = query_k(request), reply_type(request, m)
+  raw, fields = await upload_parts(request, raw, m.options.limits)
+  extras = protocol.upload_extras(fields, m.spec, m.options.limits)
   image, to_source, size = await m.read_image(raw)
-  outputs = await m.infer(image[None], "uint8")
+  outputs = await m.infer(image[None], "uint8", extras=extras)
   result = m.task.upload_result({n: v[0] for n, v in outputs.items()}, image.shape[:2], to_source, size,
                                 m.spec.class_names, k)
-  return JSONResponse({"model": m.name, "version": str(m.version), **result})
+  if media == "image/png":
+    return Response(served_lib.upload_png(m.task)(result), media_type=media, headers={"vary": "Accept"})
+  return JSONResponse({"model": m.name, "version": str(m.version), **result}, headers={"vary": "Accept"})
 
 
 # ---------------------------------------------------------------- the page and metrics

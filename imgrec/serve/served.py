@@ -55,10 +55,12 @@ def tfs_outputs(task):
 
 
 def served_inputs(task):
-  """The inputs a task takes beside the images: ((name, datatype, per-request shape), ...) from its optional
-  INPUTS, e.g. (("labels", "BYTES", ("N",)),) for open-vocabulary classes; a named size is free (-1 in the
-  metadata). They reach the task's `postprocess(outputs, inputs)` as {name: numpy array}, not the model."""
-  return tuple(getattr(task, "INPUTS", ()))
+  """The inputs a task takes beside the images (protocol.InputSpec) from its optional INPUTS: tuples (name,
+  datatype, per-request shape[, required=True]), e.g. (("labels", "BYTES", ("N",)),) for open-vocabulary
+  classes; a named size is free (-1 in the metadata). They reach the task's `postprocess(outputs, inputs)` as
+  {name: numpy array} (BYTES: an object array of bytes), not the compiled model: they are per request, while
+  the batcher merges the images of many requests."""
+  return tuple(protocol.InputSpec(*i) for i in getattr(task, "INPUTS", ()))
 
 
 def postprocess(task, outputs, extras):
