@@ -36,6 +36,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "scripts"))  # bench_import's timm-layout writer
 SIZES = "1,8"
 
 
@@ -51,13 +52,12 @@ def make_resnet_run(path):
 
 
 def make_vit_import(path, tmp):
-  import timm
-  from safetensors.torch import save_file
+  """A ViT-S/16 in timm's layout with its pretrained_cfg (bench_import.py writes the weights), `imgrec import`ed."""
+  from bench_import import vit_b16_timm
   from imgrec import checkpoint_import
-  model = timm.create_model("vit_small_patch16_224", pretrained=False)
   folder = os.path.join(tmp, "vit_s16_timm")
   os.makedirs(folder)
-  save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(folder, "model.safetensors"))
+  vit_b16_timm(os.path.join(folder, "model.safetensors"), d=384, m=1536)
   with open(os.path.join(folder, "config.json"), "w") as f:
     json.dump({"architecture": "vit_small_patch16_224", "num_classes": 1000,
                "pretrained_cfg": {"input_size": [3, 224, 224], "mean": [0.5] * 3, "std": [0.5] * 3,
