@@ -267,6 +267,10 @@ def dataset(run):
   """The data set of a restored run (its task's `open_data` of its config's data, the splits as the source gives
   them: no val split carved out), checked against its dataset.json: the model needs the classes and the image
   shape it was trained on."""
+  if run.info.get("imported") and not run.cfg.data.source:
+    raise UserError("an `imgrec import` folder names no data: point it at yours with "
+                    "--config.data.source=folder:DIR (or tfds:NAME) whose classes are the checkpoint's, "
+                    f"{run.info['class_names'][:3]}...")
   data_cfg = run.cfg.data.copy_and_resolve_references()
   data_cfg.val_fraction = 0.0
   ds = tasks.get(run.cfg.task).open_data(data_cfg)
