@@ -195,11 +195,14 @@ def test_unload_frees_the_parameters_and_programs(server, reference):
 
 
 def test_control_mode_none_refuses_load_and_unload(trained_workdir, tmp_path):
+  """Mode none loads everything at start; a --workdir model (version: its checkpoint's step) sits beside them."""
   run_version(str(tmp_path), "m", 3, trained_workdir)
-  with running_server([], options(model_repository=str(tmp_path))) as (url, _):
+  with running_server([("fixed", None, trained_workdir)], options(model_repository=str(tmp_path))) as (url, _):
     r = requests.post(url + "/v2/repository/models/m/unload")
     assert r.status_code == 400 and "refused in model control mode 'none'" in r.json()["error"]
     assert requests.get(url + "/v2/models/m/versions/3/ready").status_code == 200  # loaded at start
+    assert requests.get(url + "/v2/models/fixed/versions/60/ready").status_code == 200
+    assert {r["name"] for r in requests.post(url + "/v2/repository/index").json()} == {"fixed", "m"}
 
 
 def test_reloads_and_unloads_under_load_fail_no_request(trained_workdir, reference, tmp_path):
