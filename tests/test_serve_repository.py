@@ -150,6 +150,11 @@ def test_tritonclient_http_manages_the_repository(server, reference):
     r = requests.post(f"{url}/v2/repository/models/{bad}/load", headers=A)
     assert r.status_code in (400, 404) and "not a plain name" in r.text or r.status_code == 404, (bad, r.text)
   assert requests.post(f"{url}/v2/repository/models/x..y/load", headers=A).status_code == 400
+  # an octet-stream body is an upload, never JSON: an empty or non-image one gets an image error
+  octet = {**H, "Content-Type": "application/octet-stream"}
+  for raw, status, words in ((b"", 400, "empty body; send an image"), (b"\x00garbage", 415, "unsupported image")):
+    r = requests.post(url + "/v1/models/digits:predict", data=raw, headers=octet)
+    assert r.status_code == status and words in r.json()["error"], r.text
 
 
 def test_tritonclient_grpc_manages_the_repository(server):
