@@ -11,6 +11,8 @@
   imgrec import-torchvision ARCH WEIGHTS.pth --workdir W   (the same as `imgrec import WEIGHTS --model ARCH --out W`)
   imgrec compress --workdir W --method int8|bf16|prune|channels --out PATH [--sparsity 0.9 --steps 200]
   imgrec serve --workdir W [--workdir NAME:VERSION=W2 ...] [--host H --port P] [--grpc-port G] [--api-keys-file F]
+               [--model-repository DIR --model-control-mode none|explicit|poll --load-model NAME
+                --repository-poll-secs S --memory-budget 8G|0.5 --admin-keys-file F]
   imgrec sweep --config C --study DIR --trials N --space 'optim.lr=loguniform(1e-4,1e-1)' [--space ...]
                [--storage URL] [--metric val.METRIC] [--direction maximize] [--pruner median] [--config.KEY=VALUE ...]
   imgrec models [NAME ...] [--flops [NAME ...]] [--json]
@@ -156,14 +158,19 @@ def _cli_value(v):
 
 def _serve(args, overrides):
   from imgrec import config, workdir as wd
-  from imgrec.serve import app
+  from imgrec.serve import app, repository
   wd.apply_data_overrides(config.defaults(), overrides)  # the server reads no data: only refuse other keys
   sizes = csv_arg(args.batch_sizes, "--batch-sizes", int, example="1,8,32,64")
   if not sizes:
     raise UserError(f"--batch-sizes {args.batch_sizes!r}: give positive integers, e.g. 1,8,32,64")
+  if args.repository_poll_secs <= 0:
+    raise UserError(f"--repository-poll-secs {args.repository_poll_secs}: give a positive number of seconds")
   options = app.Options(batch_sizes=sizes, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
-                        timeout_s=args.timeout, float_inputs=not args.no_float_inputs)
-  app.serve(args.workdir, args.host, args.port, args.api_keys_file, options, args.grpc_port)
+                        timeout_s=args.timeout, float_inputs=not args.no_float_inputs,
+                        model_repository=args.model_repository, control_mode=args.model_control_mode,
+                        load_models=tuple(args.load_model), poll_secs=args.repository_poll_secs,
+                        memory_budget=repository.parse_budget(args.memory_budget, repository.memory_total()))
+  app.serve(args.workdir, args.host, args.port, args.api_keys_file, options, args.grpc_port, args.admin_keys_file)
 
 
 def _sweep(args, overrides):
@@ -272,8 +279,21 @@ def parser():
   i.add_argument("--workdir", required=True, help="a new folder: params.npz, import.json, import_report.json")
   i.set_defaults(func=_import)
   s = sub.add_parser("serve", help="serve workdirs over HTTP (OIP v2, TF-Serving REST, uploads, web page) and gRPC")
-  s.add_argument("--workdir", action="append", required=True,
-                 help="W, NAME=W or NAME:VERSION=W; repeat to serve several models/versions")
+  s.add_argument("--workdir", action="append",
+                 help="W, NAME=W or NAME:VERSION=W (a run or an `imgrec import` folder); repeat to serve several "
+                 "models/versions")
+  s.add_argument("--model-repository", help="DIR of DIR/NAME/VERSION/ folders (runs, import folders, export "
+                 "artifacts) and optional DIR/NAME/model.json settings")
+  s.add_argument("--model-control-mode", default="none", choices=("none", "explicit", "poll"),
+                 help="none: load every model at start; explicit: --load-model, then the repository API; poll: "
+                 "follow the folder")
+  s.add_argument("--load-model", action="append", default=[], metavar="NAME",
+                 help="explicit mode: load NAME at start (repeatable; '*' for all)")
+  s.add_argument("--repository-poll-secs", type=float, default=15.0, help="poll mode: seconds between scans")
+  s.add_argument("--memory-budget", help="bytes loaded models may hold (8G, 512M) or a fraction of memory (0.5); "
+                 "a request then loads its model and idle ones are evicted, least recently used first")
+  s.add_argument("--admin-keys-file", help="keys for model management (repository index, load, unload); with "
+                 "--api-keys-file an inference key gets 403 there")
   s.add_argument("--host", default="127.0.0.1")
   s.add_argument("--port", type=int, default=8000)
   s.add_argument("--grpc-port", type=int, help="also serve the OIP v2 gRPC API (KServe/Triton clients) on this port")
