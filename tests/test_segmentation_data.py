@@ -9,20 +9,21 @@ from PIL import Image
 
 from imgrec.data import preprocess
 from imgrec.errors import UserError
-from imgrec.tasks.segmentation import data, layouts, settings, synthetic
+from imgrec.tasks import segmentation as task
+from imgrec.tasks.segmentation import data, layouts, synthetic
 
 
 def seg_cfg(source, **data_keys):
   """A config with the keys segmentation data reads (the shared data keys and the task's own)."""
-  sections = settings.settings()
+  sections = task.settings()
   d = ml_collections.ConfigDict({"source": source, "dir": "", "image_size": 0, "pp_train": "", "pp_eval": "",
                                  "on_bad_image": "error", "workers": 0, "train_split": "train", "eval_split": "test",
                                  "test_fraction": 0.25, "val_fraction": 0.0})
   d.update(sections["data"])
-  seg = sections[settings.NAME]
+  seg = sections[task.NAME]
   for k, v in data_keys.items():
     (seg if k in seg else d)[k] = v
-  return ml_collections.ConfigDict({"data": d, settings.NAME: seg})
+  return ml_collections.ConfigDict({"data": d, task.NAME: seg, "model": {"name": "tiny", "dtype": "float32", "kwargs": {}}})
 
 
 def png(path, a, palette=False):
