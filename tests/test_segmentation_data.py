@@ -218,3 +218,13 @@ def test_bad_sources():
   with pytest.raises(UserError, match="one fixed input size"):
     data.open_data(seg_cfg("digit_masks", pp_train="decode", pp_eval="decode", digit_masks_train=1,
                            digit_masks_test=1))
+
+
+def test_make_segmentation_data_command(tmp_path, capsys):
+  from imgrec import cli
+  out = tmp_path / "seg"
+  assert cli.main(["make-segmentation-data", str(out), "--train", "3", "--test", "2", "--size", "48"]) == 0
+  assert f"seg:{out}" in capsys.readouterr().out
+  assert sorted(os.listdir(out)) == ["classes.txt", "images", "masks", "preview.png", "test.txt", "train.txt"]
+  assert cli.main(["make-segmentation-data", str(out), "--train", "3"]) != 0  # never overwrites
+  assert "already holds files" in capsys.readouterr().err
