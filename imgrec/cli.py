@@ -12,7 +12,7 @@
   imgrec compress --workdir W --method int8|bf16|prune|channels --out PATH [--sparsity 0.9 --steps 200]
   imgrec serve --workdir W [--workdir NAME:VERSION=W2 ...] [--host H --port P] [--grpc-port G] [--api-keys-file F]
   imgrec sweep --config C --study DIR --trials N --space 'optim.lr=loguniform(1e-4,1e-1)' [--space ...]
-               [--storage URL] [--metric val.accuracy] [--direction maximize] [--pruner median] [--config.KEY=VALUE ...]
+               [--storage URL] [--metric val.METRIC] [--direction maximize] [--pruner median] [--config.KEY=VALUE ...]
   imgrec models [NAME ...] [--flops [NAME ...]] [--json]
   imgrec make-detection-data DIR [--train N] [--test N] [--size S] [--glyphs digits|fashion_mnist]
   imgrec make-segmentation-data DIR [--train N] [--test N] [--size S]
@@ -84,8 +84,7 @@ def _robustness(args, overrides):
   print(robustness.table_markdown(result))
   print(f"written: {result['out']}/robustness.md, robustness.json, robustness.png")
   if args.json:
-    print(json.dumps({k: result[k] for k in ("split", "examples", "clean_accuracy", "mean_corruption_accuracy",
-                                              "relative_drop", "adversarial")}))
+    print(json.dumps(robustness.headline(result)))
 
 
 def _explain(args, overrides):
@@ -98,11 +97,16 @@ def _explain(args, overrides):
 
 
 def _augment_preview(args, overrides):
-  from imgrec import config
-  from imgrec.data import augment
+  from imgrec import config, tasks
   cfg = config.load(args.config)
   config.override(cfg, overrides)
-  print(f"wrote {augment.preview(cfg, args.out)}")
+  task = tasks.get(cfg.task)
+  preview = task.augment_preview(cfg, task.open_data(cfg))  # through the task: what its augmentations do
+  if preview is None:
+    raise UserError(f"`imgrec augment-preview` has nothing to draw for the {task.NAME} task: its geometry happens "
+                    "at decode time (data.pp_train); its report draws test images instead")
+  plot, *arguments = preview
+  print(f"wrote {plot(*arguments, args.out)}")
 
 
 def _export(args, overrides):
@@ -121,10 +125,7 @@ def _compress(args, overrides):
   from imgrec import compress, train
   r = compress.compress_workdir(args.workdir, args.method, args.out, sparsity=args.sparsity, steps=args.steps,
                                 finetune=train.train)
-  extra = f", sparsity {r['sparsity']:.3f}" if "sparsity" in r else ""
-  extra += f", params {r['params_fp32']} -> {r['params']}" if "params" in r else ""
-  print(f"{r['method']}: accuracy {r['accuracy']:.4f} (fp32 {r['accuracy_fp32']:.4f}), "
-        f"{r['bytes']} bytes (fp32 {r['bytes_fp32']}){extra} -> {args.out}")
+  print(f"{compress.line(r)} -> {args.out}")
 
 
 def _import(args, overrides):
@@ -178,12 +179,12 @@ def _models(args, overrides):
   names += [n for n in flops if n not in names]
   flops = flops or (names if args.flops is not None else [])  # a bare --flops: every listed model
   with tqdm.tqdm(total=len(names), desc="models", unit="model", disable=args.json or len(names) == 1) as bar:
-    rows = profile.describe_all(names, args.num_classes, flops, bar.update)
+    rows = profile.describe_all(names, args.head_size, flops, bar.update)
   if args.json:
     print(json.dumps([{k: r[k] for k in ("name", "family", "input_shape", "params", "gflops")} for r in rows]))
   else:
     print(profile.table(rows))
-    print(f"params at {args.num_classes} classes" + (
+    print(f"params at {args.head_size} classes" + (
         "; GFLOPs: XLA cost analysis of the compiled forward pass, batch 1, a multiply-add = 2 FLOPs "
         f"(cached in {profile.cache_path()})" if flops else "; GFLOPs with --flops [NAME ...]"))
 
@@ -226,7 +227,7 @@ def parser():
   e.add_argument("--workdir", required=True)
   e.add_argument("--split", help="split to evaluate (default: the config's eval split)")
   e.add_argument("--batch-size", type=int, help="global batch size (default: the config's)")
-  e.add_argument("--tta", action="store_true", help="test-time augmentation: average over horizontal flips")
+  e.add_argument("--tta", action="store_true", help="classification: test-time augmentation, the softmax averaged over horizontal flips")
   e.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
   e.set_defaults(func=_eval)
   a = sub.add_parser("augment-preview", help="write a PNG grid of augmented training images")
@@ -301,7 +302,8 @@ def parser():
                  "choice(x,y,...); repeat for more keys")
   w.add_argument("--storage", help="Optuna storage URL (default: sqlite:///STUDY/study.db)")
   w.add_argument("--study-name", help="study name in the storage (default: the --study folder's name)")
-  w.add_argument("--metric", default="val.accuracy", help="val.accuracy or val.loss (needs data.val_fraction > 0)")
+  w.add_argument("--metric", default="", help="val.METRIC, one the task may select on (default: the config's "
+                 "select_metric; classification: val.accuracy or val.loss; needs data.val_fraction > 0)")
   w.add_argument("--direction", choices=("maximize", "minimize"), help="default: minimize a loss, else maximize")
   w.add_argument("--pruner", default="median", help="median, hyperband, halving or none")
   w.add_argument("--sampler", default="tpe", help="tpe, random or grid (grid: every --space a choice)")
@@ -310,7 +312,7 @@ def parser():
   w.set_defaults(func=_sweep)
   m = sub.add_parser("models", help="list registered models: family, parameters, input size (GFLOPs with --flops)")
   m.add_argument("names", nargs="*", help="models to describe (default: all)")
-  m.add_argument("--num-classes", type=int, default=1000)
+  m.add_argument("--num-classes", dest="head_size", type=int, default=1000, help="outputs of the head (classes)")
   m.add_argument("--flops", nargs="*", metavar="NAME",
                  help="also forward GFLOPs (a compile each, then cached): of NAMEs, or of every listed model")
   m.add_argument("--json", action="store_true", help="print the rows as JSON")

@@ -12,51 +12,17 @@ import sys
 
 import ml_collections
 
-from imgrec import files
+from imgrec import files, tasks
 from imgrec.errors import UserError
 
 
 def defaults():
-  """The full schema. Its values are the default run: a small CNN on `digits`."""
+  """The full schema: the shared keys below, then every task's own (its settings(), imgrec/tasks/NAME/settings.py).
+  Its values are the default run: a small CNN on `digits`."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.task = "classification"  # what is recognised (imgrec/tasks): classification
-
-  c.data = ml_collections.ConfigDict()
-  c.data.source = "digits"    # digits | fashion_mnist | mnist | idx:DIR | folder:DIR | tfds:NAME
-  #                             detection: digit_boxes | coco:DIR | coco:ANN.json@IMAGES (tasks/detection/data.py)
-  c.data.dir = ""             # overrides the directory of fashion_mnist / mnist; tfds: its data_dir
-  c.data.image_size = 0       # resize to this square size (0: keep the source's size); photos: the crop size
-  c.data.test_fraction = 0.2  # for sources without a test split (digits, flat folders)
-  c.data.train_split = "train"
-  c.data.eval_split = "test"
-  # Host preprocessing at decode time for folder: and tfds: (imgrec/data/preprocess.py), e.g.
-  # "decode|random_resized_crop(224)|flip" / "decode|resize_small(256)|central_crop(224)".
-  # "": the source's default (that ImageNet recipe for photos; decode, or resize(image_size), for small
-  # fixed-size sets). digits and IDX are arrays in memory: they take data.image_size only.
-  c.data.pp_train = ""
-  c.data.pp_eval = ""         # also what `imgrec serve` applies to uploaded images (saved in dataset.json)
-  c.data.channels = 0         # folder:/tfds: 1 or 3; 0: from a sample of the images (all grayscale: 1)
-  c.data.on_bad_image = "error"  # error | skip: an unreadable image stops the run naming it, or is skipped and counted
-  c.data.workers = -1         # processes decoding folder:/tfds: images (-1: one per core, up to 16; 0: none)
-  c.data.prefetch = 2         # batches prepared ahead (per worker, and on the background thread)
-  c.data.norm = ""            # "imagenet": torchvision's ImageNet mean/std (imported torchvision weights need it)
-  c.data.mean = ()            # per-channel mean of [0, 1] pixels, with data.std; (): estimated on the train split
-  c.data.std = ()
-  c.data.stats_examples = 2000  # images of a folder:/tfds: train split (decoded in the workers) for that estimate
-  c.data.augment = ""         # on-device augmentation, e.g. "crop(pad=4)|flip|mixup(0.2)" (imgrec/data/augment.py)
-  c.data.val_fraction = 0.0   # > 0: hold out this stratified fraction of train as "val" for model selection
-  c.data.classes = ()         # keep only these class indices, relabelled 0..k-1 in this order (): all
-  c.data.train_per_class = 0  # k-shot: keep N training examples per class (fixed draw); 0: all
-  # Detection: boxes per example, padded to this static size (batches need one shape); an image with more
-  # keeps its largest (COCO's most crowded image has 93 non-crowd boxes).
-  c.data.max_boxes = 100
-  # digit_boxes, the embedded detection set: images generated per split, and their square canvas size.
-  c.data.digit_boxes_train = 2000
-  c.data.digit_boxes_test = 500
-  c.data.digit_boxes_size = 96
-  c.data.digit_boxes_glyphs = "digits"  # or "fashion_mnist" (the Debian package dataset-fashion-mnist)
-
+  c.task = "classification"  # what is recognised: a task of imgrec/tasks (classification | detection | ...)
+  c.data = _data()
   c.model = ml_collections.ConfigDict()
   c.model.name = "small_cnn"
   c.model.kwargs = ml_collections.ConfigDict()  # passed to the model constructor
@@ -65,31 +31,8 @@ def defaults():
   c.batch_size = 64           # global batch, split over all devices of all processes
   c.epochs = 20.0             # training length; `steps` wins when > 0
   c.steps = 0
-
-  c.optim = ml_collections.ConfigDict()
-  c.optim.name = "adamw"      # any optax optimiser by name: sgd, adam, adamw, lamb, lion, ...
-  c.optim.kwargs = ml_collections.ConfigDict()  # extra arguments of that optimiser (b1, eps, ...)
-  c.optim.lr = 3e-3
-  c.optim.momentum = 0.9      # sgd only
-  c.optim.nesterov = False    # sgd only
-  c.optim.weight_decay = 1e-4  # decoupled where the optimiser takes weight_decay, else added to the gradient
-  c.optim.no_decay = r"(bias|scale)$"  # regex on param paths ("stage1/conv1/kernel") never decayed
-  c.optim.l2 = 0.0             # L2 penalty (l2/2 * sum p^2) in the loss, same mask as weight decay
-  c.optim.l1 = 0.0             # L1 penalty (l1 * sum |p|) in the loss, same mask
-  c.optim.freeze = ""          # regex on param paths that are not trained
-  c.optim.schedule = "cosine"  # cosine | constant | linear | step | onecycle
-  c.optim.warmup_epochs = 1.0
-  c.optim.warmup_steps = 0     # wins over warmup_epochs when > 0
-  c.optim.decay_epochs = (30.0, 60.0, 80.0)  # step schedule: epochs where lr is multiplied by decay_factor
-  c.optim.decay_factor = 0.1
-  c.optim.grad_clip = 0.0      # global-norm clip (0: off)
-  c.optim.label_smoothing = 0.0
-  c.optim.ema_decay = 0.0      # > 0: keep an EMA of the params; evaluation and export use it
-  c.optim.accum_steps = 1      # gradient accumulation: micro-batches per optimiser step
-  c.optim.prune_sparsity = 0.0  # > 0: gradual global magnitude pruning of the kernels to this sparsity
-  c.optim.prune_every = 10      # steps between re-computations of the pruning masks
-
-  c.select_metric = "accuracy"  # val metric that picks the best checkpoint (the task's SELECT): accuracy | loss
+  c.optim = _optim()
+  c.select_metric = ""  # val metric that picks the best checkpoint: one of the task's SELECT ("": its default)
   c.early_stop_patience = 0     # > 0: stop after this many evaluations without a better val metric
 
   c.transfer = ml_collections.ConfigDict()  # fine-tuning (imgrec/transfer.py)
@@ -98,26 +41,6 @@ def defaults():
   c.transfer.reinit = "(^|/)head/"  # regex over "params/..." names kept freshly initialised (the new head)
   c.transfer.prefix = ""      # where init_from's model sits in this one: "backbone/" loads a classifier into a detector
   c.transfer.lr_mults = ()    # ((regex, multiplier), ...): first match scales that parameter's updates
-
-  c.distill = ml_collections.ConfigDict()  # knowledge distillation (losses.distillation, in the train step)
-  c.distill.teacher = ""      # teacher workdir ("" : off); same data and classes as this run
-  c.distill.alpha = 0.5       # loss = alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T)
-  c.distill.temperature = 4.0
-
-  c.detection = ml_collections.ConfigDict()  # the detection task's FCOS head, loss and decoding (imgrec/tasks/detection)
-  c.detection.fpn_channels = 256    # width of the FPN and of the head towers
-  c.detection.levels = (3, 4, 5, 6, 7)  # pyramid levels (stride 2**level), consecutive; past 5 from stride-2 convs
-  c.detection.head_convs = 4        # conv + GroupNorm + relu layers in each of the class and box towers
-  c.detection.prior_prob = 0.01     # initial class probability of every point (focal-loss bias init)
-  c.detection.center_radius = 1.5   # centre sampling: positives lie within this many strides of a box's centre
-  c.detection.cls_weight = 1.0      # weight of the sigmoid focal loss (alpha 0.25, gamma 2) on the classes
-  c.detection.box_weight = 1.0      # weight of the GIoU loss on positive points (weighted by their centerness)
-  c.detection.ctr_weight = 1.0      # weight of the centerness BCE
-  c.detection.l1_weight = 0.0       # weight of an L1 loss on ltrb distances divided by the stride (FCOS: none)
-  c.detection.num_detections = 100  # K: detections kept per image after NMS (COCO's AR@100 needs 100)
-  c.detection.pre_nms_topk = 1000   # (point, class) candidates scored before NMS; its cost grows as its square
-  c.detection.nms_iou = 0.6         # class-aware NMS drops a box overlapping a better one of its class above this
-  c.detection.score_threshold = 0.05  # detections scoring below this are dropped
 
   c.eval_every = 0            # steps between evaluations (0: once per epoch)
   c.log_every = 50            # steps between training-metric records
@@ -133,7 +56,75 @@ def defaults():
   c.parallel.process_id = -1
   c.parallel.fsdp = False           # shard params, optimiser state and EMA over the devices (FSDP), not replicate
   c.parallel.fsdp_min_size = 4096   # FSDP: arrays with fewer elements stay replicated (not worth a gather)
+  for task in tasks.TASKS.values():
+    _add(c, task.settings(), task.NAME)
   return c
+
+
+def _add(c, block, owner):
+  """Adds a task's {section: {key: default}} to the schema; a key two tasks declare is a programming error."""
+  for section, keys in block.items():
+    if section not in c:
+      c[section] = ml_collections.ConfigDict()
+    for key, value in keys.items():
+      assert key not in c[section], f"config key {section}.{key} of the {owner} task is declared twice"
+      c[section][key] = value
+
+
+def _data():
+  """The `data` section: where examples come from and how they are decoded and normalised."""
+  d = ml_collections.ConfigDict()
+  d.source = "digits"    # the task's sources; classification: digits | fashion_mnist | mnist | idx:DIR | folder:DIR |
+  #                        tfds:NAME; detection: digit_boxes | coco:DIR | coco:ANN.json@IMAGES (imgrec/tasks/*/data.py)
+  d.dir = ""             # overrides the directory of fashion_mnist / mnist; tfds: its data_dir
+  d.image_size = 0       # resize to this square size (0: keep the source's size); photos: the crop size
+  d.test_fraction = 0.2  # for sources without a test split (digits, flat folders)
+  d.train_split = "train"
+  d.eval_split = "test"
+  # Host preprocessing at decode time for folder: and tfds: (imgrec/data/preprocess.py), e.g.
+  # "decode|random_resized_crop(224)|flip" / "decode|resize_small(256)|central_crop(224)".
+  # "": the source's default (that ImageNet recipe for photos; decode, or resize(image_size), for small
+  # fixed-size sets). digits and IDX are arrays in memory: they take data.image_size only.
+  d.pp_train = ""
+  d.pp_eval = ""         # also what `imgrec serve` applies to uploaded images (saved in dataset.json)
+  d.channels = 0         # folder:/tfds: 1 or 3; 0: from a sample of the images (all grayscale: 1)
+  d.on_bad_image = "error"  # error | skip: an unreadable image stops the run naming it, or is skipped and counted
+  d.workers = -1         # processes decoding folder:/tfds: images (-1: one per core, up to 16; 0: none)
+  d.prefetch = 2         # batches prepared ahead (per worker, and on the background thread)
+  d.norm = ""            # "imagenet": torchvision's ImageNet mean/std (imported torchvision weights need it)
+  d.mean = ()            # per-channel mean of [0, 1] pixels, with data.std; (): estimated on the train split
+  d.std = ()
+  d.stats_examples = 2000  # images of a folder:/tfds: train split (decoded in the workers) for that estimate
+  d.augment = ""         # on-device augmentation, e.g. "crop(pad=4)|flip|mixup(0.2)" (imgrec/data/augment.py)
+  d.val_fraction = 0.0   # > 0: hold out this stratified fraction of train as "val" for model selection
+  return d
+
+
+def _optim():
+  """The `optim` section: the optimiser, its schedule, regularisation, EMA, accumulation and pruning."""
+  d = ml_collections.ConfigDict()
+  d.name = "adamw"      # any optax optimiser by name: sgd, adam, adamw, lamb, lion, ...
+  d.kwargs = ml_collections.ConfigDict()  # extra arguments of that optimiser (b1, eps, ...)
+  d.lr = 3e-3
+  d.momentum = 0.9      # sgd only
+  d.nesterov = False    # sgd only
+  d.weight_decay = 1e-4  # decoupled where the optimiser takes weight_decay, else added to the gradient
+  d.no_decay = r"(bias|scale)$"  # regex on param paths ("stage1/conv1/kernel") never decayed
+  d.l2 = 0.0             # L2 penalty (l2/2 * sum p^2) in the loss, same mask as weight decay
+  d.l1 = 0.0             # L1 penalty (l1 * sum |p|) in the loss, same mask
+  d.freeze = ""          # regex on param paths that are not trained
+  d.schedule = "cosine"  # cosine | constant | linear | step | onecycle
+  d.warmup_epochs = 1.0
+  d.warmup_steps = 0     # wins over warmup_epochs when > 0
+  d.decay_epochs = (30.0, 60.0, 80.0)  # step schedule: epochs where lr is multiplied by decay_factor
+  d.decay_factor = 0.1
+  d.grad_clip = 0.0      # global-norm clip (0: off)
+  d.label_smoothing = 0.0
+  d.ema_decay = 0.0      # > 0: keep an EMA of the params; evaluation and export use it
+  d.accum_steps = 1      # gradient accumulation: micro-batches per optimiser step
+  d.prune_sparsity = 0.0  # > 0: gradual global magnitude pruning of the kernels to this sparsity
+  d.prune_every = 10      # steps between re-computations of the pruning masks
+  return d
 
 
 # Sections whose keys are checked by their consumer (the model constructor, the optimiser).
@@ -243,7 +234,7 @@ def override(cfg, assignments):
 def validate(cfg):
   """Checks values that would otherwise fail deep inside training, or be silently taken to mean something
   else. The one place a config's values are checked: `imgrec train` and every trial of `imgrec sweep` call it
-  before anything is written."""
+  before anything is written. Resolves select_metric "" to the task's default (the saved config names it)."""
   if cfg.batch_size <= 0:
     raise UserError(f"batch_size must be positive, got {cfg.batch_size}")
   if cfg.steps < 0 or cfg.epochs < 0 or (cfg.steps == 0 and cfg.epochs == 0):
@@ -269,8 +260,12 @@ def validate(cfg):
     raise UserError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
   if not 0 < cfg.data.test_fraction < 1:
     raise UserError(f"data.test_fraction must be in (0, 1), got {cfg.data.test_fraction}")
-  _validate_data(cfg.data)
-  _validate_detection(cfg.detection)
+  task = tasks.get(cfg.task)
+  cfg.select_metric = cfg.select_metric or task.DEFAULT_SELECT  # "" is the task's default; saved resolved
+  tasks.select_direction(task, cfg.select_metric)
+  _validate_data(cfg.data, task)
+  refuse_other_tasks_keys(cfg, task)
+  task.validate(cfg)
   if cfg.model.dtype == "float16":  # float16 training needs dynamic loss scaling, which imgrec does not do
     raise UserError("model.dtype 'float16' is refused for training: without loss scaling, small gradients "
                     "underflow to zero in float16; use --config.model.dtype=bfloat16 (float32's exponent range, no "
@@ -296,11 +291,12 @@ def _check_regex(key, pattern):
                     "matches parameter paths ending in bias or scale") from None
 
 
-def _validate_data(d):
-  encoded = d.source.startswith(("folder:", "tfds:", "coco:")) or d.source == "digit_boxes"
+def _validate_data(d, task):
+  encoded = d.source.startswith(task.DECODED_SOURCES)
+  decoders = ", ".join(task.DECODED_SOURCES)
   _at_least(d, "image_size", 0, "the square size images are resized to; 0: the source's own", "data.")
   if (d.pp_train or d.pp_eval) and not encoded:
-    raise UserError(f"data.pp_train / data.pp_eval preprocess encoded images (folder:, tfds:, coco:, digit_boxes); "
+    raise UserError(f"data.pp_train / data.pp_eval preprocess encoded images ({decoders}); "
                     f"{d.source!r} is held in memory as arrays: use data.image_size, and data.augment on device")
   if (d.pp_train or d.pp_eval) and d.image_size:
     raise UserError("set data.image_size or data.pp_train / data.pp_eval, not both: the op strings give the size, "
@@ -322,45 +318,33 @@ def _validate_data(d):
                     "std > 0")
   if d.stats_examples < 1:
     raise UserError(f"data.stats_examples must be positive, got {d.stats_examples}")
-  if d.max_boxes < 1:
-    raise UserError(f"data.max_boxes must be positive (boxes kept per image), got {d.max_boxes}")
-  if d.digit_boxes_train < 1 or d.digit_boxes_test < 1 or d.digit_boxes_size < 32:
-    raise UserError(f"digit_boxes needs data.digit_boxes_train and _test >= 1 and data.digit_boxes_size >= 32 "
-                    f"(glyphs are 12-48 px), got {d.digit_boxes_train}, {d.digit_boxes_test}, {d.digit_boxes_size}")
-  if d.digit_boxes_glyphs not in ("digits", "fashion_mnist"):
-    raise UserError(f"data.digit_boxes_glyphs must be digits or fashion_mnist, got {d.digit_boxes_glyphs!r}")
   schema = defaults().data
   ignored = [f"data.{k}={d[k]!r}" for k in ENCODED_ONLY if d[k] != schema[k]]
   if ignored and not encoded:
-    raise UserError(f"{', '.join(ignored)} set, but only folder:, tfds:, coco: and digit_boxes sources decode images; {d.source!r} is "
-                    f"held in memory as arrays and would ignore {'it' if len(ignored) == 1 else 'them'}: leave "
-                    f"{'it' if len(ignored) == 1 else 'them'} at the default")
+    them = "it" if len(ignored) == 1 else "them"
+    raise UserError(f"{', '.join(ignored)} set, but only {decoders} sources decode images; {d.source!r} is held "
+                    f"in memory as arrays and would ignore {them}: leave {them} at the default")
 
 
-# Data keys that act on decoding (folder:, tfds:, coco:, digit_boxes) only; digits and IDX sets are arrays in memory.
+# Data keys that act on decoding (a task's DECODED_SOURCES) only; digits and IDX sets are arrays in memory.
 ENCODED_ONLY = ("channels", "workers", "on_bad_image", "stats_examples")
 
 
-def _validate_detection(d):
-  levels = tuple(d.levels)
-  if not levels or min(levels) < 2 or levels != tuple(range(levels[0], levels[0] + len(levels))):
-    raise UserError(f"detection.levels must be consecutive pyramid levels from 2 up (stride 2**level: the backbone "
-                    f"gives 4, 8, 16, 32), e.g. (3, 4, 5, 6, 7); got {levels}")
-  if d.fpn_channels < 1 or d.head_convs < 0:
-    raise UserError(f"detection.fpn_channels must be >= 1 and detection.head_convs >= 0, got {d.fpn_channels} and "
-                    f"{d.head_convs}")
-  if not 0 < d.prior_prob < 1 or d.center_radius <= 0:
-    raise UserError(f"detection.prior_prob must be in (0, 1) and detection.center_radius > 0, got {d.prior_prob} "
-                    f"and {d.center_radius}")
-  weights = {k: d[k] for k in ("cls_weight", "box_weight", "ctr_weight", "l1_weight")}
-  if any(w < 0 for w in weights.values()):
-    raise UserError(f"detection loss weights must be >= 0, got {weights}")
-  if d.num_detections < 1 or d.pre_nms_topk < d.num_detections:
-    raise UserError(f"detection.num_detections must be >= 1 and detection.pre_nms_topk at least as large, got "
-                    f"{d.num_detections} and {d.pre_nms_topk}")
-  if not 0 < d.nms_iou <= 1 or not 0 <= d.score_threshold < 1:
-    raise UserError(f"detection.nms_iou must be in (0, 1] and detection.score_threshold in [0, 1), got {d.nms_iou} "
-                    f"and {d.score_threshold}")
+def refuse_other_tasks_keys(cfg, task):
+  """A key that only another task reads, set away from its default, would be silently ignored: refused."""
+  schema, own = defaults(), task_keys(task)
+  for other in tasks.TASKS.values():
+    for key in task_keys(other) - own:
+      section, name = key.split(".")
+      if section in cfg and name in cfg[section] and cfg[section][name] != schema[section][name]:
+        raise UserError(f"{key}={cfg[section][name]!r} is a setting of the {other.NAME} task, and this run's "
+                        f"task is {task.NAME} (config.task), which would ignore it: leave it at its default "
+                        f"({schema[section][name]!r}) or set --config.task={other.NAME}")
+
+
+def task_keys(task):
+  """The dotted keys a task declares (its settings())."""
+  return {f"{section}.{key}" for section, keys in task.settings().items() for key in keys}
 
 
 def save(cfg, path):

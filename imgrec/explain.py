@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from imgrec import plots, steps, tasks, workdir as wd
+from imgrec.plots import show_image, subplots
 from imgrec.data import preprocess
 from imgrec.errors import UserError
 
@@ -243,7 +244,7 @@ def explain_workdir(workdir, images=None, split="test", n=16, layer=None, ig_ste
     layer_shape = check_layer(model, variables, probe, layer)
   explain = make_explainer(model, variables, info["mean"], info["std"], method, layer, layer_shape, ig_steps,
                            smooth_n)
-  logits = np.asarray(jax.jit(lambda v, x: steps.predict(model, v, x, info["mean"], info["std"]))(variables, x))
+  logits = np.asarray(jax.jit(lambda v, x: steps.apply(model, v, x, info["mean"], info["std"]))(variables, x))
   targets = logits.argmax(-1)
   maps = jax.device_get(explain(jnp.asarray(x), jnp.asarray(targets)))
   out = os.path.join(workdir, "explain")
@@ -251,7 +252,7 @@ def explain_workdir(workdir, images=None, split="test", n=16, layer=None, ig_ste
   files = []
   for i in range(len(x)):
     path = os.path.join(out, f"{i:02d}_{names[i]}.png")
-    plots.plot_explanation(x[i], {k: v[i] for k, v in maps.items()}, class_names,
+    plot_explanation(x[i], {k: v[i] for k, v in maps.items()}, class_names,
                                    None if labels is None else int(labels[i]), method, layer, path)
     files.append(path)
   filters = first_conv_kernel(model, variables, probe)
@@ -280,3 +281,48 @@ def first_conv_kernel(model, variables, x):
     if kernel is not None and np.ndim(kernel) == 4:
       return name, np.asarray(kernel)
   return None
+
+
+_TITLES = {"saliency": "gradient saliency |dy/dx|", "smoothgrad": "SmoothGrad |mean dy/dx|",
+           "integrated_gradients": "integrated gradients", "gradcam": "Grad-CAM", "rollout": "attention rollout"}
+
+
+def plot_explanation(image, maps, class_names, label, method, layer, path, top=5):
+  """One row: the image, its top classes, then each attribution map over a gray copy of the image."""
+  probs = np.exp(maps["logits"] - maps["logits"].max())
+  probs /= probs.sum()
+  order = np.argsort(-probs)[:top]
+  keys = ["saliency", "smoothgrad", "integrated_gradients", method]
+  fig, axes = subplots(1, 2 + len(keys), figsize=(3.1 * (2 + len(keys)), 3.6),
+                           gridspec_kw={"width_ratios": [1, 1.3] + [1] * len(keys)})
+  show_image(axes[0], image)
+  axes[0].set_title(("true: " + class_names[label] + "\n" if label is not None else "") +
+                    f"pred: {class_names[order[0]]}", fontsize=9)
+  ax = axes[1]
+  ax.barh(range(len(order)), probs[order], color=["tab:green" if c == label else "tab:blue" for c in order])
+  for j, c in enumerate(order):
+    ax.text(min(probs[c] + 0.02, 0.75), j, f"{probs[c]:.3f}", va="center", fontsize=7)
+  ax.set_yticks(range(len(order)), [class_names[c] for c in order], fontsize=8)
+  ax.invert_yaxis()
+  ax.set(xlim=(0, 1), xlabel="probability", title=f"top {len(order)} classes")
+  ax.tick_params(axis="x", labelsize=7)
+  gray = image.astype(np.float32).mean(-1)
+  for ax, key in zip(axes[2:], keys):
+    m = np.asarray(maps[key], np.float32)
+    ax.imshow(gray, cmap="gray", vmin=0, vmax=255)
+    if key == "integrated_gradients":  # signed: red adds to the class score, blue takes away
+      lim = max(float(np.abs(m).max()), 1e-12)
+      im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim, alpha=0.7)
+    else:
+      im = ax.imshow(m / max(float(m.max()), 1e-12), cmap="jet" if key in ("gradcam", "rollout") else "inferno",
+                     vmin=0, vmax=1, alpha=0.55)
+    title = _TITLES[key] + (f"\nlayer {layer}" if key == "gradcam" and layer else "")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    cb = fig.colorbar(im, ax=ax, orientation="horizontal", fraction=0.05, pad=0.04)
+    cb.ax.tick_params(labelsize=7)
+    cb.set_label("attribution" if key == "integrated_gradients" else "relative importance", fontsize=7)
+  fig.suptitle(f"Explanations for class '{class_names[order[0]]}' ({probs[order[0]]:.2f})", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)

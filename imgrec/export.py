@@ -1,12 +1,12 @@
 """Serialises a trained model's predict function with `jax.export` (StableHLO).
 
 The artifact is a zip file:
-  predict.jaxexport   `Exported.serialize()` of the run's task's predict (classification: `predict(uint8[b, H, W,
-                      C]) -> float32[b, K]` logits; detection: `-> {detection_boxes [b, K, 4], detection_scores,
-                      detection_classes [b, K], num_detections [b]}`, decoding and NMS included), batch dimension
-                      `b` symbolic, normalisation and weights baked in as constants
-  meta.json           task, class names, image shape, input dtype, output (in words) and outputs (name,
-                      dtype and shape of each array returned, "b" the batch), platforms, source workdir
+  predict.jaxexport   `Exported.serialize()` of the run's task's predict: `predict(uint8[b, H, W, C]) -> {output
+                      name: array}` (classification: logits and probabilities [b, K]; detection: detection_boxes
+                      [b, K, 4], detection_scores, detection_classes [b, K], num_detections [b], decoding and NMS
+                      included), batch dimension `b` symbolic, normalisation and weights baked in as constants
+  meta.json           task, class names, image shape, input dtype, outputs (the task's one description: name,
+                      datatype and shape of each array returned, "b" the batch), platforms, source workdir
 
 Loading needs only jax (no imgrec model code): `load(path)` here, or by hand:
   exp = jax.export.deserialize(zipfile.ZipFile(path).read("predict.jaxexport")); exp.call(images)
@@ -28,9 +28,9 @@ META_NAME = "meta.json"
 DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
 
 
-def make_predict(model, variables, mean, std, task=tasks.classification):
-  """`predict(uint8 NHWC images) -> outputs` (classification: float32 logits): the task's predict with `variables`
-  closed over (baked in)."""
+def make_predict(model, variables, mean, std, task):
+  """`predict(uint8 NHWC images) -> {output name: array}` (the task's OUTPUTS): the task's predict with
+  `variables` closed over (baked in)."""
   predict = task.make_predict(model, mean, std)
   return lambda images: predict(variables, images)
 
@@ -40,15 +40,6 @@ def export_predict(predict, image_shape, platforms=DEFAULT_PLATFORMS):
   (b,) = jax.export.symbolic_shape("b")
   spec = jax.ShapeDtypeStruct((b, *image_shape), jnp.uint8)
   return jax.export.export(jax.jit(predict), platforms=tuple(platforms))(spec)
-
-
-def returns(exported, name):
-  """[{"name", "dtype", "shape"}] of each array `exported` returns (a dict's keys; `name` for a lone array),
-  symbolic sizes such as the batch "b" as strings."""
-  tree = jax.tree.unflatten(exported.out_tree, exported.out_avals)
-  items = tree.items() if isinstance(tree, dict) else [(name, tree)]
-  return [{"name": n, "dtype": str(a.dtype), "shape": [d if isinstance(d, int) else str(d) for d in a.shape]}
-          for n, a in items]
 
 
 def write(path, exported, meta):
@@ -71,9 +62,10 @@ def export_workdir(workdir, out, platforms=DEFAULT_PLATFORMS):
   info, task = run.info, tasks.get(run.cfg.task)
   predict = make_predict(run.model, jax.device_get(run.variables), info["mean"], info["std"], task)
   exported = export_predict(predict, tuple(info["image_shape"]), platforms)
-  meta = {"format": "imgrec-jax-export-v1", "task": task.NAME, "class_names": info["class_names"],
-          "image_shape": list(info["image_shape"]), "input_dtype": "uint8", "output": task.PREDICTS,
-          "outputs": returns(exported, task.PREDICTS),
+  meta = {"format": "imgrec-jax-export-v2", "task": task.NAME, "class_names": info["class_names"],
+          "image_shape": list(info["image_shape"]), "input_dtype": "uint8",
+          "outputs": [{"name": n, "datatype": t, "shape": ["b", *shape]}
+                      for n, t, shape in tasks.outputs(task, run.model, info)],
           "platforms": list(exported.platforms), "workdir": os.path.abspath(workdir),
           "step": int(run.state.step)}
   write(out, exported, meta)
@@ -81,8 +73,8 @@ def export_workdir(workdir, out, platforms=DEFAULT_PLATFORMS):
 
 
 class Predictor:
-  """A loaded artifact: `predictor(uint8 images [N, H, W, C]) -> outputs` (meta.json "output": classification's
-  float32 logits [N, K], detection's dict of TF Object Detection API outputs)."""
+  """A loaded artifact: `predictor(uint8 images [N, H, W, C]) -> {output name: array}` (meta.json "outputs":
+  classification's logits and probabilities [N, K], detection's TF Object Detection API outputs)."""
 
   def __init__(self, exported, meta):
     self.exported = exported

@@ -20,15 +20,16 @@ import os
 import socket
 import time
 
-from imgrec import config as config_lib, parallel, workdir as wd
+from imgrec import config as config_lib, parallel, tasks, workdir as wd
 from imgrec.errors import UserError
 
 log = logging.getLogger("imgrec")
 LOCK_FILE = "train.lock"
 
-# What a changed config key means for the run already in a workdir: one explicit entry per key of
-# config.defaults() (tests/test_resume.py fails on a key missing here); a free section (model.kwargs,
-# optim.kwargs) is one entry for every key under it. A key missing here is refused, to be safe.
+# What a changed config key means for the run already in a workdir: one explicit entry per shared key of
+# config.defaults() (tests/test_resume.py fails on a key missing here), and every task's keys by its MAY_CHANGE;
+# a free section (model.kwargs, optim.kwargs) is one entry for every key under it. A key missing here is refused,
+# to be safe.
 RUN = "defines the run"  # refused: the checkpoints, curves and schedule belong to the old value
 LENGTH = "length"        # accepted when the run gets no shorter; the lr schedule then spans the new length
 LOCATION = "location"    # where the data is read from: accepted when it is the same data (dataset.json unchanged)
@@ -37,11 +38,9 @@ KEYS = {
     "seed": RUN, "task": RUN, "batch_size": RUN, "epochs": LENGTH, "steps": LENGTH,
     **dict.fromkeys(("data.source", "data.dir"), LOCATION),
     **dict.fromkeys(("data.image_size", "data.test_fraction", "data.train_split", "data.eval_split", "data.augment",
-                     "data.val_fraction", "data.classes", "data.train_per_class"), RUN),
+                     "data.val_fraction"), RUN),
     **dict.fromkeys(("data.pp_train", "data.pp_eval", "data.channels"), RUN),  # what the model sees
     **dict.fromkeys(("data.norm", "data.mean", "data.std", "data.stats_examples"), RUN),  # its normalisation
-    **dict.fromkeys(("data.max_boxes", "data.digit_boxes_train", "data.digit_boxes_test", "data.digit_boxes_size",
-                     "data.digit_boxes_glyphs"), RUN),  # detection: the targets and the generated set
     "data.prefetch": OBSERVE, "data.workers": OBSERVE,  # how fast batches come, not which
     "data.on_bad_image": OBSERVE,  # turning skipping on is how a run that met a broken file resumes
     **dict.fromkeys(("model.name", "model.kwargs", "model.dtype"), RUN),
@@ -51,16 +50,14 @@ KEYS = {
         "accum_steps", "prune_sparsity", "prune_every")), RUN),
     "select_metric": RUN, "early_stop_patience": RUN,  # which checkpoint is "best", and when the run ends
     **dict.fromkeys(("transfer.init_from", "transfer.reinit", "transfer.prefix", "transfer.lr_mults"), RUN),
-    # Detection: the head and loss shape the weights; decoding sets the val AP that selection compared.
-    **dict.fromkeys(("detection." + k for k in (
-        "fpn_channels", "levels", "head_convs", "prior_prob", "center_radius", "cls_weight", "box_weight",
-        "ctr_weight", "l1_weight", "num_detections", "pre_nms_topk", "nms_iou", "score_threshold")), RUN),
-    **dict.fromkeys(("distill.teacher", "distill.alpha", "distill.temperature"), RUN),
     **dict.fromkeys(("eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "compile_cache",
                      "profile"), OBSERVE),
     # Placement: checkpoints restore into any sharding, and FSDP computes data parallel's numbers.
     **dict.fromkeys(("parallel.coordinator_address", "parallel.num_processes", "parallel.process_id",
                      "parallel.fsdp", "parallel.fsdp_min_size"), OBSERVE),
+    # Each task's own keys (its settings()): they define the run, but for those it says may change (MAY_CHANGE).
+    **{key: OBSERVE if key in task.MAY_CHANGE else RUN
+       for task in tasks.TASKS.values() for key in config_lib.task_keys(task)},
 }
 _UNSET = object()  # a key one of the two configs lacks
 

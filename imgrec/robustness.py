@@ -18,7 +18,8 @@ import numpy as np
 import optax
 import tqdm
 
-from imgrec import parallel, plots, steps, tasks, workdir as wd
+from imgrec import parallel, steps, tasks, workdir as wd
+from imgrec.plots import subplots
 from imgrec.data import splits
 from imgrec.errors import UserError
 
@@ -165,7 +166,7 @@ def robustness_workdir(workdir, split=None, batch_size=None, limit=0, corruption
   for name in corruptions:
     corrupt(np.zeros((1, 2, 2, 1), np.uint8), name, 0)  # validates the names before any work
   mean, std, prefetch = info["mean"], info["std"], cfg.data.prefetch
-  clean_fn = lambda v, b: jnp.argmax(steps.predict(model, v, b["image"], mean, std), -1) == b["label"]
+  clean_fn = lambda v, b: jnp.argmax(steps.apply(model, v, b["image"], mean, std), -1) == b["label"]
   clean = _accuracy(clean_fn, variables, data, batch_size, mesh, prefetch, desc="clean")
   table = {}
   bar = tqdm.tqdm(total=len(corruptions) * len(SEVERITIES), desc="corruptions", unit="run",
@@ -196,7 +197,7 @@ def robustness_workdir(workdir, split=None, batch_size=None, limit=0, corruption
       json.dump(result, f, indent=2)
     with open(os.path.join(out, "robustness.md"), "w") as f:
       f.write(table_markdown(result))
-    plots.plot_robustness(result, os.path.join(out, "robustness.png"))
+    plot_robustness(result, os.path.join(out, "robustness.png"))
     result["out"] = out
   return result
 
@@ -219,3 +220,30 @@ def table_markdown(r):
     label = f"PGD-{r['pgd_steps']}" if attack == "pgd" else "FGSM"
     lines.append(f"| {label} | " + " | ".join(f"{a:.4f}" for a in accs) + " |")
   return "\n".join(lines) + "\n"
+
+
+def headline(result):
+  """The short JSON `imgrec robustness --json` prints."""
+  return {k: result[k] for k in ("split", "examples", "clean_accuracy", "mean_corruption_accuracy", "relative_drop",
+                                 "adversarial")}
+
+
+def plot_robustness(r, path):
+  fig, (ax1, ax2) = subplots(1, 2, figsize=(12, 4.8))
+  sev = [0] + r["severities"]
+  for name, accs in r["corruptions"].items():
+    ax1.plot(sev, [r["clean_accuracy"]] + accs, "o-", label=name)
+  ax1.set(xlabel="severity (0 = clean)", ylabel="accuracy", ylim=(0, 1.02), xticks=sev,
+          title=f"Corruptions (clean {r['clean_accuracy']:.3f}, mean {r['mean_corruption_accuracy']:.3f})")
+  ax1.legend(fontsize=8, ncol=2, loc="lower left")
+  eps = [0] + r["epsilons_255"]
+  for attack, accs in r["adversarial"].items():
+    ax2.plot(eps, [r["clean_accuracy"]] + accs, "o-", label=f"PGD-{r['pgd_steps']}" if attack == "pgd" else "FGSM")
+  ax2.set(xlabel="L-inf budget eps (x 1/255)", ylabel="accuracy", ylim=(0, 1.02), xticks=eps,
+          title="Adversarial accuracy")
+  ax2.legend()
+  for ax in (ax1, ax2):
+    ax.grid(alpha=0.3)
+  fig.suptitle(f"Robustness on {r['split']} ({r['examples']} examples, step {r['step']})")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)

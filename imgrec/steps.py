@@ -4,9 +4,10 @@
       the task-agnostic skeleton: accumulation, penalties, the optimiser, EMA, grad_norm;
       metrics["finite"]: loss and gradient norm are finite, checked on device (the loop reads it without waiting)
   all_finite(tree) -> bool: every float leaf is finite (checked before a checkpoint is written)
-  predict(model, variables, uint8 images, mean, std) -> logits: the one predict, used by training
-      evaluation, `imgrec eval`, robustness, explain, compress, export and the server
-  stream(fn, variables, split, ...) -> fn's per-example outputs over a whole split, in order
+  apply(model, variables, uint8 images, mean, std) -> the model's outputs in eval mode: the one forward pass
+      under every task's predict and eval fn (imgrec/tasks), robustness, explain and compress
+  stream(fn, variables, split, ...) -> fn's per-example outputs over a whole split, in order, and its "sums"
+      added up over the batches
 
 Images arrive as uint8 NHWC; conversion to float, normalisation and augmentation happen on device, inside the
 jitted function (augmentation and targets in the task's `inputs`, imgrec/tasks).
@@ -19,7 +20,7 @@ import numpy as np
 import optax
 import tqdm
 
-from imgrec import config, optim, parallel
+from imgrec import optim, parallel
 from imgrec.data import pipeline
 from imgrec.state import variables
 
@@ -38,31 +39,25 @@ def normalize(images, mean, std, dtype=jnp.float32):
   return standardize(to_float(images), mean, std, dtype)
 
 
-def predict(model, variables, images, mean, std, tta=False):
-  """uint8 NHWC images -> float32 logits in eval mode. With `tta`, the log of the mean softmax over
-  each image and its horizontal mirror."""
-  logits = lambda im: model.apply(variables, normalize(im, mean, std), train=False).astype(jnp.float32)
-  if not tta:
-    return logits(images)
-  probs = jax.nn.softmax(logits(images)) + jax.nn.softmax(logits(images[:, :, ::-1]))
-  return jnp.log(probs / 2)
+def apply(model, variables, images, mean, std):
+  """uint8 NHWC images -> the model's outputs in eval mode (a task's predict decodes them)."""
+  return model.apply(variables, normalize(images, mean, std), train=False)
 
 
-def make_train_step(model, tx, mean, std, inputs, loss, cfg=None):
+def make_train_step(model, tx, mean, std, inputs, loss, cfg):
   """The pure training step, for any task: `train_step(state, batch[, aux]) -> (state, metrics)`.
 
   The task gives `inputs(rng, batch) -> (float images in [0, 1] after augmentation, targets pytree)` and
   `loss(outputs, targets, x, aux) -> (scalar loss, {train metric: scalar})`, `x` being the model's standardised
   input and `aux` the step's optional third argument (classification's distillation teacher variables: an
   input of the compiled program rather than constants baked into it). `cfg` adds penalties, accumulation and
-  EMA (None: none of them). metrics: the loss (without penalties), the task's metrics, "grad_norm", "finite".
+  EMA. metrics: the loss (without penalties), the task's metrics, "grad_norm", "finite".
 
   With `optim.accum_steps` > 1 the batch runs as that many micro-batches (every leaf of the targets split
   alike) and their gradients and metrics are averaged. BatchNorm normalises each micro-batch by its own
   statistics (as any accumulation does); the running statistics are updated once per step, with the mean of
   the micro-batches' statistics.
   """
-  cfg = cfg or config.defaults()
   accum, ema_decay = cfg.optim.accum_steps, cfg.optim.ema_decay
 
   def loss_fn(params, batch_stats, x, targets, rng, aux):
@@ -132,15 +127,24 @@ def stream(fn, variables, split, batch_size, mesh, prefetch=2, transform=None, d
   """`fn(variables, batch)`'s per-example outputs (a host numpy pytree) over every example of `split`, in order.
 
   `batch` is the split's features and "mask", with the global batch sharded over the devices like training's; the
-  last batch is padded and its padding dropped here. `transform(images, batch_index) -> images` alters each
-  process-local uint8 batch on the host first (corruptions), on the prefetch thread.
+  last batch is padded and its padding dropped here. When `fn` returns a dict with "sums" (a task that reduces
+  as it goes: a confusion matrix), that pytree is added up over the batches on device instead of gathered, and
+  comes back under "sums"; `fn` masks the padding out of it itself. On several devices and hosts the outputs
+  come back replicated, so every process holds the whole split's. `transform(images, batch_index) -> images`
+  alters each process-local uint8 batch on the host first (corruptions), on the prefetch thread.
   """
   step = _jitted(fn, mesh)
   batches = pipeline.eval_batches(split, batch_size, parallel.batch_sharding(mesh), prefetch, transform=transform)
-  outs = []
+  outs, sums = [], None
   for batch in tqdm.tqdm(batches, total=-(-len(split) // batch_size), desc=desc, unit="batch", leave=False,
                          disable=jax.process_index() != 0):
-    outs.append(step(variables, batch))
+    out, mask = step(variables, batch)
+    if isinstance(out, dict) and "sums" in out:
+      out = dict(out)
+      part = out.pop("sums")
+      sums = part if sums is None else jax.tree.map(jnp.add, sums, part)
+    outs.append((out, mask))
   outs, masks = zip(*jax.device_get(outs))
   mask = np.concatenate(masks)
-  return jax.tree.map(lambda *xs: np.concatenate(xs)[mask], *outs)
+  gathered = jax.tree.map(lambda *xs: np.concatenate(xs)[mask], *outs)
+  return gathered if sums is None else {**gathered, "sums": jax.device_get(sums)}

@@ -92,7 +92,8 @@ def override_text(key, value):
 
 
 def check(config, fixed, space, metric):
-  """Fails fast, naming the culprit, on what would make every trial fail."""
+  """Fails fast, naming the culprit, on what would make every trial fail. Returns the metric (""): the task's
+  default selection metric on val)."""
   cfg = config_lib.load(config)
   config_lib.override(cfg, fixed)
   for text, (key, dist) in space:
@@ -103,15 +104,16 @@ def check(config, fixed, space, metric):
     except UserError as e:
       raise UserError(f"--space {text!r}: {e}") from None
   config_lib.validate(cfg)
-  split, _, key = metric.partition(".")
   task = tasks.get(cfg.task)
+  metric = metric or f"val.{cfg.select_metric}"
+  split, _, key = metric.partition(".")
   if split != "val" or key not in task.RECORD or key == "examples":  # a metric the task's evaluations record
     raise UserError(f"--metric {metric!r}: use " + " or ".join(f"val.{m}" for m in task.SELECT) +
                     " (hyper-parameters are chosen on the validation split, never on test)")
   if cfg.data.val_fraction <= 0:
     raise UserError(f"--metric {metric} is measured on a validation split, and this config holds none out: "
                     "add --config.data.val_fraction=0.1 (or set it in the config file)")
-  return split, key
+  return metric
 
 
 @contextlib.contextmanager
@@ -358,7 +360,7 @@ def write_results(study, study_dir, config, metric):
   return path
 
 
-def sweep(config, fixed, space_texts, study_dir, n_trials, storage=None, study_name=None, metric="val.accuracy",
+def sweep(config, fixed, space_texts, study_dir, n_trials, storage=None, study_name=None, metric="",
           direction=None, pruner="median", sampler="tpe", heartbeat=10):
   """Runs (or joins, or continues) a sweep; returns the path of its results.md."""
   if n_trials < 1:
@@ -371,7 +373,7 @@ def sweep(config, fixed, space_texts, study_dir, n_trials, storage=None, study_n
   keys = [key for _, (key, _) in space]
   if len(set(keys)) != len(keys):
     raise UserError(f"--space names a key twice: {', '.join(sorted(k for k in set(keys) if keys.count(k) > 1))}")
-  check(config, fixed, space, metric)
+  metric = check(config, fixed, space, metric)
   direction = direction or ("minimize" if metric.endswith("loss") else "maximize")
   if pruner not in PRUNERS:
     raise UserError(f"--pruner {pruner!r}: use one of {', '.join(PRUNERS)}")

@@ -66,12 +66,12 @@ def train(cfg, workdir, restart=False):
 
     # -------------------------------------------------------------- compiled steps
     train_step = compile_train_step(cfg, task, model, built.tx, info, shardings, batch_sharding)
-    eval_fn = task.make_eval_fn(model, info["mean"], info["std"])
+    eval_fn = task.make_eval_fn(model, info, cfg)
 
     def evaluate(state, split):  # -> (the record metrics.jsonl keeps, the task's full summary)
       out = steps.stream(eval_fn, variables(state), ds.split(split), cfg.batch_size, mesh, cfg.data.prefetch,
                          desc=f"eval {split}")
-      record, summary = task.evaluate(out, ds.split(split), info)
+      record, summary = task.evaluate(out, ds.split(split), info, cfg)
       return {"split": split, **record}, summary
 
     # -------------------------------------------------------------- model selection
@@ -119,7 +119,7 @@ def train(cfg, workdir, restart=False):
 def open_data(cfg, task):
   """(the task's data set, its dataset.json info, the split evaluated during training). Evaluations during
   training, and model selection, use a held-out val split when there is one: never test."""
-  ds = task.open_data(cfg.data)
+  ds = task.open_data(cfg)
   return ds, wd.data_info(cfg, ds), "val" if cfg.data.val_fraction > 0 else cfg.data.eval_split
 
 
@@ -161,20 +161,17 @@ def banner(cfg, ds, state, monitor, total_steps, per_epoch):
 
 
 def compile_train_step(cfg, task, model, tx, info, shardings, batch_sharding):
-  """`step(state, batch) -> (state, metrics)` over the task's inputs and loss, jitted with the state donated.
-  With distillation the teacher's variables are an argument of the compiled step (restored once here), not
+  """`step(state, batch) -> (state, metrics)` over the task's inputs and loss, jitted with the state donated. A
+  task's `aux` (classification's distillation teacher variables) is an argument of the compiled step, not
   constants inside it."""
-  inputs = task.make_inputs(cfg, info)
-  if not cfg.distill.teacher:
-    step = steps.make_train_step(model, tx, info["mean"], info["std"], inputs, task.make_loss(cfg, info), cfg)
+  loss, aux = task.make_loss(cfg, info, lambda path: wd.restore(path, params_only=True))
+  step = steps.make_train_step(model, tx, info["mean"], info["std"], task.make_inputs(cfg, info), loss, cfg)
+  if aux is None:
     return jax.jit(step, in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None),
                    donate_argnums=(0,))
-  teacher = wd.restore(cfg.distill.teacher, params_only=True)
-  step = jax.jit(steps.make_train_step(model, tx, info["mean"], info["std"], inputs,
-                                       task.make_loss(cfg, info, teacher), cfg),
-                 in_shardings=(shardings, batch_sharding, None), out_shardings=(shardings, None), donate_argnums=(0,))
-  teacher_variables = teacher.variables
-  return lambda state, batch: step(state, batch, teacher_variables)
+  step = jax.jit(step, in_shardings=(shardings, batch_sharding, None), out_shardings=(shardings, None),
+                 donate_argnums=(0,))
+  return lambda state, batch: step(state, batch, aux)
 
 
 def ensure_finite(step, state, log):
@@ -312,7 +309,7 @@ class TrainLog:
 
   def finish(self, result, summary):
     """The final evaluation: the task's line on stdout, TensorBoard scalars and the task's images."""
-    print(self.task.final_line(result), flush=True)
+    print(tasks.line(self.task, result), flush=True)
     self.curves(force=True)
     self.tracker.end(result, self.task.summary_images(result, summary))
     self.tracker.close()
@@ -362,7 +359,7 @@ class TrainLog:
       self.records.append({"step": step, **result})
       self.curves()
     self.tracker.eval({"step": step, **result})
-    self.write(f"step {step}: {self.task.progress_line(result)}" + (" (best so far)" if is_best else ""))
+    self.write(f"step {step}: {tasks.line(self.task, result)}" + (" (best so far)" if is_best else ""))
     self.t0 = time.perf_counter()  # evaluation time is not training throughput
 
   def curves(self, force=False):

@@ -157,7 +157,7 @@ def features_fn(model, mean, std, layer="head"):
         found["x"] = args[0]
       return next_fun(*args, **kwargs)
     with nn.intercept_methods(grab):
-      steps.predict(model, variables, batch["image"], mean, std)
+      steps.apply(model, variables, batch["image"], mean, std)
     return {"x": found["x"].reshape(batch["image"].shape[0], -1).astype(jnp.float32), "label": batch["label"]}
   return fn
 

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from imgrec import checkpoint, checkpoint_import, config as config_lib, files, models, optim, parallel, tasks
+from imgrec import checkpoint, checkpoint_import, config as config_lib, files, optim, parallel, tasks
 from imgrec.data import pipeline
 from imgrec.errors import UserError
 from imgrec.state import TrainState, init_state, variables
@@ -33,10 +33,6 @@ BF16_SUFFIX = "@bf16"  # .npz has no bfloat16: such arrays are stored as their u
 
 
 # ---------------------------------------------------------------------------- model and state from a config
-
-def create_model(cfg, num_classes):
-  return models.create(cfg.model.name, num_classes, dtype=jnp.dtype(cfg.model.dtype), **cfg.model.kwargs.to_dict())
-
 
 def schedule_lengths(cfg, num_train):
   """(steps per epoch, total steps) for a config and training-set size."""
@@ -208,9 +204,9 @@ def dataset(run):
   """The data set of a restored run (its task's `open_data` of its config's data, the splits as the source gives
   them: no val split carved out), checked against its dataset.json: the model needs the classes and the image
   shape it was trained on."""
-  data_cfg = run.cfg.data.copy_and_resolve_references()
-  data_cfg.val_fraction = 0.0
-  ds = tasks.get(run.cfg.task).open_data(data_cfg)
+  cfg = run.cfg.copy_and_resolve_references()
+  cfg.data.val_fraction = 0.0
+  ds = tasks.get(cfg.task).open_data(cfg)
   saved = {"class_names": run.info["class_names"], "image_shape": run.info["image_shape"]}
   found = {"class_names": list(ds.class_names), "image_shape": list(ds.image_shape)}
   diff = [f"{k} {saved[k]} -> {found[k]}" for k in saved if saved[k] != found[k]]

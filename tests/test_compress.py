@@ -6,9 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from imgrec import compress, evaluate, losses, optim, state as train_state, steps, train, workdir as wd
+from imgrec import compress, config, evaluate, optim, state as train_state, steps, train, workdir as wd
 from imgrec.data import sources
 from imgrec.tasks import classification
+from imgrec.tasks.classification import losses
 
 
 def test_int8_and_bf16(trained_workdir, tmp_path, monkeypatch):
@@ -96,7 +97,7 @@ def test_distillation_step_uses_teacher(trained_workdir):
   student = models.create("small_cnn", 10, widths=(4, 8), hidden=16)
   tx = optax.adam(1e-2)
   state = train_state.init_state(student, tx, 0, tuple(info["image_shape"]))
-  step = jax.jit(classification.make_train_step(student, tx, info, objective=objective))
+  step = jax.jit(classification.make_train_step(student, tx, info, config.defaults(), objective=objective))
   batch = {"image": images, "label": labels}
   new, metrics = step(state, batch, t_vars)
   assert np.isfinite(float(metrics["loss"])) and float(metrics["loss"]) > 0

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from imgrec import config
+from imgrec import config, tasks
 from imgrec.errors import UserError
 from imgrec.tasks import detection
 from imgrec.data import sources
@@ -20,10 +20,17 @@ from imgrec.tasks.detection import holdout, model as fcos
     ("nms_iou", 0.0, "nms_iou"), ("l1_weight", -1.0, "weights"), ("prior_prob", 1.0, "prior_prob")])
 def test_detection_config_is_validated(key, value, message):
   cfg = config.defaults()
+  cfg.task, cfg.data.source = "detection", "digit_boxes"
   config.validate(cfg)
+  assert cfg.select_metric == "AP"  # "" resolves to the task's default
   with cfg.detection.ignore_type():
     cfg.detection[key] = value
   with pytest.raises(UserError, match=message):
+    config.validate(cfg)
+  # The same key on a run of another task would be ignored there: refused, naming the owner.
+  cfg.task, cfg.data.source, cfg.select_metric = "classification", "digits", ""
+  with pytest.raises(UserError, match=f"detection.{key}=.* is a setting of the detection task, and this run's task "
+                                      "is classification"):
     config.validate(cfg)
 
 
@@ -90,10 +97,11 @@ def batch_of(split):
 
 def test_eval_fn_evaluate_and_report(tmp_path):
   split = FakeSplit()
-  outputs = detection.make_eval_fn(StubModel(), (0.5,) * 3, (0.25,) * 3)({}, batch_of(split))
+  info = {"class_names": list(split.class_names), "mean": (0.5,) * 3, "std": (0.25,) * 3}
+  outputs = detection.make_eval_fn(StubModel(), info, config.defaults())({}, batch_of(split))
   outputs = jax.tree.map(np.asarray, outputs)
   np.testing.assert_array_equal(outputs["num_detections"], [1, 1])
-  record, summary = detection.evaluate(outputs, split, {"class_names": list(split.class_names)})
+  record, summary = detection.evaluate(outputs, split, info, config.defaults())
   assert set(record) == set(detection.RECORD) and record["examples"] == 2
   assert record["AP"] == pytest.approx(1.0) and summary["per_class"] == pytest.approx({"ring": 1.0, "bar": 1.0})
   detection.write_report(str(tmp_path), outputs, split, {"class_names": list(split.class_names)},
@@ -102,14 +110,14 @@ def test_eval_fn_evaluate_and_report(tmp_path):
     assert os.path.getsize(tmp_path / name) > 100, name
   assert json.loads((tmp_path / "metrics.json").read_text())["AP"] == pytest.approx(1.0)
   assert "| AP | 1.0000 |" in (tmp_path / "report.md").read_text()
-  assert "test AP: 1.0000" in detection.final_line({"split": "test", **record})
+  assert tasks.line(detection, {"split": "test", **record}).startswith("test AP 1.0000, AP50 1.0000")
 
 
 def test_predict_gives_the_object_detection_api_outputs():
   images = batch_of(FakeSplit())["image"]
   out = jax.jit(detection.make_predict(StubModel(), (0.5,) * 3, (0.25,) * 3), static_argnums=())({}, images)
   assert [(k, v.dtype, v.shape[1:]) for k, v in sorted(out.items())] == sorted(
-      (n, jnp.float32, s) for n, _, s in detection.outputs_of(StubModel()))
+      (n, jnp.float32, s) for n, _, s in tasks.outputs(detection, StubModel(), {}))
   np.testing.assert_array_equal(out["num_detections"], [1, 1])
   np.testing.assert_allclose(out["detection_boxes"][0, 0], [4 / 32, 4 / 32, 12 / 32, 20 / 32], atol=1e-6)
   np.testing.assert_array_equal(out["detection_classes"][:, :2], [[2, 0], [1, 0]])  # class index + 1; 0 = none

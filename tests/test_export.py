@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from imgrec import export, state as train_state, workdir as wd
+from imgrec import export, state as train_state, tasks, workdir as wd
 from imgrec.data import sources
 from imgrec.errors import UserError
 from tests.helpers import ROOT, run_python
@@ -21,8 +21,9 @@ with zipfile.ZipFile({path!r}) as z:
   exp = jax.export.deserialize(bytearray(z.read("predict.jaxexport")))
   meta = json.loads(z.read("meta.json"))
 x = np.load({inp!r})
-np.save({out!r}, np.asarray(exp.call(x)))
-np.save({out1!r}, np.asarray(exp.call(x[:3])))  # another batch size: the batch dimension is symbolic
+np.save({out!r}, np.asarray(exp.call(x)["logits"]))
+np.save({out1!r}, np.asarray(exp.call(x[:3])["logits"]))  # another batch size: the batch dimension is symbolic
+assert [o["name"] for o in meta["outputs"]] == sorted(exp.call(x[:1]))  # the one description
 print(json.dumps(meta))
 assert not any(m.startswith("imgrec") for m in sys.modules)
 """
@@ -37,7 +38,8 @@ def test_export_fresh_process_same_logits(trained_workdir, tmp_path):
 
   cfg, info, model, state = wd.restore(trained_workdir)
   images, _ = sources.load(cfg.data).split("test").get(np.arange(17))
-  expected = np.asarray(jax.jit(export.make_predict(model, train_state.variables(state), info["mean"], info["std"]))(images))
+  expected = np.asarray(jax.jit(export.make_predict(model, train_state.variables(state), info["mean"], info["std"],
+                                                   tasks.classification))(images)["logits"])
   np.save(tmp_path / "in.npy", images)
   out, out1 = str(tmp_path / "out.npy"), str(tmp_path / "out1.npy")
   code = LOAD_AND_RUN.format(path=artifact, inp=str(tmp_path / "in.npy"), out=out, out1=out1)
@@ -50,7 +52,7 @@ def test_export_fresh_process_same_logits(trained_workdir, tmp_path):
 
   predictor = export.load(artifact)  # the in-library loader used by servers
   assert predictor.class_names == info["class_names"]
-  np.testing.assert_allclose(np.asarray(predictor(images)), expected, atol=1e-5, rtol=0)
+  np.testing.assert_allclose(np.asarray(predictor(images)["logits"]), expected, atol=1e-5, rtol=0)
   with pytest.raises(UserError, match="expected uint8 images"):
     predictor(images.astype(np.float32))
 
@@ -66,7 +68,8 @@ def test_export_for_another_platform_uses_its_ops(trained_workdir):
   """The CPU-only layer implementations are chosen for the platform lowered for, not for this host:
   exported from a CPU for cuda, every convolution and max-pool is XLA's own op."""
   cfg, info, model, state = wd.restore(trained_workdir, params_only=True)
-  predict = export.make_predict(model, jax.device_get(train_state.variables(state)), info["mean"], info["std"])
+  predict = export.make_predict(model, jax.device_get(train_state.variables(state)), info["mean"], info["std"],
+                                tasks.classification)
   text = {p: export.export_predict(predict, tuple(info["image_shape"]), (p,)).mlir_module() for p in ("cuda", "cpu")}
   assert text["cuda"].count("stablehlo.convolution") == 2  # the small CNN's two convolutions
   assert "reduce_window" in text["cuda"]  # max-pool as XLA's window reduction

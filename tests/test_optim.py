@@ -97,7 +97,7 @@ def test_accumulation_updates_batch_norm_statistics_once_per_step():
 
 def test_weight_decay_mask_excludes_biases_and_norm_scales():
   cfg = tiny_config()
-  model = wd.create_model(cfg, 10)
+  model = classification.create_model(cfg, {"class_names": list(range(10))})
   params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1))))["params"]
   paths = jax.tree.leaves(optim.param_paths(params))
   mask = jax.tree.leaves(optim.decay_mask(cfg)(params))

@@ -77,7 +77,7 @@ def test_every_attack_budget_runs_one_compiled_program(trained_workdir):
   fgsm = robustness.make_attack(run.model, run.info["mean"], run.info["std"])
   acc = {e: steps.stream(fgsm, (run.variables, robustness.budget(e)), data, 32, mesh, 0).mean() for e in (0, 4, 16)}
   assert steps._jitted(fgsm, mesh)._cache_size() == 1
-  logits = steps.stream(lambda v, b: steps.predict(run.model, v, b["image"], run.info["mean"], run.info["std"]),
+  logits = steps.stream(lambda v, b: steps.apply(run.model, v, b["image"], run.info["mean"], run.info["std"]),
                         run.variables, data, 32, mesh, 0)
   clean = (logits.argmax(-1) == data.labels).mean()
   assert acc[0] == clean and acc[16] < clean - 0.1, (acc, clean)

@@ -47,7 +47,7 @@ def det(tmp_path_factory):
   """(workdir, 4 test images at the model's size, make_predict's outputs of them, the restored run)."""
   workdir = str(tmp_path_factory.mktemp("detection_serve"))
   cfg = detection_config()
-  ds = detection.open_data(cfg.data)
+  ds = detection.open_data(cfg)
   info = wd.data_info(cfg, ds)
   built = wd.build(cfg, info, parallel.make_mesh())
   # An RBG key: this model's initialisers compile in ~4 s with it, ~20 s with the default threefry.

@@ -8,13 +8,14 @@ import numpy as np
 import optax
 import pytest
 
-from imgrec import cli, losses, parallel, tasks, workdir as wd
+from imgrec import cli, parallel, tasks, workdir as wd
 from imgrec.data import pipeline
 from imgrec.errors import UserError
 from imgrec.serve import app, protocol
 from imgrec.serve.batcher import Batcher
 from imgrec.state import variables
 from imgrec.tasks import classification
+from imgrec.tasks.classification import losses
 from tests.conftest import tiny_config
 from tests.helpers import ROOT
 
@@ -33,7 +34,7 @@ def test_unknown_task_is_a_one_line_error(tmp_path, capsys, monkeypatch):
 
 def test_classification_examples_batches_metrics_and_record():
   cfg = tiny_config()
-  ds = classification.open_data(cfg.data)
+  ds = classification.open_data(cfg)
   split = ds.split("train")
   # Examples are feature dicts; the pipeline stacks what `spec` names and adds "mask" to eval batches.
   assert split.spec == {"image": ((8, 8, 1), np.uint8), "label": ((), np.int32)}
@@ -64,11 +65,11 @@ def test_classification_examples_batches_metrics_and_record():
   # The evaluation record metrics.jsonl keeps, from per-example outputs.
   rng = np.random.default_rng(0)
   out = {"logits": rng.normal(size=(50, 10)).astype(np.float32), "label": rng.integers(0, 10, 50)}
-  record, summary = classification.evaluate(out, split, info)
+  record, summary = classification.evaluate(out, split, info, cfg)
   assert list(record) == ["accuracy", "loss", "examples", "top5_accuracy", "ece"]
   assert record["examples"] == 50 and record["loss"] == pytest.approx(
       float(optax.softmax_cross_entropy_with_integer_labels(out["logits"], out["label"]).mean()), rel=1e-5)
-  assert classification.final_line({"split": "test", **record}).startswith("test accuracy: ")
+  assert tasks.line(classification, {"split": "test", **record}).startswith("test accuracy 0.")
   assert sorted(classification.summary_images({"split": "test"}, summary)) == ["test/confusion_matrix",
                                                                                "test/reliability"]
 
@@ -77,9 +78,12 @@ def test_served_outputs_come_from_the_task():
   """The server's outputs, metadata and classification extension are the task's; a model of another task gets a
   clear refusal from the classification-only routes, and no classification extension."""
   names = ("a", "b", "c")
-  spec = protocol.ModelSpec((4, 4, 1), names, "", classification.OUTPUTS,
+  sizes = classification.output_sizes(None, {"class_names": names})
+  spec = protocol.ModelSpec((4, 4, 1), names, "", tasks.contract.resolve(classification.OUTPUTS, sizes),
                             lambda values, k: classification.classification_strings(values, k, names))
-  outputs = classification.postprocess(np.array([[1.0, 3.0, 2.0]], np.float32))
+  stub = types.SimpleNamespace(apply=lambda v, x, train: x)  # the "model" returns its input as logits
+  predict = classification.make_predict(stub, (0.0,), (1.0,), normalized=True)
+  outputs = jax.tree.map(np.asarray, predict({}, jnp.array([[1.0, 3.0, 2.0]], jnp.float32)))
   assert sorted(outputs) == ["logits", "probabilities"] and outputs["probabilities"].dtype == np.float32
   np.testing.assert_allclose(outputs["probabilities"], jax.nn.softmax(jnp.array([[1.0, 3.0, 2.0]])), rtol=1e-6)
   req = protocol.requested_outputs([{"name": "probabilities", "parameters": {"classification": 2}}], False, spec)

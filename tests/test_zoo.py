@@ -12,11 +12,15 @@ import optax
 import pytest
 import flax.linen as nn
 
-from imgrec import losses, models, workdir as wd
+from imgrec import models
+from imgrec.tasks import classification
+from imgrec.tasks.classification import losses
 from imgrec.errors import UserError
 from imgrec.models import profile, vit
 from imgrec.models.blocks import drop_path
 from tests.helpers import ROOT
+
+TEN = {"class_names": [str(i) for i in range(10)]}  # a dataset.json's classes, for the task's create_model
 
 # Published parameter counts (millions) at 224x224x3 and 1000 classes (torchvision / timm / papers).
 PUBLISHED = {"alexnet": 61.10, "resnet18": 11.69, "resnet50": 25.56, "resnet152": 60.19, "vgg16": 138.36,
@@ -232,9 +236,9 @@ def test_fashion_mnist_config_builds_its_model(family, monkeypatch):
   monkeypatch.syspath_prepend(ROOT)  # configs import configs.common
   full = config.load(f"configs/fashion_mnist_{family}.py")
   assert full.data.source == "fashion_mnist" and models.family(full.model.name) == family
-  wd.create_model(full, 10)  # the model accepts the config's kwargs (traced at full size: too slow here)
+  classification.create_model(full, TEN)  # the model accepts the config's kwargs (traced at full size: too slow here)
   cfg = config.load(f"configs/fashion_mnist_{family}.py:quick=True")
-  model = wd.create_model(cfg, 10)
+  model = classification.create_model(cfg, TEN)
   out = jax.eval_shape(lambda x: model.init_with_output(jax.random.PRNGKey(0), x)[0],
                        jax.ShapeDtypeStruct((2, 28, 28, 1), jnp.float32))
   assert out.shape == (2, 10) and cfg.steps == 300
@@ -252,7 +256,7 @@ def test_recipe_configs_validate_and_build(spec, monkeypatch):
   cfg = config.load(f"configs/{name}.py" + (f":{arg}" if arg else ""))
   config.validate(cfg)
   augment.parse(cfg.data.augment)
-  model = wd.create_model(cfg, 10)
+  model = classification.create_model(cfg, TEN)
   out = jax.eval_shape(lambda x: model.init_with_output(jax.random.PRNGKey(0), x)[0],
                        jax.ShapeDtypeStruct((2, 28, 28, 1), jnp.float32))
   assert out.shape == (2, 10)

@@ -22,7 +22,7 @@ METHODS = ("int8", "bf16", "prune", "channels")
 def correct_fn(model, mean, std):
   """`fn(variables, batch) -> correct` per example for `steps.stream`; `model` is any object with a Linen-style
   `.apply` (e.g. `quantize.Int8Model`). Build it once per model: `steps.stream` compiles once per function."""
-  return lambda v, b: jnp.argmax(steps.predict(model, v, b["image"], mean, std), -1) == b["label"]
+  return lambda v, b: jnp.argmax(steps.apply(model, v, b["image"], mean, std), -1) == b["label"]
 
 
 def accuracy(fn, variables, split, batch_size=256):
@@ -84,3 +84,11 @@ def compress_workdir(source, method, out, sparsity=0.9, steps=200, finetune=None
     wd.save_params(out, small_vars, compressed=method == "prune")
   result["bytes"] = os.path.getsize(out)
   return result
+
+
+def line(r):
+  """`imgrec compress`'s line: the method's accuracy and size against float32."""
+  extra = f", sparsity {r['sparsity']:.3f}" if "sparsity" in r else ""
+  extra += f", params {r['params_fp32']} -> {r['params']}" if "params" in r else ""
+  return (f"{r['method']}: accuracy {r['accuracy']:.4f} (fp32 {r['accuracy_fp32']:.4f}), "
+          f"{r['bytes']} bytes (fp32 {r['bytes_fp32']}){extra}")

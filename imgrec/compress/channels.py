@@ -110,11 +110,11 @@ def prune(model, variables, sparsity, criterion="bn"):
   return wd.unflatten(flat), {kwarg: tuple(widths)}, rows
 
 
-def shrunk_model(cfg, num_classes, kwargs):
-  """The model of `cfg` with the per-conv widths `kwargs` (what `prune` returned)."""
+def shrunk_config(cfg, kwargs):
+  """`cfg` with the per-conv widths `kwargs` (what `prune` returned) in its model kwargs."""
   cfg = cfg.copy_and_resolve_references()
   cfg.model.kwargs.update(kwargs)
-  return cfg, wd.create_model(cfg, num_classes)
+  return cfg
 
 
 def prepare(source, out, sparsity, steps=200, lr_scale=0.3, criterion="bn"):
@@ -128,7 +128,7 @@ def prepare(source, out, sparsity, steps=200, lr_scale=0.3, criterion="bn"):
   run = wd.restore(source, params_only=True)
   variables = jax.device_get(run.variables)
   pruned, kwargs, rows = prune(run.model, variables, sparsity, criterion)
-  new_cfg, _ = shrunk_model(run.cfg, len(run.info["class_names"]), kwargs)
+  new_cfg = shrunk_config(run.cfg, kwargs)
   new_cfg.transfer.init_from = ""
   new_cfg.distill.teacher = ""
   if steps > 0:

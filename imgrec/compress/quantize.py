@@ -5,7 +5,7 @@ int8: every convolution and dense layer runs with int8 operands and int32 accumu
 channel, symmetric; each layer's input gets one symmetric scale calibrated as the largest
 |activation| seen on a few batches. The model code is unchanged: a Flax method interceptor
 replaces Conv/Dense calls (`Int8Model(model).apply` is `model.apply` that way, so the one
-`steps.predict` runs it). The quantised variables hold the int8 kernels under "params" and the
+`steps.apply` runs it). The quantised variables hold the int8 kernels under "params" and the
 scales in a "quant" collection, and are saved as a flat .npz by name (~4x smaller).
 """
 import dataclasses

@@ -183,12 +183,6 @@ def defaults(photo, image_size):
   return pp, pp
 
 
-def detection_defaults(size):
-  """(pp_train, pp_eval) for detection at `size` x `size`: scale jitter with box-consistent crops and
-  flips for training; aspect kept and padded (one scale, one translation) for evaluation and serving."""
-  return f"decode|random_scale_crop({size})|flip", f"decode|letterbox({size})"
-
-
 # ----------------------------------------------------------------------------- planning
 
 

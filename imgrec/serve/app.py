@@ -81,7 +81,7 @@ class Loaded:
   step: int
   fns: dict       # {"uint8": fn, "float32": fn}, each `fn(variables, images) -> outputs`
   task: object    # the run's task module: its post-processing makes the served outputs
-  outputs: tuple  # the task's outputs_of: (name, datatype, per-example shape)
+  outputs: tuple  # tasks.outputs: (name, datatype, per-example shape)
 
 
 def load_workdir(workdir):
@@ -89,7 +89,7 @@ def load_workdir(workdir):
   run = wd.restore(workdir, params_only=True)
   task = tasks.get(run.cfg.task)
   return Loaded(run.variables, run.info, int(run.state.step), make_predict(task, run.model, run.info["mean"],
-                run.info["std"]), task, tuple(task.outputs_of(run.model, run.info)))
+                run.info["std"]), task, tuple(tasks.outputs(task, run.model, run.info)))
 
 
 def compile_replica(fn, variables, device, sizes, image_shape, dtype):
@@ -137,7 +137,7 @@ class ServedModel:
     self.ready = True
 
   async def infer(self, images, kind, timeout):
-    """-> the task's served outputs {name: numpy array [B, ...]} (its postprocess)."""
+    """-> the task's outputs {name: numpy array [B, ...]} (its OUTPUTS)."""
     if kind not in self.batchers:
       raise RequestError(400, "FP32 inputs are disabled on this server; send UINT8 pixels or encoded images")
     if len(images) == 0:
@@ -151,7 +151,7 @@ class ServedModel:
         outputs = await asyncio.wrap_future(fut)
     except TimeoutError:
       raise RequestError(504, f"inference did not finish within {timeout} s")
-    return self.task.postprocess(outputs)
+    return {name: np.asarray(value) for name, value in outputs.items()}
 
   def classifier(self, route):
     """This model's task module, for the route that only classification answers (TF-Serving :classify)."""
@@ -324,7 +324,7 @@ def create_app(models, options=Options()):
     body = await parse(len(raw), protocol.load_json, raw, limits)
     images, kind, columnar = await parse(len(raw), protocol.parse_tfs, body, m.spec, limits)
     tensors = await m.infer(images, kind, options.timeout_s)
-    return JSONResponse(protocol.tfs_response(tensors, m.task.TFS_OUTPUTS, columnar))
+    return JSONResponse(protocol.tfs_response(tensors, tasks.tfs_outputs(m.task), columnar))
 
   async def v1_classify(request):
     m = get_model(request)

@@ -62,7 +62,7 @@ class ModelSpec:
   image_shape: tuple   # (H, W, C)
   class_names: tuple
   pp_eval: str = ""    # the run's eval preprocessing (dataset.json), applied to encoded images; "": resize
-  outputs: tuple = ()  # the task's outputs_of: (name, datatype, per-example shape; a "K" left: len(class_names))
+  outputs: tuple = ()  # tasks.outputs: (name, datatype, per-example shape; a "K" left: len(class_names))
   classify: object = None  # (values, k) -> per row k "score:index:label" strings; None: no classification extension
 
 
@@ -508,7 +508,7 @@ def _numeric(value, spec, limits):
 
 
 def tfs_response(tensors, names, columnar):
-  """TF-Serving's reply of the outputs `names` (the task's TFS_OUTPUTS) of a batch: one name answers its values
+  """TF-Serving's reply of the outputs `names` (tasks.tfs_outputs) of a batch: one name answers its values
   per row ({"predictions": [...]}) or as one column ({"outputs": [...]}); several answer a {name: value} object
   per row, or {"outputs": {name: values}}, as TF-Serving does for a signature with several outputs."""
   if len(names) == 1:

@@ -1,67 +1,67 @@
-"""Tasks: what differs between recognition tasks. `config.task` names one; `get(name)` returns its module
-(`for_config(cfg)` also checks config.select_metric against its SELECT). A new task is a module (or package)
-here, added to TASKS.
+"""Tasks: what differs between recognition tasks. `config.task` names one; `get(name)` returns its module.
 
-Everything else is shared and names no task's targets: the trainer and its safety machinery (resume guard,
-signals, finite checks, checkpoints, exact data order), the input pipeline, `steps` (the step's skeleton:
-accumulation, EMA, the optimiser; `stream`, the one evaluation loop), the server's batcher and `export`.
-A task module gives, as plain functions and constants (no base class); NAME is its config.task name:
+A NEW TASK touches only its own package and one line here:
+  imgrec/tasks/NAME/settings.py   its config keys with defaults and comments, checks, resume rules, selection
+  imgrec/tasks/NAME/__init__.py   the contract below (plain functions and constants; no base class)
+  imgrec/tasks/NAME/*.py          its data sources, model heads, loss, metrics, plots, as it needs
+  TASKS below                     one registry line
+  (and, as any feature: tests/, a recipe in configs/, README.md, BENCHMARKS.md)
+Nothing shared names a task: the trainer and its safety machinery (resume guard, signals, finite checks,
+checkpoints, exact data order), config.py (the schema is the shared keys plus every task's settings()),
+resume.py, the input pipeline (data/), steps.py, workdir.py, export.py and the server go through this contract.
+Classification and detection are the worked examples; tests/test_layout.py checks the shared modules name no
+task's targets, outputs or metrics.
 
+The contract (NAME is the task's config.task value):
+Settings (settings.py, re-exported; it imports nothing of imgrec but errors)
+  settings() -> {section: {key: default}}   its own section (usually NAME) and keys it adds to `data`; every
+      key appears in imgrec.config.defaults(). A key of another task set away from its default is refused.
+  MAY_CHANGE: the dotted keys that may change when a run resumes (every other key of the task defines the run)
+  SELECT: {metric: "max" | "min"} that model selection may use; DEFAULT_SELECT (config.select_metric "")
+  validate(cfg): raises UserError for a bad value of its keys
+  DECODED_SOURCES: data.source prefixes whose images are decoded on the host (so data.pp_* apply)
 Data
-  open_data(data_cfg) -> Dataset        its sources by name (classification: digits, idx:, folder:, tfds:...)
-  A split: len(split); split.spec: {feature: (shape, numpy dtype)}, "image" uint8 (H, W, C) among them;
-  split.example(i, train, rng) -> {feature: array of that shape}, targets padded to static shapes (detection:
-  "boxes" float32 [data.max_boxes, 4] x0,y0,x1,y1 in the preprocessed image's pixels, "classes" int32
-  [data.max_boxes], "box_mask" bool [data.max_boxes]), or None for an unreadable image under
-  data.on_bad_image=skip. The pipeline stacks the features of a batch and adds "mask" to eval batches; it names
-  no feature but "image".
-  (classification also keeps `split.labels` and `split.get(indices)` for its own commands; an in-memory split
-  may give `take(indices) -> {feature: [N, ...]}`, the pipeline's fast path.)
+  open_data(cfg) -> Dataset: .name, .class_names, .image_shape, .pp_eval, .split(name)
+  A split: len(split); split.spec {feature: (shape, numpy dtype)}, "image" uint8 (H, W, C) among them;
+  split.example(i, train, rng) -> {feature: array of that shape}, targets padded to static shapes, or None for an
+  unreadable image under data.on_bad_image=skip. The pipeline stacks a batch's features and adds "mask" (bool,
+  False on padding) to eval batches; it names no feature but "image".
 Model
   create_model(cfg, info) -> a Linen module; apply(variables, float NHWC, train) -> outputs (any pytree).
-  Backbones come from the zoo (imgrec.models); a head that needs intermediate features asks the backbone for them.
-Training (pure, inside the jitted step)
+  Backbones come from the zoo (imgrec.models); `features=True` gives a backbone's multi-scale maps.
+Training (pure, inside the jitted step; steps.make_train_step is the skeleton both go into)
   make_inputs(cfg, info) -> fn(rng, batch) -> (float images in [0, 1] after augmentation, targets pytree)
-  make_loss(cfg, info, teacher=None) -> fn(outputs, targets, x, aux) -> (scalar loss, {train metric: scalar})
-      x: the model's standardised input; aux: the step's optional third argument (None unless the task uses
-      one: classification's distillation passes the teacher's variables there, with `x` for the teacher).
-      `teacher`: the restored run of cfg.distill.teacher (a workdir.Run), when set; a task without
-      distillation refuses it. (Changed from `make_loss(cfg, info) -> fn(outputs, targets)`: distillation
-      needs the input and the teacher's variables, and those must be arguments of the compiled step.)
-  steps.make_train_step(model, tx, mean, std, inputs, loss, cfg) is the skeleton both go into.
+  make_loss(cfg, info, open_run) -> (fn(outputs, targets, x, aux) -> (scalar loss, {train metric: scalar}), aux)
+      x: the model's standardised input; aux: a pytree passed to the compiled step as its third argument (None:
+      none), e.g. classification's distillation teacher variables. open_run(path) restores another run
+      (workdir.restore, params only) for a task that needs one.
 Evaluation
-  make_eval_fn(model, mean, std, tta=False) -> fn(variables, batch) -> per-example outputs (run by steps.stream)
-  evaluate(outputs, split, info) -> (record: what metrics.jsonl keeps, summary: everything the report shows)
-  RECORD: the keys of that record (what `imgrec sweep --metric val.KEY` may name)
-  SELECT: {metric: "max" | "min"}, the metrics model selection may use; DEFAULT_SELECT
-  progress_line(record), final_line(record): the trainer's line per evaluation (after "step N: ") and at the end
+  make_eval_fn(model, info, cfg) -> fn(variables, batch) -> {name: [N, ...] per example, "sums": pytree}
+      steps.stream gathers the per-example outputs in split order, and ADDS UP "sums" over the batches on
+      device (a confusion matrix; the task masks padding with batch["mask"]), the same on any number of devices.
+  evaluate(outputs, split, info, cfg) -> (record: what metrics.jsonl keeps, summary: everything the report shows)
+  RECORD: the record's keys (what `imgrec sweep --metric val.KEY` may name); LINE: the keys the trainer's and
+      `imgrec eval`'s lines show (contract.line formats them)
   summary_images(record, summary) -> {TensorBoard tag: (plot function, its arguments but the output file)}
-  augment_preview(cfg, ds) -> (plot function, its arguments but the file) of augmented training examples drawn
-      from the open data set `ds`, or None
+  augment_preview(cfg, ds) -> (plot function, its arguments but the file) of augmented examples, or None
 Prediction and serving
-  make_predict(model, mean, std, normalized=False) -> fn(variables, images) -> outputs [B, ...] (any pytree),
-  decoding included (inside jit, static shapes); images uint8, or with `normalized` float32 already
-  standardised by the client (the server's FP32 input); PREDICTS: what it returns, in words (an export's
-  meta.json "output")
-  postprocess(outputs) -> {output name: numpy array [B, ...]}: on the host, in the server, after the batcher
-  OUTPUTS: [(name, datatype, per-example shape)], sizes the model decides left symbolic; outputs_of(model, info):
-  the same with every size filled in (OIP model metadata, an export's meta.json)
-  TFS_OUTPUTS: the names TF-Serving :predict answers with (one: its values per row, as a one-output signature
-  does; several: a {name: value} object per row, or per name in the columnar form)
-  upload_result(outputs, input_hw, to_source, source_wh, class_names, k) -> the JSON of one uploaded image (an
-  image body to :predict, or :classify for classifiers; the web page): `outputs` that image's {name: array},
-  input_hw the model input's (height, width), to_source the map (sx, sy, tx, ty) from the model input's pixels
-  to the upload's (preprocess.for_model_with_map), source_wh the upload's (width, height), k the query's k or
-  None. The page shows "predictions" [{label, probability}] as bars and draws "detections" [{label, score,
-  box: [x0, y0, x1, y1] in the upload's pixels}] on the image; the server knows neither.
-  classification_strings(values, k, class_names) (optional): OIP's classification extension; without it a
-  request asking for it is refused. TF-Serving :classify answers classifiers only.
+  OUTPUTS: (contract.Output(name, datatype, per-example shape with named sizes, tfs), ...): the one description
+      of what predict returns, used by the server (metadata, replies, TF-Serving), export (meta.json) and docs
+  output_sizes(model, info) -> {named size: int}
+  make_predict(model, mean, std, normalized=False) -> fn(variables, images) -> {output name: [B, ...]}: decoding
+      included (inside jit, static shapes); images uint8, or with `normalized` float32 already standardised
+  upload_result(outputs, input_hw, to_source, source_wh, class_names, k) -> the JSON of one uploaded image:
+      `outputs` that image's {name: numpy array}, input_hw the model input's (height, width), to_source the map
+      (sx, sy, tx, ty) from the model input's pixels to the upload's, source_wh the upload's (width, height), k
+      the query's k or None. The page shows "predictions" as bars and draws "detections" on the image.
+  classification_strings(values, k, class_names) (optional): OIP's classification extension
 Reports
   write_report(out_dir, outputs, split, info, summary): report.md, metrics.json and PNG plots
-  headline(summary): the short JSON `imgrec eval --json` prints; eval_line(summary): the line `imgrec eval` prints
+  headline(summary): the short JSON `imgrec eval --json` prints
 """
 from imgrec.errors import UserError
-from imgrec.tasks import classification, detection
+from imgrec.tasks import classification, contract, detection
+from imgrec.tasks.contract import Output  # noqa: F401  (re-exported: tasks.Output)
 
 TASKS = {classification.NAME: classification, detection.NAME: detection}
 
@@ -77,7 +77,7 @@ def for_config(cfg):
   """The task of a config, with its config.select_metric checked against the task's SELECT (a user error
   before any work)."""
   task = get(cfg.task)
-  select_direction(task, cfg.select_metric)
+  select_direction(task, cfg.select_metric or task.DEFAULT_SELECT)
   return task
 
 
@@ -87,6 +87,21 @@ def select_direction(task, metric):
     raise UserError(f"select_metric {metric!r} is not a metric of the {task.NAME} task; use one of "
                     f"{', '.join(sorted(task.SELECT))} (default {task.DEFAULT_SELECT})")
   return task.SELECT[metric]
+
+
+def outputs(task, model, info):
+  """[(name, datatype, shape)] of the task's OUTPUTS for this model and data, every size filled in."""
+  return contract.resolve(task.OUTPUTS, task.output_sizes(model, info))
+
+
+def tfs_outputs(task):
+  """The output names TF-Serving :predict answers with (one: its values per row; several: an object per row)."""
+  return tuple(o.name for o in task.OUTPUTS if o.tfs)
+
+
+def line(task, record):
+  """An evaluation record as one line (the trainer's progress and final lines, `imgrec eval`)."""
+  return contract.line(record, task.LINE)
 
 
 def require_classification(cfg, command, workdir):

@@ -26,31 +26,29 @@ import numpy as np
 from imgrec import steps
 from imgrec.data import augment
 from imgrec.errors import UserError
+from imgrec.tasks.contract import Output
 from imgrec.tasks.detection import coco_eval, data, decode, holdout, loss, model as fcos, plots, transforms
+from imgrec.tasks.detection.settings import (DECODED_SOURCES, DEFAULT_SELECT, MAY_CHANGE, NAME, SELECT,  # noqa: F401
+                                             settings, validate)
 
-NAME = "detection"
-SELECT = {"AP": "max", "AP50": "max", "AP75": "max", "AR100": "max"}  # what model selection may maximise
-DEFAULT_SELECT = "AP"
 RECORD = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "examples")  # what metrics.jsonl keeps
+LINE = ("AP", "AP50", "AP75", "AR100")  # what the trainer's and `imgrec eval`'s lines show of it
 # Device augmentations that leave every pixel where it was (the boxes stay right); geometry is host-side.
 PHOTOMETRIC = ("brightness", "contrast", "gaussian_noise", "salt_pepper", "cutout", "erase")
-# (name, datatype, per-example shape); -1 is K, config.detection.num_detections (`outputs_of(model)` gives it).
-OUTPUTS = [("detection_boxes", "FP32", (-1, 4)), ("detection_scores", "FP32", (-1,)),
-           ("detection_classes", "FP32", (-1,)), ("num_detections", "FP32", ())]
-PREDICTS = ("TF Object Detection API outputs: detection_boxes [K, 4] (ymin, xmin, ymax, xmax in [0, 1]), "
-            "detection_scores [K], detection_classes [K] (class index + 1; 0: none), num_detections []")
-TFS_OUTPUTS = tuple(n for n, _, _ in OUTPUTS)  # TF-Serving :predict answers with all four, per row
+# K: config.detection.num_detections (output_sizes). TF-Serving :predict answers with all four, per row.
+OUTPUTS = (Output("detection_boxes", "FP32", ("K", 4)), Output("detection_scores", "FP32", ("K",)),
+           Output("detection_classes", "FP32", ("K",)), Output("num_detections", "FP32", ()))
 REPORT_IMAGES = 12  # test images drawn with their boxes in the report
 
 
 # ---------------------------------------------------------------------------- data and model
 
-def open_data(data_cfg):
+def open_data(cfg):
   """The detection data set named by the config's `data` section (data.py: digit_boxes, coco:DIR,
   coco:ANN.json@IMAGES, tfds:coco/2017), with a "val" split held out of training when data.val_fraction > 0."""
-  ds = data.open_data(data_cfg)
-  if data_cfg.val_fraction > 0:
-    ds = holdout.with_validation(ds, data_cfg.train_split, data_cfg.val_fraction)
+  ds = data.open_data(cfg.data)
+  if cfg.data.val_fraction > 0:
+    ds = holdout.with_validation(ds, cfg.data.train_split, cfg.data.val_fraction)
   return ds
 
 
@@ -61,10 +59,10 @@ def create_model(cfg, info):
                      **cfg.model.kwargs.to_dict())
 
 
-def outputs_of(model, info=None):
-  """OUTPUTS with K filled in from the model's decoding settings."""
+def output_sizes(model, info):
+  """K, the detections kept per image (the model's decoding settings)."""
   del info
-  return [(n, t, tuple(model.num_detections if d == -1 else d for d in shape)) for n, t, shape in OUTPUTS]
+  return {"K": model.num_detections}
 
 
 # ---------------------------------------------------------------------------- training (inside the jitted step)
@@ -88,19 +86,17 @@ def make_inputs(cfg, info):
   return inputs
 
 
-def make_loss(cfg, info, teacher=None):
-  """`fn(outputs, targets, x=None, aux=None) -> (loss, {"loss_cls", "loss_box", "loss_ctr", "loss_l1",
-  "positives"})`: the FCOS objective with config.detection's weights."""
-  del info
-  if teacher is not None or cfg.distill.teacher:
-    raise UserError("distillation (distill.teacher) is a classification feature; unset it for detection")
+def make_loss(cfg, info, open_run):
+  """(`fn(outputs, targets, x, aux) -> (loss, {"loss_cls", "loss_box", "loss_ctr", "loss_l1", "positives"})`,
+  None): the FCOS objective with config.detection's weights."""
+  del info, open_run
   d = cfg.detection
 
-  def fn(outputs, targets, x=None, aux=None):
+  def fn(outputs, targets, x, aux):
     del x, aux
     return loss.fcos_loss(outputs, targets, d.cls_weight, d.box_weight, d.ctr_weight, d.l1_weight,
                           d.center_radius)
-  return fn
+  return fn, None
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -113,19 +109,19 @@ def _detect(model, variables, images, mean, std, normalized=False):
                        model.nms_iou, model.score_threshold)
 
 
-def make_eval_fn(model, mean, std, tta=False):
+def make_eval_fn(model, info, cfg):
   """`fn(variables, batch) -> {"boxes", "scores", "classes", "num_detections", "image_id", "to_source"}` per
   example, for `steps.stream`."""
-  if tta:
-    raise UserError("test-time augmentation (--tta) is classification-only; detection has none")
+  del cfg
+  mean, std = info["mean"], info["std"]
   return lambda v, b: {**_detect(model, v, b["image"], mean, std), "image_id": b["image_id"],
                        "to_source": b["to_source"]}
 
 
-def evaluate(outputs, split, info):
+def evaluate(outputs, split, info, cfg):
   """(the record metrics.jsonl keeps, the summary the report shows) of a split's streamed detections: COCO box
   mAP against the split's ground truth (split.coco_ground_truth(), source pixels, COCO category ids)."""
-  del info
+  del info, cfg
   category_ids = list(split.category_ids)
   results = coco_eval.to_results(outputs, category_ids)
   metrics, per_class, curves = coco_eval.evaluate(split.coco_ground_truth(), results,
@@ -136,27 +132,9 @@ def evaluate(outputs, split, info):
   return {k: summary[k] for k in RECORD}, summary
 
 
-def progress_line(result):
-  """An evaluation during training, after "step N: "."""
-  return f"{result['split']} AP {result['AP']:.4f}, AP50 {result['AP50']:.4f}"
-
-
-def final_line(result):
-  """The end-of-run line."""
-  return (f"{result['split']} AP: {result['AP']:.4f} (AP50 {result['AP50']:.4f}, AP75 {result['AP75']:.4f}, "
-          f"AR100 {result['AR100']:.4f}, {result['examples']} images)")
-
-
 def summary_images(result, summary):
   """The final evaluation's images for TensorBoard: {tag: (plot function, its arguments but the file)}."""
   return {f"{result['split']}/precision_recall": (plots.plot_pr_curves, summary["curves"], summary["per_class"])}
-
-
-def eval_line(result):
-  """`imgrec eval`'s line."""
-  return (f"{result['split']} AP {result['AP']:.4f} (AP50 {result['AP50']:.4f}, AP75 {result['AP75']:.4f}, "
-          f"APs/m/l {result['APs']:.4f}/{result['APm']:.4f}/{result['APl']:.4f}, AR100 {result['AR100']:.4f}), "
-          f"{result['examples']} images (checkpoint step {result['step']})")
 
 
 def augment_preview(cfg, ds):
@@ -185,11 +163,6 @@ def make_predict(model, mean, std, normalized=False):
             "detection_classes": jnp.where(valid, det["classes"] + 1, 0).astype(jnp.float32),
             "num_detections": n.astype(jnp.float32)}
   return predict
-
-
-def postprocess(outputs):
-  """The served outputs of a batch, on the host: make_predict's dict as float32 numpy arrays."""
-  return {k: np.asarray(v, np.float32) for k, v in outputs.items()}
 
 
 def upload_result(outputs, input_hw, to_source, source_wh, class_names, k=None):

@@ -141,9 +141,15 @@ class Split(EncodedSplit):
     return self.ann.ground_truth(self.class_names, self.category_ids, names)
 
 
+def default_pp(size):
+  """(pp_train, pp_eval) for detection at `size` x `size`: scale jitter with box-consistent crops and
+  flips for training; aspect kept and padded (one scale, one translation) for evaluation and serving."""
+  return f"decode|random_scale_crop({size})|flip", f"decode|letterbox({size})"
+
+
 def source_reading(cfg, default_size):
   """The Reading of a detection source: its pp strings (the config's, or the detection defaults) and shape."""
-  pp_train, pp_eval = preprocess.detection_defaults(cfg.get("image_size", 0) or default_size)
+  pp_train, pp_eval = default_pp(cfg.get("image_size", 0) or default_size)
   pp_train, pp_eval = cfg.get("pp_train") or pp_train, cfg.get("pp_eval") or pp_eval
   out_train, out_eval = (preprocess.output_size(preprocess.parse(p)) for p in (pp_train, pp_eval))
   if not out_train or out_train != out_eval:

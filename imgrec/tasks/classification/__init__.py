@@ -2,9 +2,9 @@
 
 Examples are {"image", "label"} (imgrec/data/splits.py, from imgrec/data/sources.py); the model maps images to
 logits over `info["class_names"]`. Training: on-device augmentation on one-hot (smoothed) targets, cross-entropy
-or the distillation objective (imgrec/losses.py), "accuracy" as the train metric. Evaluation: the logits of a
-whole split, then imgrec/metrics.py (accuracy, top-5, NLL, ECE, per class, confusion). Serving: softmax scores
-and top-k classes. Distillation is a classification feature.
+or the distillation objective (losses.py), "accuracy" as the train metric. Evaluation: the logits of a whole split
+(with classification.tta, averaged over horizontal mirrors), then metrics.py (accuracy, top-5, NLL, ECE, per
+class, confusion). Serving: logits, softmax probabilities and top-k classes. Distillation and TTA are this task's.
 """
 import functools
 import json
@@ -14,24 +14,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from imgrec import config, losses, metrics, models, plots, steps
+from imgrec import models, steps
 from imgrec.data import augment, sources
+from imgrec.plots import plot_confusion
+from imgrec.tasks.classification import losses, metrics, plots
+from imgrec.tasks.classification.settings import (DECODED_SOURCES, DEFAULT_SELECT, MAY_CHANGE, NAME,  # noqa: F401
+                                                  SELECT, settings, validate)
+from imgrec.tasks.contract import Output
 
-NAME = "classification"
-SELECT = {"accuracy": "max", "loss": "min"}  # what model selection may maximise / minimise
-DEFAULT_SELECT = "accuracy"
 RECORD = ("accuracy", "loss", "examples", "top5_accuracy", "ece")  # what metrics.jsonl keeps of an evaluation
-OUTPUTS = (("logits", "FP32", ("K",)), ("probabilities", "FP32", ("K",)))  # served; "K": the number of classes
-PREDICTS = "logits"  # what make_predict returns (an export artifact's meta.json "output")
-TFS_OUTPUTS = ("probabilities",)  # TF-Serving :predict's one output
+LINE = ("accuracy", "loss")  # what the trainer's and `imgrec eval`'s lines show of it
+OUTPUTS = (Output("logits", "FP32", ("K",), tfs=False), Output("probabilities", "FP32", ("K",)))  # K: classes
 UPLOAD_K = 5  # classes an upload answers with when the query names no k
 
 
 # ---------------------------------------------------------------------------- data and model
 
-def open_data(data_cfg):
+def open_data(cfg):
   """The data set named by the config's `data` section, with its "val" split carved out of the training split
   when data.val_fraction > 0."""
+  data_cfg = cfg.data
   ds = sources.load(data_cfg)
   if data_cfg.val_fraction > 0:
     ds = sources.with_validation(ds, data_cfg.train_split, data_cfg.val_fraction)
@@ -57,12 +59,15 @@ def make_inputs(cfg, info):
   return inputs
 
 
-def make_loss(cfg, info, teacher=None):
-  """`fn(logits, targets, x, teacher variables) -> (loss, {"accuracy"})`: cross-entropy against the soft
-  targets; with a `teacher` run (a restored `workdir.Run`, cfg.distill.teacher), the distillation objective."""
-  if teacher is None:
-    return loss_of()
-  return loss_of(losses.distillation(teacher.model, teacher.info, info, cfg.distill.alpha, cfg.distill.temperature))
+def make_loss(cfg, info, open_run):
+  """(`fn(logits, targets, x, teacher variables) -> (loss, {"accuracy"})`, aux): cross-entropy against the soft
+  targets; with distill.teacher, the distillation objective, the teacher's variables being `aux` (an argument of
+  the compiled step, restored once here through `open_run`)."""
+  if not cfg.distill.teacher:
+    return loss_of(), None
+  teacher = open_run(cfg.distill.teacher)
+  objective = losses.distillation(teacher.model, teacher.info, info, cfg.distill.alpha, cfg.distill.temperature)
+  return loss_of(objective), teacher.variables
 
 
 def loss_of(objective=None):
@@ -76,36 +81,37 @@ def loss_of(objective=None):
   return loss
 
 
-def make_train_step(model, tx, info, cfg=None, objective=None):
-  """`steps.make_train_step` over this task's inputs and loss (cfg None: the defaults; `objective`: see
-  `loss_of`), for callers that build a step by hand (tests, benchmarks, pruning)."""
-  cfg = cfg or config.defaults()
+def make_train_step(model, tx, info, cfg, objective=None):
+  """`steps.make_train_step` over this task's inputs and loss (`objective`: see `loss_of`), for callers that
+  build a step by hand (tests, benchmarks, pruning)."""
   return steps.make_train_step(model, tx, info["mean"], info["std"], make_inputs(cfg, info), loss_of(objective), cfg)
 
 
 # ---------------------------------------------------------------------------- evaluation
 
-def make_eval_fn(model, mean, std, tta=False):
-  """`fn(variables, batch) -> {"logits", "label"}` per example, for `steps.stream`."""
-  return lambda v, b: {"logits": steps.predict(model, v, b["image"], mean, std, tta), "label": b["label"]}
+def predict(model, variables, images, mean, std, tta=False):
+  """uint8 NHWC images -> float32 logits in eval mode. With `tta`, the log of the mean softmax over each image
+  and its horizontal mirror."""
+  logits = lambda im: steps.apply(model, variables, im, mean, std).astype(jnp.float32)
+  if not tta:
+    return logits(images)
+  probs = jax.nn.softmax(logits(images)) + jax.nn.softmax(logits(images[:, :, ::-1]))
+  return jnp.log(probs / 2)
 
 
-def evaluate(outputs, split, info):
+def make_eval_fn(model, info, cfg):
+  """`fn(variables, batch) -> {"logits", "label"}` per example, for `steps.stream` (classification.tta: flip
+  averaging)."""
+  mean, std, tta = info["mean"], info["std"], cfg.classification.tta
+  return lambda v, b: {"logits": predict(model, v, b["image"], mean, std, tta), "label": b["label"]}
+
+
+def evaluate(outputs, split, info, cfg):
   """(the record metrics.jsonl keeps, the full `metrics.summary`) of a split's streamed outputs."""
   del split
-  summary = metrics.summary(outputs["logits"], outputs["label"], info["class_names"])
+  summary = {**metrics.summary(outputs["logits"], outputs["label"], info["class_names"]),
+             "tta": bool(cfg.classification.tta)}
   return {k: summary[k] for k in RECORD}, summary
-
-
-def progress_line(result):
-  """An evaluation during training, after "step N: "."""
-  return f"{result['split']} accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}"
-
-
-def final_line(result):
-  """The end-of-run line."""
-  return (f"{result['split']} accuracy: {result['accuracy']:.4f} (loss {result['loss']:.4f}, "
-          f"{result['examples']} examples)")
 
 
 def augment_preview(cfg, ds):
@@ -117,7 +123,7 @@ def augment_preview(cfg, ds):
 def summary_images(result, summary):
   """The final evaluation's images for TensorBoard: {tag: (plot function, its arguments but the file)}."""
   names = [c["class"] for c in summary["per_class"]]
-  return {f"{result['split']}/confusion_matrix": (plots.plot_confusion, summary["confusion"], names),
+  return {f"{result['split']}/confusion_matrix": (plot_confusion, summary["confusion"], names),
           f"{result['split']}/reliability": (plots.plot_reliability, summary["reliability"], summary["ece"])}
 
 
@@ -130,25 +136,19 @@ def headline(result):
 # ---------------------------------------------------------------------------- prediction and serving
 
 def make_predict(model, mean, std, normalized=False):
-  """`fn(variables, images) -> logits` (pure; the server compiles it per padded batch size): uint8 images, or
-  with `normalized` already-standardised float32 ones."""
-  if normalized:
-    return lambda variables, x: model.apply(variables, x, train=False).astype(jnp.float32)
-  return lambda variables, images: steps.predict(model, variables, images, mean, std)
+  """`fn(variables, images) -> {"logits", "probabilities"}` float32 [B, K] (pure; the server compiles it per padded
+  batch size): uint8 images, or with `normalized` already-standardised float32 ones."""
+  def predict_fn(variables, images):
+    logits = (model.apply(variables, images, train=False).astype(jnp.float32) if normalized
+              else predict(model, variables, images, mean, std))
+    return {"logits": logits, "probabilities": jax.nn.softmax(logits, -1)}
+  return predict_fn
 
 
-def outputs_of(model, info):
-  """OUTPUTS with K, the number of classes, filled in."""
+def output_sizes(model, info):
+  """K, the number of classes."""
   del model
-  k = len(info["class_names"])
-  return [(n, t, tuple(k if d == "K" else d for d in shape)) for n, t, shape in OUTPUTS]
-
-
-def postprocess(logits):
-  """The served outputs of a batch of logits, on the host: {"logits", "probabilities"} as float32 [B, K]."""
-  logits = np.asarray(logits, np.float32)
-  e = np.exp(logits - logits.max(-1, keepdims=True))
-  return {"logits": logits, "probabilities": e / e.sum(-1, keepdims=True)}
+  return {"K": len(info["class_names"])}
 
 
 def top_k(scores, k):
@@ -171,13 +171,6 @@ def upload_result(outputs, input_hw, to_source, source_wh, class_names, k=None):
                           for j in top_k(probs, k)]}
 
 
-def eval_line(result):
-  """`imgrec eval`'s line."""
-  return (f"{result['split']} accuracy {result['accuracy']:.4f} (top-5 {result['top5_accuracy']:.4f}), "
-          f"loss {result['loss']:.4f}, ECE {result['ece']:.4f}, macro F1 {result['macro']['f1']:.4f}, "
-          f"{result['examples']} examples (checkpoint step {result['step']})")
-
-
 # ---------------------------------------------------------------------------- report
 
 def write_report(out, outputs, split, info, summary, n_mistakes=24):
@@ -186,7 +179,7 @@ def write_report(out, outputs, split, info, summary, n_mistakes=24):
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "metrics.json"), "w") as f:
     json.dump(result, f, indent=2)
-  plots.plot_confusion(result["confusion"], class_names, os.path.join(out, "confusion.png"))
+  plot_confusion(result["confusion"], class_names, os.path.join(out, "confusion.png"))
   plots.plot_reliability(result["reliability"], result["ece"], os.path.join(out, "reliability.png"))
   plots.plot_per_class(result["per_class"], os.path.join(out, "per_class.png"))
   probs = metrics.softmax(np.asarray(logits, np.float64))
