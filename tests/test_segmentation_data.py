@@ -2,28 +2,24 @@
 and bad input (a missing mask, a mask of another size, class ids out of range)."""
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
-from imgrec.data import preprocess
+from imgrec import config
 from imgrec.errors import UserError
 from imgrec.tasks import segmentation as task
 from imgrec.tasks.segmentation import data, layouts, synthetic
 
 
-def seg_cfg(source, **data_keys):
-  """A config with the keys segmentation data reads (the shared data keys and the task's own)."""
-  sections = task.settings()
-  d = ml_collections.ConfigDict({"source": source, "dir": "", "image_size": 0, "pp_train": "", "pp_eval": "",
-                                 "on_bad_image": "error", "workers": 0, "train_split": "train", "eval_split": "test",
-                                 "test_fraction": 0.25, "val_fraction": 0.0})
-  d.update(sections["data"])
-  seg = sections[task.NAME]
-  for k, v in data_keys.items():
-    (seg if k in seg else d)[k] = v
-  return ml_collections.ConfigDict({"data": d, task.NAME: seg, "model": {"name": "tiny", "dtype": "float32", "kwargs": {}}})
+def seg_cfg(source, **keys):
+  """The full default config for the segmentation task on `source`, with data or segmentation keys set."""
+  cfg = config.defaults()
+  cfg.task, cfg.data.source, cfg.data.workers, cfg.data.test_fraction = task.NAME, source, 0, 0.25
+  cfg.model.name = "tiny"
+  for k, v in keys.items():
+    (cfg.segmentation if k in cfg.segmentation else cfg.data)[k] = v
+  return cfg
 
 
 def png(path, a, palette=False):

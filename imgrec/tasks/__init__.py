@@ -60,10 +60,10 @@ Reports
   headline(summary): the short JSON `imgrec eval --json` prints
 """
 from imgrec.errors import UserError
-from imgrec.tasks import classification, contract, detection
+from imgrec.tasks import classification, contract, detection, segmentation
 from imgrec.tasks.contract import Output  # noqa: F401  (re-exported: tasks.Output)
 
-TASKS = {classification.NAME: classification, detection.NAME: detection}
+TASKS = {classification.NAME: classification, detection.NAME: detection, segmentation.NAME: segmentation}
 
 
 def get(name):

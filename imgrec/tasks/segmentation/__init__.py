@@ -29,6 +29,7 @@ from PIL import Image
 from imgrec import steps
 from imgrec.data import augment, preprocess
 from imgrec.errors import UserError
+from imgrec.tasks.contract import Output
 from imgrec.tasks.segmentation import data, metrics, model as segmenter, plots
 from imgrec.tasks.segmentation.settings import (DECODED_SOURCES, DEFAULT_SELECT, MAY_CHANGE, NAME,  # noqa: F401
                                                 SELECT, settings, validate)
@@ -37,6 +38,8 @@ RECORD = ("mIoU", "pixel_accuracy", "mean_accuracy", "examples")  # what metrics
 LINE = ("mIoU", "pixel_accuracy")  # what the trainer's progress line shows
 # Device augmentations that leave every pixel where it was (the label map stays right); geometry is host-side.
 PHOTOMETRIC = ("brightness", "contrast", "gaussian_noise", "salt_pepper")
+# H, W: the model input's size (output_sizes). Class ids as INT32, as the OIP classification outputs carry them.
+OUTPUTS = (Output("segmentation", "INT32", ("H", "W")),)
 PREVIEW = 96        # the longer side of the per-example prediction kept for the report
 REPORT_IMAGES = 8   # test images drawn in the report
 
@@ -76,15 +79,15 @@ def make_inputs(cfg, info):
   return inputs
 
 
-def make_loss(cfg, info, open_run=None):
-  """`fn(outputs, targets, x=None, aux=None) -> (loss, {"pixel_accuracy"})`: pixel cross-entropy, 255 ignored."""
+def make_loss(cfg, info, open_run):
+  """(`fn(outputs, targets, x, aux) -> (loss, {"pixel_accuracy"})`, None): pixel cross-entropy, 255 ignored."""
   del cfg, info, open_run
 
-  def fn(outputs, targets, x=None, aux=None):
+  def fn(outputs, targets, x, aux):
     del x, aux
     loss, accuracy = metrics.cross_entropy(outputs, targets["labels"])
     return loss, {"pixel_accuracy": accuracy}
-  return fn
+  return fn, None
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -120,7 +123,7 @@ def make_eval_fn(model, info, cfg):
   return fn
 
 
-def evaluate(outputs, split, info, cfg=None):
+def evaluate(outputs, split, info, cfg):
   """(the record metrics.jsonl keeps, the summary the report shows) from the split's summed confusion matrix."""
   del split, cfg
   confusion = np.asarray(outputs["sums"]["confusion"])

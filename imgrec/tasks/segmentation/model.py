@@ -8,11 +8,9 @@ Heads (config.segmentation.head):
          image-level pooling; each conv + BatchNorm + relu), concatenated and projected by a 1x1 conv, dropout,
          then a 3x3 conv + BatchNorm + relu and a 1x1 conv to the classes
 
-Backbones give features as a dict {stride: NHWC map} or, as ResNet does today, a tuple of stage outputs;
-`feature_maps` turns either into the dict, so the heads read any backbone that has a features mode.
+Backbones come from models.create_backbone: any family with a features mode ({stride: NHWC map}).
 """
 import functools
-import math
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -28,14 +26,6 @@ BACKBONES = {"tiny": ("resnet18", {"stage_sizes": (1, 1, 1, 1), "width": 8})}
 HEAD_KEYS = ("head", "feature_stride", "channels", "aspp_rates", "dropout")  # Segmenter fields from the config
 
 
-def feature_maps(features, height):
-  """{stride: NHWC map} of a backbone's features mode: its dict as it is, or a tuple of maps keyed by the stride
-  measured from an input `height` pixels high (a power of two: every stride-2 op rounds the size up)."""
-  if isinstance(features, dict):
-    return {int(k): v for k, v in features.items()}
-  return {2**round(math.log2(height / f.shape[1])): f for f in features}
-
-
 def pick(maps, stride):
   """The map at `stride` (0: the deepest)."""
   if not stride:
@@ -47,7 +37,7 @@ def pick(maps, stride):
 
 
 class Segmenter(nn.Module):
-  backbone: Any              # a zoo module built with features=True
+  backbone: Any              # models.create_backbone's: apply -> {stride: NHWC map}
   num_classes: int
   head: str = "fcn"
   feature_stride: int = 0
@@ -60,7 +50,7 @@ class Segmenter(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     n, height, width = x.shape[:3]
-    f = pick(feature_maps(self.backbone(x, train=train), height), self.feature_stride)
+    f = pick(self.backbone(x, train=train), self.feature_stride)
     conv = functools.partial(Conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
                              dtype=self.dtype, param_dtype=self.param_dtype)
@@ -85,16 +75,10 @@ class Segmenter(nn.Module):
 
 
 def create(name, num_classes, dtype=jnp.float32, head=None, **backbone_kwargs):
-  """A segmenter on the zoo backbone `name` (or "tiny") in its features mode; `head`: Segmenter fields
-  (HEAD_KEYS); `backbone_kwargs` go to the zoo constructor (config.model.kwargs)."""
+  """A segmenter on the zoo backbone `name` (resnet50, convnext_tiny, vit_s16, ... or "tiny") in its features
+  mode; `head`: Segmenter fields (HEAD_KEYS); `backbone_kwargs` go to the zoo constructor (config.model.kwargs)."""
   zoo_name, preset = BACKBONES.get(name, (name, {}))
-  try:
-    backbone = models.create(zoo_name, num_classes=1, dtype=dtype, features=True, **{**preset, **backbone_kwargs})
-  except UserError as e:
-    if "features" in str(e):
-      raise UserError(f"backbone {name!r} has no features mode yet; segmentation needs one (resnet18, resnet50, "
-                      "... or 'tiny')") from None
-    raise
+  backbone = models.create_backbone(zoo_name, dtype=dtype, **{**preset, **backbone_kwargs})
   head = dict(head or {})
   if "aspp_rates" in head:
     head["aspp_rates"] = tuple(head["aspp_rates"])

@@ -1,8 +1,5 @@
 """The segmentation task's settings: its config section, the data keys it adds, validation, resume rules and
-model selection. Imports only ml_collections, numpy and imgrec.errors (config.py composes the schema from
-every task's settings())."""
-import ml_collections
-
+model selection. Read by imgrec/config.py and imgrec/resume.py through imgrec/tasks."""
 from imgrec.errors import UserError
 
 NAME = "segmentation"
@@ -16,24 +13,30 @@ MAY_CHANGE = ("segmentation.eval_size", "data.digit_masks_test")
 
 
 def settings():
-  """{section: {key: default}}: the segmentation section and the keys it adds to data (comments: the source)."""
-  seg = ml_collections.ConfigDict()
-  seg.head = "fcn"            # fcn: conv3x3 + BN + relu + dropout + 1x1 on one feature map (FCN's head);
-  #                             aspp: DeepLabV3's atrous spatial pyramid pooling on that map
-  seg.feature_stride = 0      # the backbone feature map the head reads, by stride (8, 16, 32, ...); 0: the deepest
-  seg.channels = 0            # the head's width; 0: a quarter of the feature map's channels (fcn) or 256 (aspp)
-  seg.aspp_rates = (6, 12, 18)  # aspp: dilation rates of its three 3x3 branches (besides 1x1 and image pooling)
-  seg.dropout = 0.1           # dropout before the head's last 1x1 conv (training only)
-  seg.eval_size = 512         # evaluation compares at the source image's resolution, its label map padded to this
-  #                             square; a larger source is compared on a nearest-reduced grid that fits
-  seg.num_classes = 0         # classes when the source cannot name them (seg:DIR without classes.txt, an unknown
-  #                             tfds set); 0: from classes.txt / the source, else from the masks' largest id
-  data = ml_collections.ConfigDict()
-  # digit_masks, the embedded segmentation set (digit_boxes' canvases, exact label maps): images per split and size.
-  data.digit_masks_train = 2000
-  data.digit_masks_test = 500
-  data.digit_masks_size = 96
-  return {NAME: seg, "data": data}
+  """{section: {key: default}}: the segmentation section and the keys it adds to data."""
+  return {
+      "data": {
+          # digit_masks, the embedded segmentation set (digit_boxes' canvases with exact label maps): images
+          # generated per split, and their square canvas size.
+          "digit_masks_train": 2000,
+          "digit_masks_test": 500,
+          "digit_masks_size": 96,
+      },
+      # the segmentation head and evaluation (imgrec/tasks/segmentation)
+      NAME: {
+          "head": "fcn",  # fcn: 3x3 conv + BN + relu + dropout + 1x1 (FCN's head); aspp: DeepLabV3's ASPP head
+          "feature_stride": 0,  # the backbone feature map the head reads, by stride (8, 16, 32); 0: the deepest
+          "channels": 0,  # the head's width; 0: a quarter of the feature map's channels (fcn) or 256 (aspp)
+          "aspp_rates": (6, 12, 18),  # aspp: dilation rates of its 3x3 branches (besides 1x1 and image pooling)
+          "dropout": 0.1,  # dropout before the head's last 1x1 conv (training only)
+          # Evaluation scores at the source image's resolution, its label map padded to this square (a larger
+          # source is scored on a nearest-reduced grid that fits).
+          "eval_size": 512,
+          # Classes when the source cannot name them (seg:DIR without classes.txt, an unknown tfds set); 0: from
+          # classes.txt or the source, else the masks' largest id + 1.
+          "num_classes": 0,
+      },
+  }
 
 
 def validate(cfg):
