@@ -8,7 +8,10 @@ A one-block-per-stage ResNet 16 channels wide ("tiny", width 16; stage strides 4
 wide) on its stride-8 map, logits upsampled (bilinear) to 96x96; 600 steps of 32 images (1800 train images;
 200 held out as val for selection on mIoU).
 
-Expected: MEASURED_BELOW
+Expected (measured once): val mIoU 0.117 / 0.215 / 0.247 at steps 200 / 400 / 600 (still rising: more steps
+help); test mIoU 0.2505, pixel accuracy 0.884 on the 500 test images (scored at their own pixels). Wall time
+about 20 min (3.5 of them start-up: generating the set, imports), compiles included, on a 2-core VM shared with
+~8 other jobs (load average 14; the run got 13-30% of one core): it is a few minutes on an idle machine.
 """
 from imgrec.config import defaults
 
