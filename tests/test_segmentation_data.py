@@ -224,3 +224,15 @@ def test_make_segmentation_data_command(tmp_path, capsys):
   assert sorted(os.listdir(out)) == ["classes.txt", "images", "masks", "preview.png", "test.txt", "train.txt"]
   assert cli.main(["make-segmentation-data", str(out), "--train", "3"]) != 0  # never overwrites
   assert "already holds files" in capsys.readouterr().err
+
+
+def test_settings_are_validated():
+  for key, value, message in (("head", "unet", "segmentation.head must be one of fcn, aspp"),
+                              ("feature_stride", 12, "power of two"), ("aspp_rates", (0, 2), "aspp_rates"),
+                              ("eval_size", 4, "eval_size must be at least 8"), ("dropout", 1.0, "dropout"),
+                              ("digit_masks_size", 16, "digit_masks_size >= 32")):
+    with pytest.raises(UserError, match=message):
+      task.validate(seg_cfg("digit_masks", **{key: value}))
+  task.validate(seg_cfg("digit_masks"))
+  assert task.DEFAULT_SELECT in task.SELECT and set(task.MAY_CHANGE) <= {"segmentation.eval_size",
+                                                                         "data.digit_masks_test"}

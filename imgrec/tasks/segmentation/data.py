@@ -27,7 +27,6 @@ naming the file, or under skip an unreadable example (counted by the pipeline).
 import dataclasses
 import io
 import logging
-import os
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
