@@ -54,7 +54,7 @@ def run_eval(module, split, pad=2):
   batch["image"][..., 0] = np.where(batch["labels"] == 255, 0, batch["labels"] * 20)
   out = fn(module.init(jax.random.key(0), batch["image"][:1].astype(np.float32)), batch)
   outputs = {"sums": jax.device_get(out["sums"]), "preview": np.asarray(out["preview"])[:len(examples)]}
-  return task.evaluate(outputs, split, info), outputs, info
+  return task.evaluate(outputs, split, info, None), outputs, info
 
 
 def test_eval_counts_source_pixels_and_masks_padding():
