@@ -17,6 +17,7 @@
                [--storage URL] [--metric val.METRIC] [--direction maximize] [--pruner median] [--config.KEY=VALUE ...]
   imgrec models [NAME ...] [--flops [NAME ...]] [--json]
   imgrec make-detection-data DIR [--train N] [--test N] [--size S] [--glyphs digits|fashion_mnist]
+  imgrec make-segmentation-data DIR [--train N] [--test N] [--size S]
                                   (the digit_boxes set as COCO JSON + PNGs + preview.png)
 
 Exit codes: 0 done; 2 a user error (one line on stderr, no traceback); 75 (errors.EXIT_PREEMPTED) `train`
@@ -202,6 +203,19 @@ def _models(args, overrides):
         f"(cached in {profile.cache_path()})" if flops else "; GFLOPs with --flops [NAME ...]"))
 
 
+def _make_segmentation_data(args, overrides):
+  from imgrec.tasks.segmentation import synthetic
+  if args.train < 1 or args.test < 1 or args.size < 32:
+    raise UserError(f"--train and --test need at least 1 image and --size at least 32 px (glyphs are 12-48 px), "
+                    f"got {args.train}, {args.test}, {args.size}")
+  if os.path.isdir(os.path.join(args.dir, "images")) and os.listdir(os.path.join(args.dir, "images")):
+    raise UserError(f"{args.dir}/images already holds files; write to a new directory (nothing is overwritten)")
+  counts = synthetic.write_folder(args.dir, (args.train, args.test), args.size)
+  print(f"wrote {args.dir}: train {args.train} images ({counts['train']} digit pixels), test {args.test} images "
+        f"({counts['test']} digit pixels) (images/, masks/, train.txt, test.txt, classes.txt, preview.png); "
+        f"read it with --config.data.source=seg:{args.dir}")
+
+
 def _make_detection_data(args, overrides):
   from imgrec.tasks.detection import synthetic
   if args.train < 1 or args.test < 1 or args.size < 32:
@@ -339,6 +353,13 @@ def parser():
   d.add_argument("--glyphs", default="digits", choices=("digits", "fashion_mnist"),
                  help="what is pasted: sklearn's digits, or Fashion-MNIST items (Debian's dataset-fashion-mnist)")
   d.set_defaults(func=_make_detection_data)
+  s = sub.add_parser("make-segmentation-data", help="write the embedded segmentation set (digits on textured "
+                     "canvases, exact label maps) as images/ + masks/ PNG folders, with a preview.png")
+  s.add_argument("dir", help="output directory (seg:DIR reads it)")
+  s.add_argument("--train", type=int, default=2000, help="training images")
+  s.add_argument("--test", type=int, default=500, help="test images (from other source digits than train's)")
+  s.add_argument("--size", type=int, default=96, help="square canvas size in pixels")
+  s.set_defaults(func=_make_segmentation_data)
   return p
 
 

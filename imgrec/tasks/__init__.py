@@ -70,10 +70,11 @@ Reports
   headline(summary): the short JSON `imgrec eval --json` prints
 """
 from imgrec.errors import UserError
-from imgrec.tasks import classification, contract, detection, verification
+from imgrec.tasks import classification, contract, detection, segmentation, verification
 from imgrec.tasks.contract import Output  # noqa: F401  (re-exported: tasks.Output)
 
-TASKS = {classification.NAME: classification, detection.NAME: detection, verification.NAME: verification}
+TASKS = {classification.NAME: classification, detection.NAME: detection, segmentation.NAME: segmentation,
+         verification.NAME: verification}
 
 
 def get(name):
