@@ -64,3 +64,43 @@ def test_imgrec_eval_writes_the_report(run, capsys):
   assert "| mIoU |" in open(os.path.join(report, "report.md")).read()
   for name in ("overlays.png", "class_iou.png", "confusion.png"):
     assert_png(os.path.join(report, name))
+
+
+def test_served_and_exported(run, tmp_path):
+  """The trained run served for real on 127.0.0.1: an upload of another size answers its class map in the
+  upload's own pixels (JSON with a PNG mask, or the PNG itself when Accept asks), OIP v2 gives the
+  `segmentation` INT32 [B, H, W] output; the export carries the head and gives the same maps."""
+  import base64
+  import io
+
+  import numpy as np
+  import requests
+  from PIL import Image
+
+  from imgrec import export
+  from imgrec.serve import app as app_lib
+  from tests.test_serve import png, running_server
+
+  workdir, _ = run
+  rng = np.random.default_rng(0)
+  upload = rng.integers(0, 255, (50, 80, 3), np.uint8)  # not the model's 64 x 64: letterboxed, mapped back
+  options = app_lib.Options(batch_sizes=(1, 2), max_delay_ms=2, timeout_s=60)
+  with running_server([("seg", None, workdir)], options) as (url, _):
+    r = requests.post(url + "/v1/models/seg:predict", data=png(upload), timeout=60)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(out["mask_png"]))))
+    assert (out["width"], out["height"]) == (80, 50) and mask.shape == (50, 80)
+    assert sum(out["counts"].values()) == int((mask != 255).sum()) > 0
+    as_png = requests.post(url + "/v1/models/seg:predict", data=png(upload), headers={"Accept": "image/png"},
+                           timeout=60)
+    assert as_png.headers["content-type"] == "image/png"
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(as_png.content))), mask)
+    images = rng.integers(0, 255, (2, 64, 64, 3), np.uint8)
+    body = {"inputs": [{"name": "images", "shape": [2, 64, 64, 3], "datatype": "UINT8",
+                        "data": images.ravel().tolist()}]}
+    v2 = requests.post(url + "/v2/models/seg/infer", json=body, timeout=60).json()["outputs"]
+    assert [(o["name"], o["datatype"], o["shape"]) for o in v2] == [("segmentation", "INT32", [2, 64, 64])]
+  export.export_workdir(workdir, str(tmp_path / "seg.zip"), ("cpu",))
+  got = export.load(str(tmp_path / "seg.zip"))(images)
+  np.testing.assert_array_equal(np.asarray(got["segmentation"]).ravel(), v2[0]["data"])

@@ -115,7 +115,7 @@ def test_predict_and_postprocess():
   images = np.zeros((2, 32, 40, 3), np.uint8)
   images[..., 0] = 60  # class 3
   v = m.init(jax.random.key(0), images.astype(np.float32))
-  out = task.postprocess(jax.jit(task.make_predict(m, (0.0,) * 3, (1.0,) * 3))(v, images))
+  out = jax.tree.map(np.asarray, jax.jit(task.make_predict(m, (0.0,) * 3, (1.0,) * 3))(v, images))
   assert out["segmentation"].shape == (2, 32, 40) and out["segmentation"].dtype == np.int32
   assert (out["segmentation"] == 3).all()
   assert task.output_sizes(m, info) == {"H": 32, "W": 40}

@@ -172,11 +172,6 @@ def make_predict(model, mean, std, normalized=False):
   return predict
 
 
-def postprocess(outputs):
-  """The served outputs of a batch, on the host: int32 class maps."""
-  return {"segmentation": np.asarray(outputs["segmentation"], np.int32)}
-
-
 def png_base64(labels):
   """uint8 [H, W] class ids -> base64 text of a greyscale PNG holding them."""
   buf = io.BytesIO()
@@ -195,6 +190,12 @@ def upload_result(outputs, input_hw, to_source, source_wh, class_names, k=None):
   counts = np.bincount(mask[mask != preprocess.IGNORE].ravel(), minlength=len(class_names))
   return {"width": int(width), "height": int(height), "classes": list(class_names), "mask_png": png_base64(mask),
           "counts": {class_names[c]: int(n) for c, n in enumerate(counts[:len(class_names)]) if n}}
+
+
+def upload_png(result):
+  """An upload's class map as PNG bytes (one class index per pixel of the upload, 255 none), for a client whose
+  Accept asks for image/png."""
+  return base64.b64decode(result["mask_png"])
 
 
 # ---------------------------------------------------------------------------- report
