@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from imgrec import checkpoint, checkpoint_import, config as config_lib, files, optim, parallel, tasks
@@ -175,7 +176,10 @@ def restore(workdir, mesh=None, params_only=False, overrides=()):
   The checkpoint may have been written on any number of devices; it is restored replicated on `mesh`
   (default: all devices here). The selected model (W/best) when the run kept one, else the latest.
   `overrides` ("data.dir=NEW", "data.source=NEW") point the run at data that moved (`apply_data_overrides`).
+  An `imgrec import` folder restores as a run too (`restore_import`).
   """
+  if is_import(workdir):
+    return restore_import(workdir, mesh, overrides)
   cfg = config_lib.load_saved(os.path.join(workdir, CONFIG_FILE))
   apply_data_overrides(cfg, overrides)
   info = read_info(workdir)
@@ -202,10 +206,69 @@ def restore(workdir, mesh=None, params_only=False, overrides=()):
   return Run(cfg, info, model, found)
 
 
+def is_import(path):
+  """Whether `path` is a folder `imgrec import` wrote (import.json + params.npz, no config.json)."""
+  return all(os.path.isfile(os.path.join(path, n)) for n in (checkpoint_import.INFO_FILE, PARAMS_FILE)) and \
+      not os.path.exists(os.path.join(path, CONFIG_FILE))
+
+
+def import_run_files(folder):
+  """(config, dataset.json) of an `imgrec import` folder, as a run of its zoo model would have them: the class
+  names the checkpoint gave (import.json "class_names"; `class_0..` for an older import), its input size, and the
+  normalisation and eval preprocessing the import recorded (ImageNet statistics when the checkpoint said none)."""
+  imp = checkpoint_import.read_info(folder)
+  if not isinstance(imp, dict) or "model" not in imp:
+    raise UserError(f"{os.path.join(folder, checkpoint_import.INFO_FILE)} is not an `imgrec import` record; "
+                    "import the checkpoint again into a new --out folder")
+  n = imp.get("num_classes") or 0
+  if not n:
+    raise UserError(f"{folder} holds a checkpoint without a classification head ({imp.get('layout')}): it has no "
+                    "classes to predict; fine-tune it first (--config.transfer.init_from={folder})")
+  names = imp.get("class_names") or [f"class_{i}" for i in range(n)]
+  pre = imp.get("preprocessing") or {}
+  size = int(imp.get("image_size") or pre.get("image_size") or 224)
+  cfg = config_lib.defaults()
+  cfg.model.name = imp["model"]["name"]
+  with cfg.model.ignore_type():
+    cfg.model.kwargs = ml_collections.ConfigDict(imp["model"]["kwargs"])
+  cfg.data.source, cfg.data.image_size, cfg.data.pp_eval = "", size, pre.get("pp_eval") or ""
+  mean, std = (pre["mean"], pre["std"]) if pre else checkpoint_import.IMAGENET
+  cfg.data.mean, cfg.data.std = tuple(mean), tuple(std)
+  info = {"source": imp.get("source", ""), "class_names": list(names), "image_shape": [size, size, 3],
+          "mean": [float(m) for m in mean], "std": [float(s) for s in std], "num_train": cfg.batch_size,
+          "pp_eval": pre.get("pp_eval") or "", "imported": True}
+  return cfg, info
+
+
+def restore_import(folder, mesh=None, overrides=()):
+  """An `imgrec import` folder as a params-only `Run` (step 0), so serve, eval, export and explain take it."""
+  cfg, info = import_run_files(folder)
+  apply_data_overrides(cfg, overrides)
+  mesh = mesh or parallel.make_mesh()
+  built = build(cfg, info, mesh, fsdp=False)
+  loaded = unflatten(load_params(folder))
+  shapes = {"params": built.abstract.params, "batch_stats": built.abstract.batch_stats}
+  got = {k: loaded.get(k, {}) for k in shapes}
+  want, have = flatten(jax.tree.map(lambda a: a.shape, shapes)), flatten(jax.tree.map(np.shape, got))
+  wrong = sorted(k for k in want if tuple(have.get(k, ())) != tuple(want[k]))
+  if wrong:
+    raise UserError(f"{folder}/{PARAMS_FILE} does not fit {cfg.model.name} (import.json): {len(wrong)} parameters "
+                    f"missing or of another shape, e.g. {wrong[0]}; import the checkpoint again")
+  target = {"params": built.shardings.params, "batch_stats": built.shardings.batch_stats}
+  got = jax.device_put(jax.tree.map(lambda a, s: np.asarray(a, s.dtype), got, shapes), target)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=got["params"], batch_stats=got["batch_stats"],
+                     opt_state=None, rng=None, ema_params={}, ema_batch_stats={})
+  return Run(cfg, info, built.model, state)
+
+
 def dataset(run):
   """The data set of a restored run (its task's `open_data` of its config's data, the splits as the source gives
   them: no val split carved out), checked against its dataset.json: the model needs the classes and the image
   shape it was trained on."""
+  if run.info.get("imported") and not run.cfg.data.source:
+    raise UserError("an `imgrec import` folder names no data: point it at yours with "
+                    "--config.data.source=folder:DIR (or tfds:NAME) whose classes are the checkpoint's, "
+                    f"{run.info['class_names'][:3]}...")
   cfg = run.cfg.copy_and_resolve_references()
   cfg.data.val_fraction = 0.0
   if run.info.get("pp_eval"):  # the run's own eval preprocessing on any source (not that source's defaults)

@@ -1,6 +1,6 @@
 """The verification task's routes on a real server (uvicorn on 127.0.0.1, requests): :verify at the run's
 calibrated threshold or the request's, the gallery (enroll, search, list, delete) persisted beside the run across
-a restart, API keys in front of enroll and delete, its size and search latency in /metrics, and each bad input's
+a restart, admin keys in front of enroll and delete, its size and search latency in /metrics, and each bad input's
 one message. A tiny verification run trained here (test_verification_task's config, a few steps) is served; every
 score is checked against the run's own embeddings computed here, not against the model's quality."""
 import base64
@@ -26,6 +26,8 @@ from tests.test_verification_task import _cfg
 
 KEY = "face-key-5b1e"
 H = {"Authorization": f"Bearer {KEY}"}
+ADMIN = "face-admin-c07d"
+A = {"Authorization": f"Bearer {ADMIN}"}
 OPTIONS = dict(batch_sizes=(1, 2, 4), max_delay_ms=1, timeout_s=20, float_inputs=False)
 
 
@@ -119,7 +121,7 @@ def metric(url, name, **labels):
 
 def copy_of(run, tmp_path):
   """A copy of the trained run (the tests that write a gallery beside it leave the shared one alone)."""
-  return shutil.copytree(run[0], tmp_path / "run")
+  return str(shutil.copytree(run[0], tmp_path / "run"))
 
 
 def test_gallery_enroll_search_delete_and_persistence(run, tmp_path):
@@ -184,7 +186,7 @@ def test_gallery_enroll_search_delete_and_persistence(run, tmp_path):
     assert sorted(set(f["identities"])) == ["cy", "dee"] + [f"p{i}" for i in range(6)]
 
 
-def test_gallery_changes_need_a_key_and_a_run_without_calibration_a_threshold(run, tmp_path):
+def test_gallery_changes_need_an_admin_key_and_a_run_without_calibration_a_threshold(run, tmp_path):
   workdir = copy_of(run, tmp_path)
   path = os.path.join(workdir, "metrics.jsonl")  # the run's evaluations left out: no calibrated threshold
   with open(path) as f:
@@ -192,18 +194,28 @@ def test_gallery_changes_need_a_key_and_a_run_without_calibration_a_threshold(ru
   with open(path, "w") as f:
     f.writelines(kept)
   image = images_of(run, 3)[0]
-  with running_server([("faces", None, workdir)], app_lib.Options(**OPTIONS, api_keys=(KEY,))) as (url, _):
+  keys = dict(api_keys=(KEY,), admin_keys=(ADMIN,))
+  with running_server([("faces", None, workdir)], app_lib.Options(**OPTIONS, **keys)) as (url, _):
     v = url + "/v1/models/faces:verify"
     r = requests.post(v, files={"image1": image, "image2": image}, headers=H)
     assert r.status_code == 400 and "has no calibrated threshold for its checkpoint of step 6" in r.json()["error"]
     r = requests.post(v, files={"image1": image, "image2": image}, data={"threshold": "0.5"}, headers=H)
     assert r.json()["same"] is True and r.json()["threshold"] == 0.5
     g = url + "/v1/models/faces/gallery"
-    r = requests.post(g, data={"identity": "eve"}, files={"image": image})
+    enroll = dict(data={"identity": "eve"}, files={"image": image})
+    r = requests.post(g, **enroll)
     assert r.status_code == 401 and "missing API key" in r.json()["error"]
-    r = requests.post(g, data={"identity": "eve"}, files={"image": image}, headers={"X-API-Key": "wrong"})
-    assert r.status_code == 403
-    assert requests.delete(g + "/eve", headers={"X-API-Key": "wrong"}).status_code == 403
+    for key in (KEY, "wrong"):  # an inference key, or none of the server's
+      r = requests.post(g, **enroll, headers={"X-API-Key": key})
+      assert r.status_code == 403 and "POST /v1/models/faces/gallery needs an admin key" in r.json()["error"]
+      assert requests.delete(g + "/eve", headers={"X-API-Key": key}).status_code == 403
     assert requests.get(g, headers=H).json()["gallery_size"] == 0  # nothing was enrolled
-    assert requests.post(g, data={"identity": "eve"}, files={"image": image}, headers=H).status_code == 200
-    assert requests.delete(g + "/eve", headers=H).json()["deleted"] == 1
+    assert requests.post(g, **enroll, headers=A).status_code == 200
+    r = requests.post(g + ":search", files={"image": image}, headers=H)  # search: an inference key
+    assert r.json()["matches"] == [{"identity": "eve", "score": pytest.approx(1.0, abs=1e-5)}]
+    assert requests.delete(g + "/eve", headers=H).status_code == 403
+    assert requests.delete(g + "/eve", headers=A).json()["deleted"] == 1
+  # API keys without admin keys: the gallery cannot change, and the refusal says what to start the server with
+  with running_server([("faces", None, workdir)], app_lib.Options(**OPTIONS, api_keys=(KEY,))) as (url, _):
+    r = requests.post(url + "/v1/models/faces/versions/6/gallery", **enroll, headers=H)
+    assert r.status_code == 403 and "start the server with --admin-keys-file" in r.json()["error"]

@@ -132,8 +132,24 @@ def convert(spec, model=None, emit=None):
                                  optional, emit, getattr(family, "IGNORED", {}).get(layout))
   info = {"source": os.path.abspath(formats.split_tower(spec)[0]), "spec": spec, "format": source.format,
           "layout": what, "model": {"name": name, "kwargs": kwargs}, "num_classes": num_classes,
-          "image_size": size, "preprocessing": preprocessing(source, fam_name, layout), "counts": mapping.counts(rows)}
+          "image_size": size, "preprocessing": preprocessing(source, fam_name, layout), "counts": mapping.counts(rows),
+          "class_names": class_names(source.config, num_classes)}
   return values, info, rows
+
+
+def class_names(config, num_classes):
+  """The checkpoint's own class names: Hugging Face's `id2label`, timm's `label_names`; `class_0..` when it has
+  none (or they do not match its head); [] for a checkpoint without a head."""
+  config, n = config or {}, num_classes or 0
+  names = config.get("label_names")
+  if not names and isinstance(config.get("id2label"), dict):
+    try:
+      names = [config["id2label"].get(str(i)) for i in range(n)]
+    except AttributeError:
+      names = None
+  if isinstance(names, list) and len(names) == n and all(isinstance(x, str) for x in names):
+    return list(names)
+  return [f"class_{i}" for i in range(n)]
 
 
 class _NpzWriter:
@@ -153,6 +169,7 @@ def import_checkpoint(spec, out, model=None):
   """Converts `spec` into the new folder `out` (params.npz, import.json, import_report.json); returns (info, rows).
   A folder that already holds a run is refused before anything is read or written."""
   files.refuse_existing_run(out, "imgrec import")
+  created = not os.path.exists(out)
   os.makedirs(out, exist_ok=True)
   params = os.path.join(out, PARAMS_FILE)
   writer = _NpzWriter(params + ".tmp")
@@ -161,6 +178,8 @@ def import_checkpoint(spec, out, model=None):
   except BaseException:
     writer.zip.close()
     os.remove(params + ".tmp")
+    if created:  # a failed import leaves nothing behind (a folder that was there before stays)
+      os.rmdir(out)
     raise
   writer.zip.close()
   os.replace(params + ".tmp", params)

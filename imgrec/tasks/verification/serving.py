@@ -20,9 +20,9 @@ evaluation record of the served checkpoint's step (metrics.jsonl).
 The gallery is gallery.Gallery at W/gallery.npz beside the run (embeddings only, saved atomically at every
 change and read again when the file changed behind it), one for every name and version served from the run;
 search is exact (gallery.py says why). Two server processes may share a run's gallery, but not write it at the
-same instant (each would save its own copy). Keys: with API keys
-configured, every route, enroll and delete included, needs a valid key (the server's Gate); the server has no
-separate admin keys yet. Its size and search latency are the model's imgrec_task_items{item="gallery_embeddings"|
+same instant (each would save its own copy). Enroll and delete are admin routes: with keys configured they need
+an admin key (--admin-keys-file), as model management does; search, listing and :verify an inference key. The
+gallery's size and search latency are the model's imgrec_task_items{item="gallery_embeddings"|
 "gallery_identities"} and imgrec_task_seconds{work="gallery_search"} in /metrics.
 """
 import base64
@@ -259,5 +259,5 @@ async def delete(request, served):
 
 def routes():
   """The task's routes (tasks contract): [(method, suffix, handler(request, served))]."""
-  return [("POST", ":verify", verify), ("POST", "/gallery", enroll), ("GET", "/gallery", listing),
-          ("POST", "/gallery:search", search), ("DELETE", "/gallery/{identity:path}", delete)]
+  return [("POST", ":verify", verify), ("POST", "/gallery", enroll, True), ("GET", "/gallery", listing),
+          ("POST", "/gallery:search", search), ("DELETE", "/gallery/{identity:path}", delete, True)]
