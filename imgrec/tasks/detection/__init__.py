@@ -1,7 +1,7 @@
 """Detection: boxes and their classes. The task contract (imgrec/tasks/__init__.py), filled in.
 
 Examples are feature dicts {"image", "boxes" [M, 4] x0,y0,x1,y1 in the preprocessed image's pixels, "classes",
-"box_mask", "image_id", "to_source"} (data.py; M = data.max_boxes). The model is FCOS on a zoo ResNet
+"box_mask", "image_id", "to_source"} (data.py; M = data.max_boxes). The model is FCOS on any zoo backbone's features
 (model.py); training uses its loss (loss.py) and photometric device augmentation only, because geometry
 happens on the host, where boxes move with the pixels. Evaluation decodes inside jit (decode.py) and scores
 COCO box mAP with pycocotools (coco_eval.py) against the split's COCO ground truth, in source coordinates.
