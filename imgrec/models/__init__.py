@@ -7,7 +7,7 @@ modules register their names in `_FAMILIES` below; `create` is the one entry poi
 Features (dense tasks: detection, segmentation). The families in FEATURE_FAMILIES take `features=True`;
 `create_backbone(name, **kwargs)` builds one so, on the ImageNet stem where the family has a choice. Then
 `apply(variables, x, train=...)` returns a dict {stride: float NHWC map}: for an H x W image the map at stride s
-is ceil(H / s) x ceil(W / s) cells (cell (i, j) covers pixels [s*i, s*(i+1)) x [s*j, s*(j+1))); ConvNeXt and ViT
+is ceil(H / s) x ceil(W / s) cells (cell (i, j) stands for pixels [s*i, s*(i+1)) x [s*j, s*(j+1))); ConvNeXt and ViT
 need sides that are multiples of 32 and of the patch for that. Strides per family:
   resnet            4, 8, 16, 32: each stage's output (the pre-activation variant's last one normalised)
   convnext          4, 8, 16, 32: each stage's output through a LayerNorm of its own (`stage{i}_out_ln`)

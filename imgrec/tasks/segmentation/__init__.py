@@ -28,7 +28,6 @@ from PIL import Image
 
 from imgrec import steps
 from imgrec.data import augment, preprocess
-from imgrec.errors import UserError
 from imgrec.tasks.contract import Output
 from imgrec.tasks.segmentation import data, metrics, model as segmenter, plots
 from imgrec.tasks.segmentation.settings import (DECODED_SOURCES, DEFAULT_SELECT, MAY_CHANGE, NAME,  # noqa: F401
@@ -36,7 +35,8 @@ from imgrec.tasks.segmentation.settings import (DECODED_SOURCES, DEFAULT_SELECT,
 
 RECORD = ("mIoU", "pixel_accuracy", "mean_accuracy", "examples")  # what metrics.jsonl keeps
 LINE = ("mIoU", "pixel_accuracy")  # what the trainer's progress line shows
-# Device augmentations that leave every pixel where it was (the label map stays right); geometry is host-side.
+# Device augmentations that leave every pixel and its class as they were (cutout and erase would paint over labelled
+# pixels); geometry is host-side, where the label map moves with the pixels.
 PHOTOMETRIC = ("brightness", "contrast", "gaussian_noise", "salt_pepper")
 # H, W: the model input's size (output_sizes). Class ids as INT32, as the OIP classification outputs carry them.
 OUTPUTS = (Output("segmentation", "INT32", ("H", "W")),)
@@ -64,18 +64,10 @@ def create_model(cfg, info):
 def make_inputs(cfg, info):
   """`fn(rng, batch) -> (float images in [0, 1], {"labels"})`; photometric device augmentation only."""
   del info
-  ops = augment.parse(cfg.data.augment)
-  moving = [name for name, _ in ops if name not in PHOTOMETRIC]
-  if moving:
-    raise UserError(f"data.augment {moving[0]!r} moves or mixes pixels on device, where the label map cannot "
-                    f"follow; segmentation takes only {', '.join(PHOTOMETRIC)} there: put geometry in "
-                    "data.pp_train (host ops that move the label map too, e.g. random_scale_crop, flip)")
+  ops = augment.pixels_stay(cfg.data.augment, NAME, "the label map", PHOTOMETRIC)
 
   def inputs(rng, batch):
-    x = steps.to_float(batch["image"])
-    if ops:
-      x, _ = augment.apply(ops, rng, x, jnp.zeros((x.shape[0], 1)))
-    return x, {"labels": batch["labels"]}
+    return augment.apply_images(ops, rng, steps.to_float(batch["image"])), {"labels": batch["labels"]}
   return inputs
 
 

@@ -67,10 +67,7 @@ def make_inputs(cfg, info):
                     "identity per image: drop it")
 
   def inputs(rng, batch):
-    x = steps.to_float(batch["image"])
-    if ops:
-      x, _ = augment.apply(ops, rng, x, jnp.zeros((x.shape[0], 1)))
-    return x, {"label": batch["label"]}
+    return augment.apply_images(ops, rng, steps.to_float(batch["image"])), {"label": batch["label"]}
   return inputs
 
 
