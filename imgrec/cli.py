@@ -306,8 +306,9 @@ def parser():
   s.add_argument("--repository-poll-secs", type=float, default=15.0, help="poll mode: seconds between scans")
   s.add_argument("--memory-budget", help="bytes loaded models may hold (8G, 512M) or a fraction of memory (0.5); "
                  "a request then loads its model and idle ones are evicted, least recently used first")
-  s.add_argument("--admin-keys-file", help="keys for model management (repository index, load, unload); with "
-                 "--api-keys-file an inference key gets 403 there")
+  s.add_argument("--admin-keys-file", help="keys for model management (repository index, load, unload) and the "
+                 "routes that change a model's state (a face gallery's enroll, delete); with --api-keys-file an "
+                 "inference key gets 403 there")
   s.add_argument("--host", default="127.0.0.1")
   s.add_argument("--port", type=int, default=8000)
   s.add_argument("--grpc-port", type=int, help="also serve the OIP v2 gRPC API (KServe/Triton clients) on this port")

@@ -42,7 +42,8 @@ class Options:
   load_models: tuple = ()     # explicit mode: the models loaded at start ("*": all)
   poll_secs: float = 15.0     # poll mode: seconds between scans of the repository folder
   memory_budget: int | None = None  # bytes loaded versions may hold; a request loads, LRU idle ones are evicted
-  admin_keys: tuple = ()      # keys for load / unload / index (with api_keys set, an inference key gets 403)
+  admin_keys: tuple = ()      # keys for load / unload / index and tasks' admin routes (a gallery's enroll, delete);
+                              # with api_keys set, an inference key gets 403 there
 
 
 # ---------------------------------------------------------------- the task's description, read in one place
