@@ -19,7 +19,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from imgrec import checkpoint, checkpoint_import, config as config_lib, files, optim, parallel, tasks
@@ -212,37 +211,9 @@ def is_import(path):
       not os.path.exists(os.path.join(path, CONFIG_FILE))
 
 
-def import_run_files(folder):
-  """(config, dataset.json) of an `imgrec import` folder, as a run of its zoo model would have them: the class
-  names the checkpoint gave (import.json "class_names"; `class_0..` for an older import), its input size, and the
-  normalisation and eval preprocessing the import recorded (ImageNet statistics when the checkpoint said none)."""
-  imp = checkpoint_import.read_info(folder)
-  if not isinstance(imp, dict) or "model" not in imp:
-    raise UserError(f"{os.path.join(folder, checkpoint_import.INFO_FILE)} is not an `imgrec import` record; "
-                    "import the checkpoint again into a new --out folder")
-  n = imp.get("num_classes") or 0
-  if not n:
-    raise UserError(f"{folder} holds a checkpoint without a classification head ({imp.get('layout')}): it has no "
-                    "classes to predict; fine-tune it first (--config.transfer.init_from={folder})")
-  names = imp.get("class_names") or [f"class_{i}" for i in range(n)]
-  pre = imp.get("preprocessing") or {}
-  size = int(imp.get("image_size") or pre.get("image_size") or 224)
-  cfg = config_lib.defaults()
-  cfg.model.name = imp["model"]["name"]
-  with cfg.model.ignore_type():
-    cfg.model.kwargs = ml_collections.ConfigDict(imp["model"]["kwargs"])
-  cfg.data.source, cfg.data.image_size, cfg.data.pp_eval = "", size, pre.get("pp_eval") or ""
-  mean, std = (pre["mean"], pre["std"]) if pre else checkpoint_import.IMAGENET
-  cfg.data.mean, cfg.data.std = tuple(mean), tuple(std)
-  info = {"source": imp.get("source", ""), "class_names": list(names), "image_shape": [size, size, 3],
-          "mean": [float(m) for m in mean], "std": [float(s) for s in std], "num_train": cfg.batch_size,
-          "pp_eval": pre.get("pp_eval") or "", "imported": True}
-  return cfg, info
-
-
 def restore_import(folder, mesh=None, overrides=()):
   """An `imgrec import` folder as a params-only `Run` (step 0), so serve, eval, export and explain take it."""
-  cfg, info = import_run_files(folder)
+  cfg, info = checkpoint_import.run_files(folder)
   apply_data_overrides(cfg, overrides)
   mesh = mesh or parallel.make_mesh()
   built = build(cfg, info, mesh, fsdp=False)

@@ -19,10 +19,11 @@ import os
 import zipfile
 
 import jax
+import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from imgrec import files, models
+from imgrec import config, files, models
 from imgrec.checkpoint_import import convnext, efficientnet, formats, mapping, resnet, torchvision, two_tower, vit
 from imgrec.errors import UserError
 
@@ -228,3 +229,31 @@ def checkpoint_preprocessing(path):
   source = formats.read(path)
   family, layout, source = identify(source)
   return preprocessing(source, next(k for k, v in FAMILIES.items() if v is family), layout)
+
+
+def run_files(folder):
+  """(config, dataset.json) of an `imgrec import` folder, as a run of its zoo model would have them: the class
+  names the checkpoint gave (import.json "class_names"; `class_0..` for an older import), its input size, and the
+  normalisation and eval preprocessing the import recorded (ImageNet statistics when the checkpoint said none)."""
+  imp = read_info(folder)
+  if not isinstance(imp, dict) or "model" not in imp:
+    raise UserError(f"{os.path.join(folder, INFO_FILE)} is not an `imgrec import` record; "
+                    "import the checkpoint again into a new --out folder")
+  n = imp.get("num_classes") or 0
+  if not n:
+    raise UserError(f"{folder} holds a checkpoint without a classification head ({imp.get('layout')}): it has no "
+                    "classes to predict; fine-tune it first (--config.transfer.init_from={folder})")
+  names = imp.get("class_names") or [f"class_{i}" for i in range(n)]
+  pre = imp.get("preprocessing") or {}
+  size = int(imp.get("image_size") or pre.get("image_size") or 224)
+  cfg = config.defaults()
+  cfg.model.name = imp["model"]["name"]
+  with cfg.model.ignore_type():
+    cfg.model.kwargs = ml_collections.ConfigDict(imp["model"]["kwargs"])
+  cfg.data.source, cfg.data.image_size, cfg.data.pp_eval = "", size, pre.get("pp_eval") or ""
+  mean, std = (pre["mean"], pre["std"]) if pre else IMAGENET
+  cfg.data.mean, cfg.data.std = tuple(mean), tuple(std)
+  info = {"source": imp.get("source", ""), "class_names": list(names), "image_shape": [size, size, 3],
+          "mean": [float(m) for m in mean], "std": [float(s) for s in std], "num_train": cfg.batch_size,
+          "pp_eval": pre.get("pp_eval") or "", "imported": True}
+  return cfg, info

@@ -17,7 +17,7 @@ import anyio
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 
-from imgrec import config as config_lib, workdir as wd
+from imgrec import checkpoint_import, config as config_lib, workdir as wd
 from imgrec.errors import UserError
 from imgrec.serve import auth, grpc_service, repository, routes
 from imgrec.serve.gate import Gate, make_metrics
@@ -39,7 +39,7 @@ def parse_model_arg(arg):
       raise UserError(f"--workdir {arg}: version {version!r} must be a positive integer (NAME:VERSION=DIR)")
   path = os.path.abspath(path)
   if wd.is_import(path):
-    wd.import_run_files(path)
+    checkpoint_import.run_files(path)
   elif not os.path.isfile(os.path.join(path, wd.CONFIG_FILE)):
     raise UserError(f"--workdir {arg}: {path} has no config.json; pass a workdir written by `imgrec train` or a "
                     "folder written by `imgrec import`")
