@@ -11,10 +11,13 @@
   imgrec import-torchvision ARCH WEIGHTS.pth --workdir W   (the same as `imgrec import WEIGHTS --model ARCH --out W`)
   imgrec compress --workdir W --method int8|bf16|prune|channels --out PATH [--sparsity 0.9 --steps 200]
   imgrec serve --workdir W [--workdir NAME:VERSION=W2 ...] [--host H --port P] [--grpc-port G] [--api-keys-file F]
+               [--model-repository DIR --model-control-mode none|explicit|poll --load-model NAME
+                --repository-poll-secs S --memory-budget 8G|0.5 --admin-keys-file F]
   imgrec sweep --config C --study DIR --trials N --space 'optim.lr=loguniform(1e-4,1e-1)' [--space ...]
                [--storage URL] [--metric val.METRIC] [--direction maximize] [--pruner median] [--config.KEY=VALUE ...]
   imgrec models [NAME ...] [--flops [NAME ...]] [--json]
   imgrec make-detection-data DIR [--train N] [--test N] [--size S] [--glyphs digits|fashion_mnist]
+  imgrec make-segmentation-data DIR [--train N] [--test N] [--size S]
                                   (the digit_boxes set as COCO JSON + PNGs + preview.png)
 
 Exit codes: 0 done; 2 a user error (one line on stderr, no traceback); 75 (errors.EXIT_PREEMPTED) `train`
@@ -156,14 +159,19 @@ def _cli_value(v):
 
 def _serve(args, overrides):
   from imgrec import config, workdir as wd
-  from imgrec.serve import app
+  from imgrec.serve import app, repository
   wd.apply_data_overrides(config.defaults(), overrides)  # the server reads no data: only refuse other keys
   sizes = csv_arg(args.batch_sizes, "--batch-sizes", int, example="1,8,32,64")
   if not sizes:
     raise UserError(f"--batch-sizes {args.batch_sizes!r}: give positive integers, e.g. 1,8,32,64")
+  if args.repository_poll_secs <= 0:
+    raise UserError(f"--repository-poll-secs {args.repository_poll_secs}: give a positive number of seconds")
   options = app.Options(batch_sizes=sizes, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
-                        timeout_s=args.timeout, float_inputs=not args.no_float_inputs)
-  app.serve(args.workdir, args.host, args.port, args.api_keys_file, options, args.grpc_port)
+                        timeout_s=args.timeout, float_inputs=not args.no_float_inputs,
+                        model_repository=args.model_repository, control_mode=args.model_control_mode,
+                        load_models=tuple(args.load_model), poll_secs=args.repository_poll_secs,
+                        memory_budget=repository.parse_budget(args.memory_budget, repository.memory_total()))
+  app.serve(args.workdir, args.host, args.port, args.api_keys_file, options, args.grpc_port, args.admin_keys_file)
 
 
 def _sweep(args, overrides):
@@ -193,6 +201,19 @@ def _models(args, overrides):
     print(f"params at {args.head_size} classes" + (
         "; GFLOPs: XLA cost analysis of the compiled forward pass, batch 1, a multiply-add = 2 FLOPs "
         f"(cached in {profile.cache_path()})" if flops else "; GFLOPs with --flops [NAME ...]"))
+
+
+def _make_segmentation_data(args, overrides):
+  from imgrec.tasks.segmentation import synthetic
+  if args.train < 1 or args.test < 1 or args.size < 32:
+    raise UserError(f"--train and --test need at least 1 image and --size at least 32 px (glyphs are 12-48 px), "
+                    f"got {args.train}, {args.test}, {args.size}")
+  if os.path.isdir(os.path.join(args.dir, "images")) and os.listdir(os.path.join(args.dir, "images")):
+    raise UserError(f"{args.dir}/images already holds files; write to a new directory (nothing is overwritten)")
+  counts = synthetic.write_folder(args.dir, (args.train, args.test), args.size)
+  print(f"wrote {args.dir}: train {args.train} images ({counts['train']} digit pixels), test {args.test} images "
+        f"({counts['test']} digit pixels) (images/, masks/, train.txt, test.txt, classes.txt, preview.png); "
+        f"read it with --config.data.source=seg:{args.dir}")
 
 
 def _make_detection_data(args, overrides):
@@ -272,8 +293,22 @@ def parser():
   i.add_argument("--workdir", required=True, help="a new folder: params.npz, import.json, import_report.json")
   i.set_defaults(func=_import)
   s = sub.add_parser("serve", help="serve workdirs over HTTP (OIP v2, TF-Serving REST, uploads, web page) and gRPC")
-  s.add_argument("--workdir", action="append", required=True,
-                 help="W, NAME=W or NAME:VERSION=W; repeat to serve several models/versions")
+  s.add_argument("--workdir", action="append",
+                 help="W, NAME=W or NAME:VERSION=W (a run or an `imgrec import` folder); repeat to serve several "
+                 "models/versions")
+  s.add_argument("--model-repository", help="DIR of DIR/NAME/VERSION/ folders (runs, import folders, export "
+                 "artifacts) and optional DIR/NAME/model.json settings")
+  s.add_argument("--model-control-mode", default="none", choices=("none", "explicit", "poll"),
+                 help="none: load every model at start; explicit: --load-model, then the repository API; poll: "
+                 "follow the folder")
+  s.add_argument("--load-model", action="append", default=[], metavar="NAME",
+                 help="explicit mode: load NAME at start (repeatable; '*' for all)")
+  s.add_argument("--repository-poll-secs", type=float, default=15.0, help="poll mode: seconds between scans")
+  s.add_argument("--memory-budget", help="bytes loaded models may hold (8G, 512M) or a fraction of memory (0.5); "
+                 "a request then loads its model and idle ones are evicted, least recently used first")
+  s.add_argument("--admin-keys-file", help="keys for model management (repository index, load, unload) and the "
+                 "routes that change a model's state (a face gallery's enroll, delete); with --api-keys-file an "
+                 "inference key gets 403 there")
   s.add_argument("--host", default="127.0.0.1")
   s.add_argument("--port", type=int, default=8000)
   s.add_argument("--grpc-port", type=int, help="also serve the OIP v2 gRPC API (KServe/Triton clients) on this port")
@@ -319,6 +354,13 @@ def parser():
   d.add_argument("--glyphs", default="digits", choices=("digits", "fashion_mnist"),
                  help="what is pasted: sklearn's digits, or Fashion-MNIST items (Debian's dataset-fashion-mnist)")
   d.set_defaults(func=_make_detection_data)
+  s = sub.add_parser("make-segmentation-data", help="write the embedded segmentation set (digits on textured "
+                     "canvases, exact label maps) as images/ + masks/ PNG folders, with a preview.png")
+  s.add_argument("dir", help="output directory (seg:DIR reads it)")
+  s.add_argument("--train", type=int, default=2000, help="training images")
+  s.add_argument("--test", type=int, default=500, help="test images (from other source digits than train's)")
+  s.add_argument("--size", type=int, default=96, help="square canvas size in pixels")
+  s.set_defaults(func=_make_segmentation_data)
   return p
 
 

@@ -5,7 +5,8 @@ The artifact is a zip file:
                       name: array}` (classification: logits and probabilities [b, K]; detection: detection_boxes
                       [b, K, 4], detection_scores, detection_classes [b, K], num_detections [b], decoding and NMS
                       included), batch dimension `b` symbolic, normalisation and weights baked in as constants
-  meta.json           task, class names, image shape, input dtype, outputs (the task's one description: name,
+  meta.json           task, class names, image shape, eval preprocessing (what a server applies to an encoded
+                      image), input dtype, outputs (the task's one description: name,
                       datatype and shape of each array returned, "b" the batch), platforms, source workdir
 
 Loading needs only jax (no imgrec model code): `load(path)` here, or by hand:
@@ -23,6 +24,7 @@ from imgrec import tasks, workdir as wd
 from imgrec.errors import UserError
 
 MODULE_NAME = "predict.jaxexport"
+FORMAT = "imgrec-jax-export-v2"  # v2: predict returns {output name: array}, meta.json describes each output
 META_NAME = "meta.json"
 # Lowered for every platform it may be served on; the caller's platform is picked at run time.
 DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
@@ -62,8 +64,8 @@ def export_workdir(workdir, out, platforms=DEFAULT_PLATFORMS):
   info, task = run.info, tasks.get(run.cfg.task)
   predict = make_predict(run.model, jax.device_get(run.variables), info["mean"], info["std"], task)
   exported = export_predict(predict, tuple(info["image_shape"]), platforms)
-  meta = {"format": "imgrec-jax-export-v2", "task": task.NAME, "class_names": info["class_names"],
-          "image_shape": list(info["image_shape"]), "input_dtype": "uint8",
+  meta = {"format": FORMAT, "task": task.NAME, "class_names": info["class_names"],
+          "image_shape": list(info["image_shape"]), "pp_eval": info.get("pp_eval", ""), "input_dtype": "uint8",
           "outputs": [{"name": n, "datatype": t, "shape": ["b", *shape]}
                       for n, t, shape in tasks.outputs(task, run.model, info)],
           "platforms": list(exported.platforms), "workdir": os.path.abspath(workdir),

@@ -175,7 +175,10 @@ def restore(workdir, mesh=None, params_only=False, overrides=()):
   The checkpoint may have been written on any number of devices; it is restored replicated on `mesh`
   (default: all devices here). The selected model (W/best) when the run kept one, else the latest.
   `overrides` ("data.dir=NEW", "data.source=NEW") point the run at data that moved (`apply_data_overrides`).
+  An `imgrec import` folder restores as a run too (`restore_import`).
   """
+  if is_import(workdir):
+    return restore_import(workdir, mesh, overrides)
   cfg = config_lib.load_saved(os.path.join(workdir, CONFIG_FILE))
   apply_data_overrides(cfg, overrides)
   info = read_info(workdir)
@@ -202,10 +205,41 @@ def restore(workdir, mesh=None, params_only=False, overrides=()):
   return Run(cfg, info, model, found)
 
 
+def is_import(path):
+  """Whether `path` is a folder `imgrec import` wrote (import.json + params.npz, no config.json)."""
+  return all(os.path.isfile(os.path.join(path, n)) for n in (checkpoint_import.INFO_FILE, PARAMS_FILE)) and \
+      not os.path.exists(os.path.join(path, CONFIG_FILE))
+
+
+def restore_import(folder, mesh=None, overrides=()):
+  """An `imgrec import` folder as a params-only `Run` (step 0), so serve, eval, export and explain take it."""
+  cfg, info = checkpoint_import.run_files(folder)
+  apply_data_overrides(cfg, overrides)
+  mesh = mesh or parallel.make_mesh()
+  built = build(cfg, info, mesh, fsdp=False)
+  loaded = unflatten(load_params(folder))
+  shapes = {"params": built.abstract.params, "batch_stats": built.abstract.batch_stats}
+  got = {k: loaded.get(k, {}) for k in shapes}
+  want, have = flatten(jax.tree.map(lambda a: a.shape, shapes)), flatten(jax.tree.map(np.shape, got))
+  wrong = sorted(k for k in want if tuple(have.get(k, ())) != tuple(want[k]))
+  if wrong:
+    raise UserError(f"{folder}/{PARAMS_FILE} does not fit {cfg.model.name} (import.json): {len(wrong)} parameters "
+                    f"missing or of another shape, e.g. {wrong[0]}; import the checkpoint again")
+  target = {"params": built.shardings.params, "batch_stats": built.shardings.batch_stats}
+  got = jax.device_put(jax.tree.map(lambda a, s: np.asarray(a, s.dtype), got, shapes), target)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=got["params"], batch_stats=got["batch_stats"],
+                     opt_state=None, rng=None, ema_params={}, ema_batch_stats={})
+  return Run(cfg, info, built.model, state)
+
+
 def dataset(run):
   """The data set of a restored run (its task's `open_data` of its config's data, the splits as the source gives
   them: no val split carved out), checked against its dataset.json: the model needs the classes and the image
   shape it was trained on."""
+  if run.info.get("imported") and not run.cfg.data.source:
+    raise UserError("an `imgrec import` folder names no data: point it at yours with "
+                    "--config.data.source=folder:DIR (or tfds:NAME) whose classes are the checkpoint's, "
+                    f"{run.info['class_names'][:3]}...")
   cfg = run.cfg.copy_and_resolve_references()
   cfg.data.val_fraction = 0.0
   if run.info.get("pp_eval"):  # the run's own eval preprocessing on any source (not that source's defaults)

@@ -7,6 +7,7 @@ Images are small where the architecture allows; vit_small_patch16_224 runs at it
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -17,7 +18,7 @@ import torch
 from flax import traverse_util
 from safetensors.torch import save_file
 
-from imgrec import checkpoint_import, models, parallel, transfer, workdir as wd
+from imgrec import checkpoint_import, export, models, parallel, transfer, workdir as wd
 from imgrec.checkpoint_import import formats
 from imgrec.data import sources
 from imgrec.errors import UserError
@@ -319,3 +320,37 @@ def test_init_from_a_checkpoint_directly(small_vit, tmp_path, capsys):
                               "unexpected": 0}
   np.testing.assert_array_equal(np.asarray(state.params["encoder_ln"]["scale"]), state_dict(ref)["norm.weight"].numpy())
   assert state.params["head"]["kernel"].shape == (192, 3)
+
+
+def test_an_import_folder_is_a_run(small_vit, tmp_path):
+  """`imgrec import` writes a folder that restores as a run (serve, eval, export, explain take it): its zoo model
+  and the checkpoint's weights, its own class names (timm's label_names here) and recorded preprocessing."""
+  folder, ref = small_vit
+  labelled = tmp_path / "labelled"
+  shutil.copytree(folder, labelled)
+  cfg = json.loads((labelled / "config.json").read_text())
+  (labelled / "config.json").write_text(json.dumps({**cfg, "label_names": ["ant", "bee", "cat", "dog", "eel"]}))
+  checkpoint_import.import_checkpoint(str(labelled), str(tmp_path / "w"))
+  run = wd.restore(str(tmp_path / "w"), params_only=True)
+  assert run.info["class_names"] == ["ant", "bee", "cat", "dog", "eel"] and run.info["image_shape"] == [32, 32, 3]
+  assert run.info["mean"] == [0.5] * 3 and run.info["pp_eval"].startswith("decode|resize_small(")
+  x = images(32)
+  got = np.asarray(run.model.apply(run.variables, x, train=False))
+  np.testing.assert_allclose(got, logits(ref, x), atol=TOL * float(np.abs(got).max()))
+  meta = export.export_workdir(str(tmp_path / "w"), str(tmp_path / "vit.zip"), platforms=("cpu",))
+  assert meta["class_names"] == run.info["class_names"] and meta["pp_eval"] == run.info["pp_eval"]
+  checkpoint_import.import_checkpoint(folder, str(tmp_path / "plain"))  # no names in the checkpoint: class_i
+  assert wd.restore(str(tmp_path / "plain"), params_only=True).info["class_names"] == [f"class_{i}" for i in range(5)]
+
+
+def test_import_mistakes_are_one_line_and_leave_nothing(small_vit, tmp_path):
+  folder, _ = small_vit
+  with pytest.raises(UserError, match=r"--model vit_s8 is a ViT 384 wide with patch 8; this checkpoint is 192 wide "
+                     r"with patch 8: give --model vit_ti8"):
+    checkpoint_import.import_checkpoint(folder, str(tmp_path / "wrong_size"), model="vit_s8")
+  assert not (tmp_path / "wrong_size").exists()  # a failed import leaves no empty --out behind
+  torch.save(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), tmp_path / "whole.pth")
+  with pytest.raises(UserError) as e:
+    checkpoint_import.import_checkpoint(str(tmp_path / "whole.pth"), str(tmp_path / "w"))
+  assert "\n" not in str(e.value) and "torch.nn.modules.container.Sequential" in str(e.value)
+  assert "torch.save(model.state_dict()" in str(e.value) and not (tmp_path / "w").exists()

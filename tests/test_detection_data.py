@@ -18,7 +18,7 @@ from tests.helpers import needs_debian
 
 def data_cfg(source, **kw):
   cfg = config.defaults()
-  cfg.data.source = source
+  cfg.task, cfg.data.source = "detection", source
   for k, v in kw.items():
     cfg.data[k] = v
   return config.validate(cfg).data
@@ -237,7 +237,7 @@ def test_a_skipped_test_image_keeps_its_boxes_in_the_evaluation(tmp_path):
                "num_detections": np.array([e["box_mask"].sum() for e in examples]),
                "image_id": np.array([e["image_id"] for e in examples]),
                "to_source": np.stack([e["to_source"] for e in examples])}
-    return len(examples), detection.evaluate(perfect, split, None)[0]
+    return len(examples), detection.evaluate(perfect, split, None, None)[0]
 
   n, whole = score("error")
   assert n == 6 and whole["AP"] == pytest.approx(1.0) and whole["AR100"] == pytest.approx(1.0)

@@ -49,7 +49,8 @@ def test_health_and_metadata(server):
   url, c, _ = server
   assert c.is_server_live() and c.is_server_ready()  # the probes are open, as over HTTP
   assert c.is_model_ready("digits", headers=H) and c.is_model_ready("other", "7", headers=H)
-  assert list(c.get_server_metadata(headers=H).extensions) == ["binary_tensor_data", "classification"]
+  assert list(c.get_server_metadata(headers=H).extensions) == [
+      "binary_tensor_data", "classification", "model_repository", "statistics", "model_configuration"]
   meta = c.get_model_metadata("digits", headers=H)
   http_meta = requests.get(url + "/v2/models/digits", headers=H).json()
   assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("images", "UINT8", [-1, 8, 8, 1])]
@@ -176,7 +177,7 @@ def test_proto_has_the_kserve_names_and_numbers_tritonclient_uses():
   for name, (req, resp) in grpc_service.MESSAGES.items():
     same(req.DESCRIPTOR, triton.methods_by_name[name].input_type)
     same(resp.DESCRIPTOR, triton.methods_by_name[name].output_type)
-  assert len(grpc_service.MESSAGES) == 6
+  assert len(grpc_service.MESSAGES) == 11  # health, metadata, infer; config, statistics and the repository extension
 
 
 def test_checked_in_descriptor_set_is_the_compiled_proto(tmp_path):

@@ -95,7 +95,8 @@ def test_tritonclient_json_binary_and_classification(server, reference):
   meta = c.get_model_metadata("digits", headers=dict(H))
   assert meta["inputs"] == [{"name": "images", "datatype": "UINT8", "shape": [-1, 8, 8, 1]}]
   assert {o["name"] for o in meta["outputs"]} == {"logits", "probabilities"}
-  assert c.get_server_metadata(headers=dict(H))["extensions"] == ["binary_tensor_data", "classification"]
+  assert c.get_server_metadata(headers=dict(H))["extensions"] == [
+      "binary_tensor_data", "classification", "model_repository", "statistics", "model_configuration"]
   normalised = ((images / 255.0 - np.array(info["mean"])) / np.array(info["std"])).astype(np.float32)
   for x, dtype in ((images, "UINT8"), (normalised, "FP32")):
     for binary in (False, True):
@@ -283,7 +284,7 @@ def test_integral_floats_for_uint8_pixels(server, reference):
 def test_queue_full_gives_503_with_retry_after(server):
   """A batcher stuck on a slow batch with room for one queued request: the third concurrent request is refused."""
   url, gate = server
-  model = next(m for m in gate.app.state.served if m.name == "other")
+  model = next(m for m in gate.app.state.server.served if m.name == "other")
   release = threading.Event()
   original = model.batchers["uint8"]
   slow = lambda x: (release.wait(20), {k: np.zeros((len(x), 10), np.float32) for k in ("logits", "probabilities")})

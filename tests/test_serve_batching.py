@@ -215,7 +215,7 @@ def test_request_that_waits_too_long_gets_504_and_costs_nothing(server):
   """Over the server's 1.5 s timeout: 504 over HTTP, DEADLINE_EXCEEDED over gRPC (also for a client deadline).
   The requests that timed out while queued are dropped before they reach the device."""
   url, gate, client = server
-  model = gate.app.state.served[0]
+  model = gate.app.state.server.served[0]
   release, calls = threading.Event(), []
 
   def stuck(x):

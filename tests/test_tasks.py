@@ -24,7 +24,8 @@ def test_unknown_task_is_a_one_line_error(tmp_path, capsys, monkeypatch):
   monkeypatch.chdir(ROOT)
   assert cli.main(["train", "--config.task=nope", "--workdir", str(tmp_path / "w")]) == 2
   err = capsys.readouterr().err
-  assert err.strip() == "imgrec: error: unknown task 'nope' (config.task); known tasks: classification, detection, image_text, verification"
+  assert err.strip() == ("imgrec: error: unknown task 'nope' (config.task); known tasks: classification, detection, "
+                         "image_text, segmentation, verification")
   assert not (tmp_path / "w" / "config.json").exists()  # refused before anything is written
   with pytest.raises(UserError, match="select_metric 'map' is not a metric of the classification task; use one "
                                       "of accuracy, loss"):

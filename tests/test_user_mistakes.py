@@ -51,6 +51,11 @@ CASES = [
     (["eval", "--workdir", "{x}"], "config.json is not valid JSON", truncated_run),
     (["serve", "--workdir", "{t}", "--batch-sizes", "a,b"], "--batch-sizes 'a,b': 'a' is not valid", None),
     (["serve", "--workdir", "{t}", "--batch-sizes", "8,0"], "'0' is not valid; give positive integers", None),
+    (["serve", "--workdir", "{x}"], "config.json is not valid JSON", truncated_run),  # not a 503 forever
+    (["serve"], "nothing to serve: give --workdir W", None),
+    (["serve", "--model-repository", "{w}"], "is not a folder; give DIR holding DIR/NAME/VERSION/", None),
+    (["serve", "--workdir", "{t}", "--memory-budget", "lots"], "--memory-budget 'lots'", None),
+    (["serve", "--workdir", "x..y={t}"], "model name 'x..y' is not usable in a URL", None),
     (["export", "--workdir", "{t}", "--out", "{w}/m.zip", "--platforms", "cpu,foo"],
      "--platforms 'cpu,foo': 'foo' is not valid; give one of cpu, cuda, rocm, tpu", None),
     (["robustness", "--workdir", "{t}", "--epsilons", "1,x"], "--epsilons (in 1/255 units) '1,x'", None),

@@ -84,3 +84,20 @@ def test_bad_input_is_one_clear_error(tmp_path):
   np.savez(pickled, identities=np.array([{"a": 1}], dtype=object), embeddings=np.ones((1, 4), np.float32))
   with pytest.raises(UserError, match="not a gallery file"):
     gallery.Gallery.open(pickled, 4)
+
+
+def test_a_gallery_reads_the_file_again_when_another_wrote_it(tmp_path):
+  """Two galleries on one file (two servers on one run): each change is made to what the file holds, so
+  neither saves its stale copy over the other's change."""
+  path = str(tmp_path / "gallery.npz")
+  a, b = gallery.Gallery.open(path, 4), gallery.Gallery.open(path, 4)
+  a.enroll("Ada", np.eye(4)[:2])
+  assert b.enroll("Bob", np.eye(4)[2]) == 1 and b.counts() == {"Ada": 2, "Bob": 1}
+  assert a.delete("Bob") == 1
+  assert b.search(np.eye(4)[2], k=5)[0][0][0] == "Ada" and len(b) == 2
+  assert gallery.Gallery.open(path, 4).counts() == {"Ada": 2}
+  with open(path, "wb") as f:  # damaged behind both: a clear error, and the gallery in memory is kept
+    f.write(b"not a gallery")
+  with pytest.raises(UserError, match="is not a gallery file"):
+    a.search(np.eye(4)[0])
+  assert len(a) == 2

@@ -19,10 +19,11 @@ import os
 import zipfile
 
 import jax
+import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from imgrec import files, models
+from imgrec import config, files, models
 from imgrec.checkpoint_import import convnext, efficientnet, formats, mapping, resnet, torchvision, two_tower, vit
 from imgrec.errors import UserError
 
@@ -132,8 +133,24 @@ def convert(spec, model=None, emit=None):
                                  optional, emit, getattr(family, "IGNORED", {}).get(layout))
   info = {"source": os.path.abspath(formats.split_tower(spec)[0]), "spec": spec, "format": source.format,
           "layout": what, "model": {"name": name, "kwargs": kwargs}, "num_classes": num_classes,
-          "image_size": size, "preprocessing": preprocessing(source, fam_name, layout), "counts": mapping.counts(rows)}
+          "image_size": size, "preprocessing": preprocessing(source, fam_name, layout), "counts": mapping.counts(rows),
+          "class_names": class_names(source.config, num_classes)}
   return values, info, rows
+
+
+def class_names(config, num_classes):
+  """The checkpoint's own class names: Hugging Face's `id2label`, timm's `label_names`; `class_0..` when it has
+  none (or they do not match its head); [] for a checkpoint without a head."""
+  config, n = config or {}, num_classes or 0
+  names = config.get("label_names")
+  if not names and isinstance(config.get("id2label"), dict):
+    try:
+      names = [config["id2label"].get(str(i)) for i in range(n)]
+    except AttributeError:
+      names = None
+  if isinstance(names, list) and len(names) == n and all(isinstance(x, str) for x in names):
+    return list(names)
+  return [f"class_{i}" for i in range(n)]
 
 
 class _NpzWriter:
@@ -153,6 +170,7 @@ def import_checkpoint(spec, out, model=None):
   """Converts `spec` into the new folder `out` (params.npz, import.json, import_report.json); returns (info, rows).
   A folder that already holds a run is refused before anything is read or written."""
   files.refuse_existing_run(out, "imgrec import")
+  created = not os.path.exists(out)
   os.makedirs(out, exist_ok=True)
   params = os.path.join(out, PARAMS_FILE)
   writer = _NpzWriter(params + ".tmp")
@@ -161,6 +179,8 @@ def import_checkpoint(spec, out, model=None):
   except BaseException:
     writer.zip.close()
     os.remove(params + ".tmp")
+    if created:  # a failed import leaves nothing behind (a folder that was there before stays)
+      os.rmdir(out)
     raise
   writer.zip.close()
   os.replace(params + ".tmp", params)
@@ -209,3 +229,31 @@ def checkpoint_preprocessing(path):
   source = formats.read(path)
   family, layout, source = identify(source)
   return preprocessing(source, next(k for k, v in FAMILIES.items() if v is family), layout)
+
+
+def run_files(folder):
+  """(config, dataset.json) of an `imgrec import` folder, as a run of its zoo model would have them: the class
+  names the checkpoint gave (import.json "class_names"; `class_0..` for an older import), its input size, and the
+  normalisation and eval preprocessing the import recorded (ImageNet statistics when the checkpoint said none)."""
+  imp = read_info(folder)
+  if not isinstance(imp, dict) or "model" not in imp:
+    raise UserError(f"{os.path.join(folder, INFO_FILE)} is not an `imgrec import` record; "
+                    "import the checkpoint again into a new --out folder")
+  n = imp.get("num_classes") or 0
+  if not n:
+    raise UserError(f"{folder} holds a checkpoint without a classification head ({imp.get('layout')}): it has no "
+                    "classes to predict; fine-tune it first (--config.transfer.init_from={folder})")
+  names = imp.get("class_names") or [f"class_{i}" for i in range(n)]
+  pre = imp.get("preprocessing") or {}
+  size = int(imp.get("image_size") or pre.get("image_size") or 224)
+  cfg = config.defaults()
+  cfg.model.name = imp["model"]["name"]
+  with cfg.model.ignore_type():
+    cfg.model.kwargs = ml_collections.ConfigDict(imp["model"]["kwargs"])
+  cfg.data.source, cfg.data.image_size, cfg.data.pp_eval = "", size, pre.get("pp_eval") or ""
+  mean, std = (pre["mean"], pre["std"]) if pre else IMAGENET
+  cfg.data.mean, cfg.data.std = tuple(mean), tuple(std)
+  info = {"source": imp.get("source", ""), "class_names": list(names), "image_shape": [size, size, 3],
+          "mean": [float(m) for m in mean], "std": [float(s) for s in std], "num_train": cfg.batch_size,
+          "pp_eval": pre.get("pp_eval") or "", "imported": True}
+  return cfg, info

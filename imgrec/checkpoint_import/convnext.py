@@ -43,6 +43,9 @@ def arch(source, layout_, model=None):
   name = model or found or "convnext_tiny"
   if name not in zoo.MODELS:
     raise UserError(f"--model {model!r} is not a ConvNeXt; this checkpoint is a ConvNeXt of depths {depths}")
+  if model and found and model != found:  # another published size: a run named for shapes it lacks
+    raise UserError(f"--model {model} is not this checkpoint's size: it is a {found} (depths {depths}, dims "
+                    f"{dims}); give --model {found}, or leave --model out")
   kwargs, base = {}, zoo.MODELS[name].keywords
   if tuple(base["depths"]) != tuple(depths) or tuple(base["dims"]) != tuple(dims):
     kwargs = {"depths": [int(d) for d in depths], "dims": [int(c) for c in dims]}

@@ -10,6 +10,8 @@ A `Source` holds the tensors lazily (`get(key)` reads one), so a large file is n
 """
 import json
 import os
+import pickle
+import re
 import struct
 import zipfile
 from typing import Any, Callable, NamedTuple, Optional
@@ -188,6 +190,11 @@ def read_pth(path):
     raise UserError("reading a .pth file needs torch: pip install 'imgrec[torch]' (CPU wheel is enough)") from None
   try:
     sd = torch.load(path, map_location="cpu", weights_only=True)
+  except pickle.UnpicklingError as e:  # weights_only refuses classes: a whole pickled model (its message: pages)
+    found = re.search(r"GLOBAL ([\w.]+)", str(e))
+    raise UserError(f"{path} pickles Python objects{' (' + found[1] + ')' if found else ''}, not a state_dict of "
+                    "tensors; imgrec never unpickles code: in Python, torch.save(model.state_dict(), 'weights.pth') "
+                    "and import that") from None
   except Exception as e:  # torch raises many types for bad files
     raise UserError(f"cannot read {path} as a torch state_dict: {type(e).__name__}: {e}") from None
   if isinstance(sd, dict) and "state_dict" in sd:

@@ -105,13 +105,18 @@ def arch(source, layout_, model=None):
   grid = math.isqrt(pos[1] - pos_class)
   if grid * grid != pos[1] - pos_class:
     raise UserError(f"{source.path}: the position embedding has {pos[1]} tokens, not {int(cls)} + a square grid")
+  found = f"vit_{LETTER.get(width, 'b')}{p if p in zoo.PATCHES else 16}"
   if model:
     name = model
     if model not in zoo.MODELS:
       raise UserError(f"--model {model!r} is not a ViT; this checkpoint is a ViT ({width} wide, {depth} blocks, "
-                      f"patch {p}): give e.g. vit_b16")
+                      f"patch {p}): give e.g. {found}")
+    size = zoo.MODELS[model].keywords
+    if width in LETTER and (size.get("width") != width or size.get("patch") != p):  # a run named for shapes it lacks
+      raise UserError(f"--model {model} is a ViT {size.get('width')} wide with patch {size.get('patch')}; this "
+                      f"checkpoint is {width} wide with patch {p}: give --model {found}, or leave --model out")
   else:
-    name = f"vit_{LETTER.get(width, 'b')}{p if p in zoo.PATCHES else 16}"
+    name = found
   if heads is None:
     raise UserError(f"{source.path}: width {width} is not a published ViT size and the checkpoint does not say its "
                     "number of attention heads (config.json num_attention_heads / model_args.num_heads)")

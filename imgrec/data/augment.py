@@ -265,6 +265,28 @@ def parse(spec):
   return ops
 
 
+# Device ops that leave every pixel where it was: all that a task whose targets are tied to pixel positions
+# (boxes, label maps) may run on device, where those targets cannot follow; its geometry runs on the host.
+PHOTOMETRIC = ("brightness", "contrast", "gaussian_noise", "salt_pepper", "cutout", "erase")
+
+
+def pixels_stay(spec, task, targets, allowed=PHOTOMETRIC):
+  """The parsed ops of `spec` (data.augment), refused in one line if one moves or mixes pixels: `task`'s
+  `targets` ("the boxes") could not follow it on device."""
+  ops = parse(spec)
+  moving = [name for name, _ in ops if name not in allowed]
+  if moving:
+    raise UserError(f"data.augment {moving[0]!r} moves or mixes pixels on device, where {targets} cannot follow; "
+                    f"{task} takes only {', '.join(allowed)} there: put geometry in data.pp_train (host ops that "
+                    f"move {targets} too, e.g. random_scale_crop, flip)")
+  return ops
+
+
+def apply_images(ops, key, images):
+  """`apply` for a task without soft labels to mix: the images alone."""
+  return apply(ops, key, images, jnp.zeros((images.shape[0], 1)))[0] if ops else images
+
+
 def apply(ops, key, images, labels):
   """Applies parsed ops to float images [N, H, W, C] in [0, 1] and soft labels [N, K]."""
   for i, (name, kwargs) in enumerate(ops):

@@ -28,8 +28,9 @@ decoding work and leaves less than 2x to resample. Randomness comes from the `rn
 passes (keyed by seed and example).
 
 `process_with_map` also returns the plan's affine map from source pixels to output pixels (flip
-included): what moves boxes with the pixels (imgrec/tasks/detection/transforms.py) and maps a
-prediction back onto the uploaded image. Coordinates are continuous, pixel i spanning [i, i + 1).
+included): what moves boxes with the pixels (imgrec/tasks/detection/transforms.py), warps label maps
+(`warp_labels`: nearest, IGNORE outside the source; segmentation) and maps a prediction back onto the
+uploaded image. Coordinates are continuous, pixel i spanning [i, i + 1).
 """
 import ast
 import dataclasses
@@ -40,7 +41,8 @@ import re
 import numpy as np
 
 # Decoding lives in decode.py; its names are re-exported, as callers know them as preprocess.BadImage etc.
-from imgrec.data.decode import BadImage, decode, header, resample, resample_padded  # noqa: F401
+from imgrec.data.decode import (IGNORE, BadImage, centre_map, decode, header, resample, resample_padded,  # noqa: F401
+                                warp_labels)
 from imgrec.errors import UserError
 
 IMAGENET_TRAIN = "decode|random_resized_crop(224)|flip"

@@ -4,6 +4,10 @@ and stochastic depth, compound-scaled in width and depth. Laid out as torchvisio
 
 Stochastic depth grows linearly with the block index up to `drop_path_rate` (0.2).
 The "small" stem (auto at <= 64 px) keeps stride 1 in the stem and the first strided stage.
+
+`features=True` (models.create_backbone) returns {stride: the last block's output at each stride}, the last
+1x1 conv (`features_8`) included at the deepest stride: on the ImageNet stem strides 2 to 32. No classifier
+parameters are created then.
 """
 import functools
 import math
@@ -53,6 +57,7 @@ class EfficientNet(nn.Module):
   dropout: float = 0.2
   drop_path_rate: float = 0.2
   stem: str = "auto"
+  features: bool = False  # return {stride: map} (module docstring) instead of the logits
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -63,9 +68,10 @@ class EfficientNet(nn.Module):
     ch = lambda c: make_divisible(c * self.width_mult)
     small = pick_stem(self.stem, x) == "small"
     x = x.astype(self.dtype)
-    x = cba(ch(32), 3, 1 if small else 2, name="features_0")(x)
+    scale = 1 if small else 2  # the stride reached so far
+    x = cba(ch(32), 3, scale, name="features_0")(x)
     repeats = [int(math.ceil(n * self.depth_mult)) for *_, n in STAGES]
-    total, index, first_stride = sum(repeats), 0, True
+    total, index, first_stride, outputs = sum(repeats), 0, True, {}
     for stage, ((t, k, s, c, _), n) in enumerate(zip(STAGES, repeats)):
       for j in range(n):
         stride = s if j == 0 else 1
@@ -73,8 +79,12 @@ class EfficientNet(nn.Module):
           first_stride, stride = False, 1 if small else 2
         x = MBConv(ch(c), t, k, stride, cba, self.drop_path_rate * index / total, train,
                    name=f"features_{stage + 1}_{j}")(x)
+        scale *= stride
+        outputs[scale] = x
         index += 1
     x = cba(4 * x.shape[-1], name=f"features_{len(STAGES) + 1}")(x)
+    if self.features:
+      return {**outputs, scale: x}
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="classifier")(x)

@@ -4,6 +4,10 @@
 The "small" stem (auto at <= 64 px) keeps stride 1 in the stem and in the first strided
 block, so a 28x28 image ends at 4x4 instead of 1x1. Convolutions pad (k-1)/2 on every side, as
 torchvision does (see ConvBNAct), so its weights import exactly (imgrec/checkpoint_import).
+
+`features=True` (models.create_backbone) returns {stride: the last block's output at each stride}, the last
+1x1 conv (`features_{n}`) included at the deepest stride: on the ImageNet stem strides 2 to 32. No classifier
+parameters are created then.
 """
 import functools
 from typing import Any, Callable, Optional
@@ -74,6 +78,7 @@ class MobileNetV2(nn.Module):
   width_mult: float = 1.0
   dropout: float = 0.2
   stem: str = "auto"
+  features: bool = False  # return {stride: map} (module docstring) instead of the logits
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -83,8 +88,9 @@ class MobileNetV2(nn.Module):
                             param_dtype=self.param_dtype)
     small = pick_stem(self.stem, x) == "small"
     x = x.astype(self.dtype)
-    x = cba(make_divisible(32 * self.width_mult), 3, 1 if small else 2, name="features_0")(x)
-    index, first_stride = 1, True
+    scale = 1 if small else 2  # the stride reached so far
+    x = cba(make_divisible(32 * self.width_mult), 3, scale, name="features_0")(x)
+    index, first_stride, outputs = 1, True, {}
     for t, c, n, s in V2_SETTINGS:
       for j in range(n):
         stride = s if j == 0 else 1
@@ -92,8 +98,12 @@ class MobileNetV2(nn.Module):
           first_stride, stride = False, 1 if small else 2
         x = InvertedResidual(make_divisible(c * self.width_mult), x.shape[-1] * t, 3, stride, nn.relu6, cba,
                              name=f"features_{index}")(x)
+        scale *= stride
+        outputs[scale] = x
         index += 1
     x = cba(make_divisible(1280 * max(1.0, self.width_mult)), name=f"features_{index}")(x)
+    if self.features:
+      return {**outputs, scale: x}
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="classifier")(x)
@@ -119,6 +129,7 @@ class MobileNetV3(nn.Module):
   width_mult: float = 1.0
   dropout: float = 0.2
   stem: str = "auto"
+  features: bool = False  # return {stride: map} (module docstring) instead of the logits
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -130,14 +141,19 @@ class MobileNetV3(nn.Module):
     ch = lambda c: make_divisible(c * self.width_mult)
     small = pick_stem(self.stem, x) == "small"
     x = x.astype(self.dtype)
-    x = cba(ch(16), 3, 1 if small else 2, act=jax.nn.hard_swish, name="features_0")(x)
-    first_stride = True
+    scale = 1 if small else 2  # the stride reached so far
+    x = cba(ch(16), 3, scale, act=jax.nn.hard_swish, name="features_0")(x)
+    first_stride, outputs = True, {}
     for i, (k, exp, out, se, act, stride) in enumerate(settings):
       if stride == 2 and first_stride:
         first_stride, stride = False, 1 if small else 2
       x = InvertedResidual(ch(out), ch(exp), k, stride, ACTS[act], cba, jax.nn.hard_sigmoid if se else None,
                            name=f"features_{i + 1}")(x)
+      scale *= stride
+      outputs[scale] = x
     x = cba(6 * x.shape[-1], act=jax.nn.hard_swish, name=f"features_{len(settings) + 1}")(x)
+    if self.features:
+      return {**outputs, scale: x}
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(ch(last), dtype=self.dtype, param_dtype=self.param_dtype, name="classifier_0")(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(jax.nn.hard_swish(x))

@@ -138,7 +138,7 @@ class ResNet(nn.Module):
   dropout: float = 0.0          # between the convs of a block (Wide-ResNet)
   drop_path_rate: float = 0.0   # stochastic depth of the last block
   inner_widths: Sequence[int] = ()  # per block, its inner conv widths (basic 1, bottleneck 2): channel pruning
-  features: bool = False  # return each stage's output (a tuple, for detection necks) instead of the logits
+  features: bool = False  # return {stride: each stage's output} (models.create_backbone) instead of the logits
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -158,6 +158,7 @@ class ResNet(nn.Module):
       raise ValueError(f"stem must be 'auto', 'cifar' or 'imagenet', got {self.stem!r}")
     stem_width = self.stem_width or self.width
     x = x.astype(self.dtype)
+    stride = 4 if stem == "imagenet" else 1
     if stem == "imagenet":
       x = conv(stem_width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="stem_conv")(x)
       x = nn.relu(norm(name="stem_bn")(x))
@@ -169,7 +170,7 @@ class ResNet(nn.Module):
     block_cls = BLOCKS[self.block]
     total, index = sum(self.stage_sizes), 0
     per_block = len(INNER_CONVS[self.block])
-    stage_outputs = []
+    stage_outputs = {}
     if self.inner_widths and len(self.inner_widths) != per_block * total:
       raise ValueError(f"inner_widths needs {per_block} width(s) per block ({per_block * total}), "
                        f"got {len(self.inner_widths)}")
@@ -181,11 +182,12 @@ class ResNet(nn.Module):
         x = block_cls(self.width * 2**i, strides, conv, norm, se=self.se, dropout=self.dropout, drop_path=rate,
                       train=train, inner=inner, name=f"stage{i + 1}_block{j + 1}")(x)
         index += 1
-      stage_outputs.append(x)
+      stride *= 2 if i > 0 else 1
+      stage_outputs[stride] = x
     if preact:
       x = nn.relu(norm(name="final_bn")(x))
     if self.features:  # no head parameters are created; the pre-activation network's last stage is normalised
-      return tuple(stage_outputs[:-1]) + (x,)
+      return {**stage_outputs, stride: x}
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
     return x.astype(jnp.float32)

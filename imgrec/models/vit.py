@@ -13,16 +13,21 @@ patches only; `pool="map"` is SigLIP's attention-pooling head (`map_head`). For 
 (imgrec/models/two_tower.py): `num_classes=0` ends at the pooled features (no `head`), `pre_norm` is CLIP's
 LayerNorm ahead of the encoder (`ln_pre`), `quick_gelu` CLIP's x * sigmoid(1.702 x), and a block's `causal` mask
 lets each token attend to earlier ones only (CLIP's text tower).
+
+`features=True` (models.create_backbone) returns ViTDet's simple feature pyramid (Li et al. 2022) from the last
+block's tokens (after `encoder_ln`, the class token dropped): {4, 8, 16, 32: NHWC map}, made by `pyramid`, the
+only parameters features mode adds (no head is created). Image sides must then be multiples of the patch.
 """
 import functools
 import math
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from imgrec.errors import UserError
+from imgrec.models import layers
 from imgrec.models.blocks import drop_path
 from imgrec.models.layers import Conv
 
@@ -116,6 +121,46 @@ class MAPHead(nn.Module):
     return (y + nn.Dense(d, name="mlp_3", **kw)(z))[:, 0]
 
 
+def upsample2(x, dense):
+  """A 2x2 stride-2 transposed conv as `dense` (channels -> 4 * out) and a depth-to-space: the windows of a
+  stride-2 2x2 deconv do not overlap, so each input cell writes its own 2x2 block."""
+  n, h, w, _ = x.shape
+  y = dense(x)
+  c = y.shape[-1] // 4
+  return y.reshape(n, h, w, 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c)
+
+
+class SimplePyramid(nn.Module):
+  """ViTDet's simple feature pyramid from one map at stride `patch`: below it, 2x2 stride-2 deconvs (each halving
+  the channels; LayerNorm + GELU between two), the map itself at its own stride, 2x2 max-pools above it."""
+  patch: int
+  strides: Sequence[int] = (4, 8, 16, 32)
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    out = {}
+    for s in self.strides:
+      y = x
+      if s < self.patch:
+        for j in range(int(math.log2(self.patch // s))):
+          if j:
+            y = nn.gelu(nn.LayerNorm(1e-6, name=f"s{s}_ln{j}", **kw)(y), approximate=False)
+          y = upsample2(y, nn.Dense(4 * max(1, y.shape[-1] // 2), name=f"s{s}_up{j + 1}", **kw))
+      elif s > self.patch:
+        y = layers.max_pool(y, s // self.patch, s // self.patch, "SAME")  # ceil sizes, as the conv families
+      out[s] = y
+    return out
+
+
+def split_heads(width, heads):
+  """`heads`, or where `width` does not split into that many (a model narrowed by model.kwargs.width, e.g.
+  vit_s16's 6 heads at width 16), the most heads below it that do (4)."""
+  return max(h for h in range(1, heads + 1) if width % h == 0)
+
+
 def resize_grid(pos, n_extra, h, w):
   """Resizes the grid part of a (1, n_extra + H*W, D) position embedding to h x w (square grids)."""
   extra, grid = pos[:, :n_extra], pos[:, n_extra:]
@@ -132,7 +177,7 @@ class ViT(nn.Module):
   patch: int = 16
   width: int = 768
   depth: int = 12
-  heads: int = 12
+  heads: int = 12     # fewer where `width` does not split into this many (split_heads)
   mlp_dim: int = 3072
   pool: str = "cls"   # "cls": class token | "gap": mean of the patch tokens | "map": attention pooling (both:
                       # no class token)
@@ -145,6 +190,7 @@ class ViT(nn.Module):
   representation_size: Optional[int] = None  # big_vision's `pre_logits`: Dense(size) + tanh before the head
   pre_norm: bool = False  # CLIP: a LayerNorm (`ln_pre`) on the tokens ahead of the first block
   quick_gelu: bool = False  # CLIP's x * sigmoid(1.702 x) in the MLPs instead of GELU
+  features: bool = False  # return the simple feature pyramid {4, 8, 16, 32: map} instead of the logits
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -155,6 +201,11 @@ class ViT(nn.Module):
     if min(x.shape[1], x.shape[2]) < self.patch:
       raise UserError(f"ViT with {self.patch} px patches needs images of at least {self.patch} px, "
                       f"got {x.shape[1]}x{x.shape[2]}")
+    if self.features and (x.shape[1] % self.patch or x.shape[2] % self.patch or self.patch & (self.patch - 1)):
+      raise UserError(f"ViT features need a power-of-two patch and image sides that are multiples of it: patch "
+                      f"{self.patch}, images {x.shape[1]}x{x.shape[2]}; resize the images (data.pp_train/pp_eval) "
+                      "or pick another patch")
+    heads = split_heads(self.width, self.heads)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = x.astype(self.dtype)
     x = Conv(self.width, (self.patch, self.patch), (self.patch, self.patch), padding="VALID",
@@ -181,12 +232,14 @@ class ViT(nn.Module):
       x = nn.LayerNorm(self.ln_eps, name="ln_pre", **kw)(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     for i in range(self.depth):
-      x = EncoderBlock(self.heads, self.mlp_dim, self.dropout, self.drop_path_rate * i / max(1, self.depth - 1),
+      x = EncoderBlock(heads, self.mlp_dim, self.dropout, self.drop_path_rate * i / max(1, self.depth - 1),
                        train, gelu_approximate=self.gelu_approximate, ln_eps=self.ln_eps,
                        layer_scale=self.layer_scale, quick_gelu=self.quick_gelu, name=f"encoder_layer_{i}", **kw)(x)
     x = nn.LayerNorm(self.ln_eps, name="encoder_ln", **kw)(x)
+    if self.features:
+      return SimplePyramid(self.patch, name="pyramid", **kw)(x[:, n_extra:].reshape(n, h, w, d))
     if self.pool == "map":
-      x = MAPHead(self.heads, self.mlp_dim, self.gelu_approximate, self.ln_eps, name="map_head", **kw)(x)
+      x = MAPHead(heads, self.mlp_dim, self.gelu_approximate, self.ln_eps, name="map_head", **kw)(x)
     else:
       x = x[:, 0] if n_extra else jnp.mean(x, axis=1)
     if self.representation_size:

@@ -6,6 +6,8 @@ import os
 from imgrec.errors import UserError
 
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/"})  # probes and the static page
+ADMIN_PREFIX = "/v2/repository/"  # model management: index, load, unload
+ADMIN_METHODS = frozenset({"RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"})
 
 
 def load_keys(path):
@@ -41,3 +43,18 @@ def check(key, key_digests):
   for ref in key_digests:
     ok |= hmac.compare_digest(d, ref)
   return None if ok else (403, "invalid API key")
+
+
+def check_admin(key, key_digests, admin_digests, what="model management"):
+  """Model management (load, unload, index) and a task's routes that change what every client gets (`what`
+  names the request in the message): -> None when allowed, else (status, message). With API keys configured
+  it needs an admin key (a separate file); an inference key is refused with 403. With no keys at all (a server
+  on localhost) it is open, like every other route."""
+  if not key_digests and not admin_digests:
+    return None
+  if not admin_digests:
+    return 403, f"{what} needs an admin key: start the server with --admin-keys-file"
+  refused = check(key, admin_digests)
+  if refused and refused[0] == 403:
+    return 403, f"{what} needs an admin key; this key is not one"
+  return refused

@@ -176,6 +176,9 @@ class Batcher:
 
   def _launch(self, replica, items):
     live = [it for it in items if it.future.set_running_or_notify_cancel()]
+    launched = time.monotonic()
+    for it in live:  # when its queue wait ended (the server's per-model statistics)
+      it.future.launched = launched
     n = sum(len(it.images) for it in live)
     if not n:
       for it in live:

@@ -5,11 +5,15 @@ import time
 
 import prometheus_client as prom
 from starlette.responses import JSONResponse
+from starlette.routing import Match
 
 from imgrec.serve import auth
 from imgrec.serve.protocol import RequestError
 
 access_log = logging.getLogger("imgrec.access")
+
+
+_SECONDS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
 
 
 def make_metrics():
@@ -23,14 +27,31 @@ def make_metrics():
       "batch": prom.Histogram("imgrec_batch_size", "images per executed batch", ["model"], registry=reg,
                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)),
       "queue": prom.Gauge("imgrec_queue_depth", "requests waiting in the batcher", ["model", "kind"], registry=reg),
+      # per model version (labels model, version): what a multi-model server is asked about each one
+      "model_requests": prom.Counter("imgrec_model_requests", "inference requests by outcome",
+                                     ["model", "version", "outcome"], registry=reg),
+      "model_images": prom.Counter("imgrec_model_images", "images inferred", ["model", "version"], registry=reg),
+      "evictions": prom.Counter("imgrec_model_evictions", "versions evicted under the memory budget",
+                                ["model", "version"], registry=reg),
+      "model_batches": prom.Counter("imgrec_model_batches", "batches executed", ["model", "version"], registry=reg),
+      "model_queue": prom.Histogram("imgrec_model_queue_seconds", "time a request waited for its batch",
+                                    ["model", "version"], registry=reg, buckets=_SECONDS),
+      "model_compute": prom.Histogram("imgrec_model_compute_seconds", "time from its batch's start to its result",
+                                      ["model", "version"], registry=reg, buckets=_SECONDS),
+      # what a task's own routes keep and time, named by the task (a face gallery's size, its search latency)
+      "task_items": prom.Gauge("imgrec_task_items", "items a task's routes keep", ["model", "item"], registry=reg),
+      "task_seconds": prom.Histogram("imgrec_task_seconds", "time of a task route's own work", ["model", "work"],
+                                     registry=reg, buckets=(.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05,
+                                                            .1, .25, .5, 1)),
   }
 
 
 class Gate:
   """Pure ASGI middleware: access log + metrics around everything; API key and body-size cap in front."""
 
-  def __init__(self, app, key_digests, max_body, metrics):
+  def __init__(self, app, key_digests, max_body, metrics, admin_digests=(), admin_routes=()):
     self.app, self.keys, self.max_body, self.m = app, key_digests, max_body, metrics
+    self.admin, self.admin_routes = admin_digests, admin_routes  # routes.admin_routes(): tasks' changing routes
 
   async def __call__(self, scope, receive, send):
     if scope["type"] != "http":
@@ -62,11 +83,17 @@ class Gate:
                       dt * 1000)
 
   def _refuse(self, scope, headers):
-    if self.keys and scope["path"] not in auth.OPEN_PATHS:
+    refused = None
+    if scope["path"].startswith(auth.ADMIN_PREFIX):  # model management: admin keys only
+      refused = auth.check_admin(auth.presented_key(headers), self.keys, self.admin)
+    elif any(r.matches(scope)[0] == Match.FULL for r in self.admin_routes):  # e.g. a gallery's enroll
+      refused = auth.check_admin(auth.presented_key(headers), self.keys, self.admin,
+                                 f"{scope['method']} {scope['path']}")
+    elif self.keys and scope["path"] not in auth.OPEN_PATHS:
       refused = auth.check(auth.presented_key(headers), self.keys)
-      if refused:
-        extra = {"www-authenticate": "Bearer"} if refused[0] == 401 else {}
-        return JSONResponse({"error": refused[1]}, refused[0], headers=extra)
+    if refused:
+      extra = {"www-authenticate": "Bearer"} if refused[0] == 401 else {}
+      return JSONResponse({"error": refused[1]}, refused[0], headers=extra)
     length = headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > self.max_body):
       return JSONResponse({"error": f"body of {length} bytes is over the limit of {self.max_body}"}, 413)

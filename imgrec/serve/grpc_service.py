@@ -13,15 +13,17 @@ the body limit is refused by gRPC itself with the same code), UNAVAILABLE (503: 
 DEADLINE_EXCEEDED (504), INTERNAL (500). API keys travel as metadata `authorization: Bearer KEY` or
 `x-api-key: KEY`; ServerLive and ServerReady are open, like the HTTP probes.
 """
+import contextlib
 import logging
 import os
 import time
 
+import anyio
 import grpc
 import numpy as np
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 
-from imgrec.serve import auth, protocol
+from imgrec.serve import auth, management, protocol
 from imgrec.serve.protocol import RequestError
 
 log = logging.getLogger("imgrec")
@@ -115,24 +117,40 @@ def infer_response(model, request, tensors):
 # ---------------------------------------------------------------- the service
 
 class Service:
-  """The RPC implementations over the server's shared state. `readiness() -> error message or None`."""
+  """The RPC implementations over the server's shared state (app.Server: its repository, options, metrics,
+  readiness)."""
 
-  def __init__(self, served, options, metrics, readiness, version):
-    self.served, self.options, self.m = served, options, metrics
-    self.readiness, self.version = readiness, version
-    self.keys = auth.digests(options.api_keys)
+  def __init__(self, server, version):
+    self.server, self.repo, self.options, self.m = server, server.repo, server.options, server.metrics
+    self.version = version
+    self.keys, self.admin = auth.digests(self.options.api_keys), auth.digests(self.options.admin_keys)
+
+  @contextlib.asynccontextmanager
+  async def lease(self, name, version, on_demand=False):
+    """The named version held for the whole call (as routes.leased does for HTTP)."""
+    try:
+      lease = self.repo.acquire(name, version, on_demand=False)
+    except RequestError:
+      if not (on_demand and self.repo.budget is not None):
+        raise
+      lease = await anyio.to_thread.run_sync(self.repo.acquire, name, version, True)
+    try:
+      yield lease.served
+    finally:
+      self.repo.release(lease)
 
   async def ServerLive(self, request, context):
     return MESSAGES["ServerLive"][1](live=True)
 
   async def ServerReady(self, request, context):
-    return MESSAGES["ServerReady"][1](ready=self.readiness() is None)
+    return MESSAGES["ServerReady"][1](ready=self.server.readiness() is None)
 
   async def ModelReady(self, request, context):
     try:
-      protocol.find_model(self.served, request.name, request.version)
+      async with self.lease(request.name, request.version):
+        pass
     except RequestError as e:
-      if e.status != 503:  # an unknown model is an error; a loading one is not ready
+      if e.status != 503 and "is not loaded" not in e.message:  # unknown model or version: an error
         raise
       return MESSAGES["ModelReady"][1](ready=False)
     return MESSAGES["ModelReady"][1](ready=True)
@@ -141,17 +159,44 @@ class Service:
     return MESSAGES["ServerMetadata"][1](name="imgrec", version=self.version, extensions=protocol.EXTENSIONS)
 
   async def ModelMetadata(self, request, context):
-    meta = protocol.model_metadata(protocol.find_model(self.served, request.name, request.version), self.served)
+    async with self.lease(request.name, request.version) as m:
+      meta = protocol.model_metadata(m, self.server.served)
     return MESSAGES["ModelMetadata"][1](**meta)
 
   async def ModelInfer(self, request, context):
-    m = protocol.find_model(self.served, request.model_name, request.model_version)
-    req = await protocol.off_loop(request.ByteSize() > protocol.BIG_BODY_BYTES, parse_infer, request, m.spec,
-                                  self.options.limits)
-    remaining = context.time_remaining()  # the client's deadline, when it set one
-    timeout = self.options.timeout_s if remaining is None else min(remaining, self.options.timeout_s)
-    tensors = await m.infer(req.images, req.kind, timeout, req.extras)
-    return await protocol.off_loop(len(req.images) > protocol.BIG_REPLY_IMAGES, infer_response, m, req, tensors)
+    async with self.lease(request.model_name, request.model_version, on_demand=True) as m:
+      req = await protocol.off_loop(request.ByteSize() > protocol.BIG_BODY_BYTES, parse_infer, request, m.spec,
+                                    self.options.limits)
+      remaining = context.time_remaining()  # the client's deadline, when it set one
+      timeout = self.options.timeout_s if remaining is None else min(remaining, self.options.timeout_s)
+      tensors = await m.infer(req.images, req.kind, timeout, req.extras)
+      return await protocol.off_loop(len(req.images) > protocol.BIG_REPLY_IMAGES, infer_response, m, req, tensors)
+
+  # ---------------------------------------------------------------- repository extension (management.py)
+
+  async def RepositoryIndex(self, request, context):
+    rows = management.index(self.repo, {"ready": request.ready})
+    return json_format.ParseDict({"models": rows}, MESSAGES["RepositoryIndex"][1]())
+
+  async def RepositoryModelLoad(self, request, context):
+    body = {"parameters": {k: parameter_value(v) for k, v in request.parameters.items()}}
+    await anyio.to_thread.run_sync(management.load, self.repo, self.options.control_mode, request.model_name, body)
+    return MESSAGES["RepositoryModelLoad"][1]()
+
+  async def RepositoryModelUnload(self, request, context):
+    body = {"parameters": {k: parameter_value(v) for k, v in request.parameters.items()}}
+    await anyio.to_thread.run_sync(management.unload, self.repo, self.options.control_mode, request.model_name,
+                                   body)
+    return MESSAGES["RepositoryModelUnload"][1]()
+
+  async def ModelStatistics(self, request, context):
+    stats = management.statistics(self.repo, request.name or None, request.version or None)
+    return json_format.ParseDict(stats, MESSAGES["ModelStatistics"][1]())
+
+  async def ModelConfig(self, request, context):
+    async with self.lease(request.name, request.version) as m:
+      config = management.config(m, self.repo.model(m.name).settings, m.options)
+    return json_format.ParseDict({"config": config}, MESSAGES["ModelConfig"][1]())
 
   def handler(self):
     """A generic handler with auth, error mapping, metrics and access log around every method."""
@@ -166,10 +211,13 @@ class Service:
     async def call(request, context):
       t0, code = time.perf_counter(), grpc.StatusCode.OK
       try:
-        if self.keys and name not in OPEN_METHODS:
-          refused = auth.check(auth.presented_key(dict(context.invocation_metadata())), self.keys)
-          if refused:
-            raise RequestError(*refused)
+        key = auth.presented_key(dict(context.invocation_metadata()))
+        if name in auth.ADMIN_METHODS:  # model management: admin keys only
+          refused = auth.check_admin(key, self.keys, self.admin)
+        else:
+          refused = self.keys and name not in OPEN_METHODS and auth.check(key, self.keys)
+        if refused:
+          raise RequestError(*refused)
         return await impl(request, context)
       except RequestError as e:
         code = CODES.get(e.status, grpc.StatusCode.INTERNAL)

@@ -340,22 +340,7 @@ def image_batch(name, arr, spec, limits):
 
 # ---------------------------------------------------------------- OIP v2
 
-EXTENSIONS = ("binary_tensor_data", "classification")
-
-
-def find_model(served, name, version=None):
-  """The served model `name` at `version` (a string; None or "" for the latest), else 404 / 503."""
-  found = [m for m in served if m.name == name]
-  if not found:
-    raise RequestError(404, f"model {name!r} not found; served: {sorted({m.name for m in served})}")
-  if not all(m.ready for m in found):
-    raise RequestError(503, f"model {name!r} is still loading", {"retry-after": "1"})
-  if not version:
-    return max(found, key=lambda m: m.version)
-  for m in found:
-    if str(m.version) == version:
-      return m
-  raise RequestError(404, f"model {name!r} has no version {version!r}; versions: {[m.version for m in found]}")
+EXTENSIONS = ("binary_tensor_data", "classification", "model_repository", "statistics", "model_configuration")
 
 
 def _dims(shape):
@@ -702,7 +687,7 @@ def negotiate(accept, offers):
 
 
 def is_upload(content_type, body):
-  """Whether a :predict body is an image upload (multipart, or an encoded image whatever its Content-Type says:
-  `curl --data-binary @x.png` sends form-urlencoded) rather than TF-Serving JSON, which starts with "{"."""
-  return content_type == "multipart/form-data" or content_type.startswith("image/") or \
-      sniff_format(body) is not None
+  """Whether a :predict body is an image upload (multipart, octet-stream, or an encoded image whatever its
+  Content-Type says: `curl --data-binary @x.png` sends form-urlencoded) rather than TF-Serving JSON."""
+  return content_type in ("multipart/form-data", "application/octet-stream") or content_type.startswith("image/") \
+      or sniff_format(body) is not None  # octet-stream is never JSON: an empty or unknown one gets an image error

@@ -1,16 +1,19 @@
 """The HTTP routes: OIP v2, TF-Serving REST, image uploads, the page, metrics, and the routes tasks add.
 
-Handlers are plain functions of the request; what the server holds (app.Server: the served models, options,
-metrics) is `request.app.state.server`. Every error is `{"error": "..."}` (app.py's exception handlers).
+Handlers are plain functions of the request; what the server holds (app.Server: the model repository, options,
+metrics) is `request.app.state.server`. A route on one model holds it for the whole request (`leased`). Every error is `{"error": "..."}` (app.py's exception handlers).
 
-A task adds routes with an optional `routes() -> [(method, suffix, handler)]` in its module: `suffix` is
+A task adds routes with an optional `routes() -> [(method, suffix, handler[, admin])]` in its module: `suffix` is
 ":verb" or "/path" (Starlette path syntax, e.g. "/gallery/{item}"), mounted under `/v1/models/{name}` and
 `/v1/models/{name}/versions/{version}`; `handler(request, served) -> Response or dict (sent as JSON)` gets the
 ready ServedModel of the request's name and version. A model whose task has no such route answers 404. A task
-signals a bad request with starlette's HTTPException(status, detail).
+signals a bad request with starlette's HTTPException(status, detail). `admin` True marks a route that changes
+what every client gets (a face gallery's enroll and delete): the Gate asks for an admin key there, as for model
+management (auth.check_admin); a path and method that one task marks is admin for every task.
 """
 import importlib.metadata
 
+import anyio
 import prometheus_client as prom
 from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -18,7 +21,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.routing import Route
 
 from imgrec import tasks
-from imgrec.serve import page, protocol, served as served_lib
+from imgrec.serve import management, page, protocol, repository, served as served_lib
 from imgrec.serve.protocol import RequestError
 
 
@@ -36,16 +39,37 @@ class ModelName(Convertor):
 
 
 register_url_convertor("model", ModelName())
-V1 = ("/v1/models/{name:model}", "/v1/models/{name:model}/versions/{version}")
+V1 = ("/v1/models/{name:model}", "/v1/models/{name:model}/versions/{version}",
+      "/v1/models/{name:model}/labels/{version}")
 V2 = ("/v2/models/{name:model}", "/v2/models/{name:model}/versions/{version}")
 
 
 # ---------------------------------------------------------------- request helpers
 
 def model_of(request):
-  """The ready ServedModel the path names (404 / 503 otherwise)."""
-  return protocol.find_model(request.app.state.server.served, request.path_params["name"],
-                             request.path_params.get("version"))
+  """The ready ServedModel the path names: what `leased` acquired for this request."""
+  return request.state.lease.served
+
+
+def leased(handler, on_demand=False):
+  """`handler` holding the version the path names (a version number, a label, or the latest) for the whole
+  request (repository.Lease): a reload or an unload lets it finish on that version. 404 / 503 when it is not
+  loaded; with a memory budget, an `on_demand` route loads it first (off the event loop)."""
+  async def endpoint(request):
+    repo = request.app.state.server.repo
+    name, version = request.path_params["name"], request.path_params.get("version")
+    try:
+      lease = repo.acquire(name, version, on_demand=False)
+    except RequestError:
+      if not (on_demand and repo.budget is not None):
+        raise
+      lease = await anyio.to_thread.run_sync(repo.acquire, name, version, True)
+    request.state.lease = lease
+    try:
+      return await handler(request)
+    finally:
+      repo.release(lease)
+  return endpoint
 
 
 def content_type(request):
@@ -108,12 +132,26 @@ async def v2_infer(request):
 
 # ---------------------------------------------------------------- TF-Serving REST and uploads
 
+TFS_STATES = {repository.READY: "AVAILABLE", repository.LOADING: "LOADING", repository.UNLOADING: "UNLOADING",
+              repository.UNAVAILABLE: "END"}
+
+
 async def v1_status(request):
-  m = model_of(request)
+  """TF-Serving's model status: every version the repository knows of the model, with its state."""
+  repo = request.app.state.server.repo
+  m = repo.model(request.path_params["name"])
+  rows = [r for r in repo.index_of(m) if r.get("version", "").isdigit()]
+  asked = request.path_params.get("version")
+  if asked is not None:
+    labels = dict(m.settings.labels)
+    asked = str(labels.get(asked, asked))
+    rows = [r for r in rows if r["version"] == asked]
+    if not rows:
+      raise RequestError(404, f"model {m.name!r} has no version {request.path_params['version']!r}")
   return JSONResponse({"model_version_status": [
-      {"version": str(x.version), "state": "AVAILABLE" if x.ready else "LOADING",
-       "status": {"error_code": "OK", "error_message": ""}} for x in request.app.state.server.served
-      if x.name == m.name]})
+      {"version": r["version"], "state": TFS_STATES[r["state"]],
+       "status": {"error_code": "OK" if r["state"] == repository.READY or not r["reason"] else "UNAVAILABLE",
+                  "error_message": "" if r["state"] == repository.READY else r["reason"]}} for r in rows]})
 
 
 async def v1_predict(request):
@@ -190,7 +228,33 @@ async def upload(request, m, raw):
 
 async def index(request):
   server = request.app.state.server
-  return HTMLResponse(page.render(sorted({m.name for m in server.served}), bool(server.options.api_keys)))
+  names = sorted(server.repo.models) if server.repo.budget is not None else sorted({m.name for m in server.served})
+  return HTMLResponse(page.render(names, bool(server.options.api_keys)))
+
+
+# ---------------------------------------------------------------- model repository extension (management.py)
+
+async def repository_index(request):
+  return JSONResponse(management.index(request.app.state.server.repo, management.body_object(await request.body())))
+
+
+def repository_change(action):
+  async def endpoint(request):
+    server, name = request.app.state.server, request.path_params["name"]
+    body = management.body_object(await request.body())
+    await anyio.to_thread.run_sync(action, server.repo, server.options.control_mode, name, body)
+    return JSONResponse({})
+  return endpoint
+
+
+async def model_stats(request):
+  name, version = request.path_params.get("name"), request.path_params.get("version")
+  return JSONResponse(management.statistics(request.app.state.server.repo, name, version))
+
+
+async def model_config(request):
+  server, m = request.app.state.server, model_of(request)
+  return JSONResponse(management.config(m, server.repo.model(m.name).settings, m.options))
 
 
 async def metrics_endpoint(request):
@@ -202,13 +266,19 @@ async def metrics_endpoint(request):
 def core_routes():
   """Every route the server answers for any task."""
   routes = [Route("/", index), Route("/metrics", metrics_endpoint), Route("/v2/health/live", live),
-            Route("/v2/health/ready", ready), Route("/v2", server_metadata)]
+            Route("/v2/health/ready", ready), Route("/v2", server_metadata),
+            Route("/v2/repository/index", repository_index, methods=["POST"]),
+            Route("/v2/repository/models/{name}/load", repository_change(management.load), methods=["POST"]),
+            Route("/v2/repository/models/{name}/unload", repository_change(management.unload), methods=["POST"]),
+            Route("/v2/models/stats", model_stats)]
   for prefix in V2:
-    routes += [Route(prefix, model_metadata), Route(prefix + "/ready", model_ready),
-               Route(prefix + "/infer", v2_infer, methods=["POST"])]
+    routes += [Route(prefix + "/stats", model_stats), Route(prefix + "/config", leased(model_config)),
+               Route(prefix, leased(model_metadata)), Route(prefix + "/ready", leased(model_ready)),
+               Route(prefix + "/infer", leased(v2_infer, on_demand=True), methods=["POST"])]
   for prefix in V1:
-    routes += [Route(prefix + ":predict", v1_predict, methods=["POST"]),
-               Route(prefix + ":classify", v1_classify, methods=["POST"]), Route(prefix, v1_status)]
+    routes += [Route(prefix + ":predict", leased(v1_predict, on_demand=True), methods=["POST"]),
+               Route(prefix + ":classify", leased(v1_classify, on_demand=True), methods=["POST"]),
+               Route(prefix, v1_status)]
   return routes
 
 
@@ -216,7 +286,7 @@ def task_handlers(task_modules):
   """{suffix: {(task NAME, method): handler}} from every task's optional `routes()`."""
   found = {}
   for task in task_modules:
-    for method, suffix, handler in getattr(task, "routes", lambda: ())():
+    for method, suffix, handler, *_ in getattr(task, "routes", lambda: ())():
       if not suffix.startswith((":", "/")) or suffix in (":predict", ":classify", "/versions"):
         raise ValueError(f"task {task.NAME}: route suffix {suffix!r} must start with ':' or '/' and not be a "
                          "server route")
@@ -243,8 +313,18 @@ def task_routes(task_modules=None):
   routes = []
   for suffix, handlers in task_handlers(task_modules).items():
     methods = sorted({method for _, method in handlers})
-    routes += [Route(prefix + suffix, dispatcher(suffix, handlers), methods=methods) for prefix in V1]
+    routes += [Route(prefix + suffix, leased(dispatcher(suffix, handlers), on_demand=True), methods=methods)
+               for prefix in V1]
   return routes
+
+
+def admin_routes(task_modules=None):
+  """The task routes marked admin, as Starlette routes of their one method (only matched, never run): the Gate
+  asks for an admin key on a request that one of them matches."""
+  task_modules = tasks.TASKS.values() if task_modules is None else task_modules
+  return [Route(prefix + suffix, None, methods=[method.upper()]) for task in task_modules
+          for method, suffix, _, *admin in getattr(task, "routes", lambda: ())() if admin and admin[0]
+          for prefix in V1]
 
 
 # ---------------------------------------------------------------- errors, always {"error": ...}

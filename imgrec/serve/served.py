@@ -3,16 +3,21 @@ and the adapters through which the serve package reads a task's description of i
 
 Every route (HTTP, gRPC, a task's own) reaches a model through `ServedModel`: `spec` for the parsers,
 `infer(images, kind)` for the outputs, `read_image(request)` for an uploaded image, `state` for what a task's
-routes keep between requests (a face gallery).
+routes keep between requests (a face gallery); for a task's routes also `workdir`, `step` (the restored
+checkpoint's), `records()` (the run's metrics.jsonl: a calibration the run evaluated) and `items(name)` /
+`seconds(name)` (its Prometheus series: what the routes keep, how long their work takes).
 """
 import asyncio
 import dataclasses
+import time
+import zipfile
 
 import anyio
 import jax
 import numpy as np
 
-from imgrec import tasks, workdir as wd
+from imgrec import export, tasks, workdir as wd
+from imgrec.errors import UserError
 from imgrec.serve import protocol
 from imgrec.serve.batcher import Batcher, QueueFull, Replica
 from imgrec.serve.protocol import RequestError
@@ -31,6 +36,14 @@ class Options:
   pipeline: int = 1          # batches in flight per device; 2 merges, copies and dispatches the next batch while
                              # one computes (slower on a 2-core CPU: it halves the batches; see BENCHMARKS.md)
   replicas: int = 0          # devices used, one model replica each, taking batches in turn (0: all)
+  # Model repository (repository.py): DIR/NAME/VERSION/ folders, how they are loaded, and who may change that.
+  model_repository: str | None = None
+  control_mode: str = "none"  # none | explicit | poll
+  load_models: tuple = ()     # explicit mode: the models loaded at start ("*": all)
+  poll_secs: float = 15.0     # poll mode: seconds between scans of the repository folder
+  memory_budget: int | None = None  # bytes loaded versions may hold; a request loads, LRU idle ones are evicted
+  admin_keys: tuple = ()      # keys for load / unload / index and tasks' admin routes (a gallery's enroll, delete);
+                              # with api_keys set, an inference key gets 403 there
 
 
 # ---------------------------------------------------------------- the task's description, read in one place
@@ -84,14 +97,35 @@ class Loaded:
   fns: dict       # {"uint8": fn, "float32": fn}, each `fn(variables, images) -> outputs`
   task: object    # the run's task module: its post-processing makes the served outputs
   outputs: tuple  # served_outputs: (name, datatype, per-example shape)
+  baked: int = 0  # bytes of weights baked into the program (an export artifact), not in `variables`
 
 
 def load_workdir(workdir):
-  """A trained workdir, restored without optimiser state -> Loaded."""
+  """A trained workdir or an `imgrec import` folder, restored without optimiser state, or an `imgrec export`
+  artifact (a .zip: its predict function with the weights inside) -> Loaded."""
+  if workdir.endswith(".zip") and not wd.is_import(workdir):
+    return load_export(workdir)
   run = wd.restore(workdir, params_only=True)
   task = tasks.get(run.cfg.task)
   return Loaded(run.variables, run.info, int(run.state.step), make_predict(task, run.model, run.info["mean"],
                 run.info["std"]), task, served_outputs(task, run.model, run.info))
+
+
+def load_export(path):
+  """An export artifact -> Loaded: uint8 inputs only (its normalisation is baked in), the task's outputs with
+  the sizes the artifact returns."""
+  predictor = export.load(path)
+  meta, exported = predictor.meta, predictor.exported
+  task = tasks.get(meta.get("task", tasks.classification.NAME))
+  info = {"class_names": meta["class_names"], "image_shape": meta["image_shape"], "pp_eval": meta.get("pp_eval", "")}
+  if meta.get("format") != export.FORMAT:
+    raise UserError(f"{path} is an export of format {meta.get('format')!r}; this server reads {export.FORMAT!r} "
+                    "(every output named, as the task describes them): export the run again with `imgrec export`")
+  outputs = tuple((o["name"], o["datatype"], tuple(o["shape"][1:])) for o in meta["outputs"])
+  with zipfile.ZipFile(path) as z:  # the weights are constants in the serialised module: its size stands for them
+    baked = z.getinfo(export.MODULE_NAME).file_size
+  return Loaded({}, info, int(meta.get("step", 0)), {"uint8": lambda variables, images: exported.call(images)},
+                task, outputs, baked)
 
 
 def compile_replica(fn, variables, device, sizes, image_shape, dtype):
@@ -124,25 +158,58 @@ class ServedModel:
     self.name, self.version, self.workdir = name, version, workdir
     self.spec, self.batchers, self.ready, self.task, self.options = None, {}, False, None, Options()
     self.state = {}  # what the task's own routes keep for this model between requests
+    self.step, self.stats, self.metrics, self.nbytes, self.platform = None, None, None, 0, "cpu"
 
-  def load(self, options, metrics):
+  def load(self, options, metrics, stats=None):
+    """Restores, compiles every padded size and runs it once. `stats`: the version's repository.Stats."""
     loaded = load_workdir(self.workdir)
     variables, fns, self.task, self.options = loaded.variables, dict(loaded.fns), loaded.task, options
-    self.version = self.version or loaded.step
+    self.version, self.step = self.version or loaded.step, loaded.step
     self.spec = model_spec(self.task, loaded.info, loaded.outputs)
+    self.stats, self.metrics = stats, metrics
     if not options.float_inputs:
-      del fns["float32"]
+      fns.pop("float32", None)
     devices = jax.local_devices()[:options.replicas or None]
+    self.platform = devices[0].platform
     label = f"{self.name}:{self.version}"
+    on_batch = self._on_batch(metrics["batch"].labels(label).observe)
     for kind, fn in fns.items():
       dtype = np.uint8 if kind == "uint8" else np.float32
       replicas = [compile_replica(fn, variables, d, options.batch_sizes, self.spec.image_shape, dtype)
                   for d in devices]
       self.batchers[kind] = Batcher(replicas, options.batch_sizes, options.max_delay_ms / 1000, options.max_queue,
-                                    metrics["batch"].labels(label).observe, f"batcher-{label}-{kind}",
-                                    options.pipeline)
+                                    on_batch, f"batcher-{label}-{kind}", options.pipeline)
       metrics["queue"].labels(label, kind).set_function(self.batchers[kind].depth)
+    # What this version holds: its parameters on every replica (compiled programs and buffers come on top).
+    held = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(variables)) + loaded.baked
+    self.nbytes = held * len(devices)
     self.ready = True
+
+  def _on_batch(self, observe):
+    labels = (self.name, str(self.version))
+
+    def on_batch(n):
+      observe(n)
+      self.metrics["model_batches"].labels(*labels).inc()
+      if self.stats is not None:
+        self.stats.batch(n)
+    return on_batch
+
+  def _record(self, ok, images, t0, fut=None):
+    """Per-version statistics (Triton's) and per-model Prometheus series of one request."""
+    end = time.monotonic()
+    launched = getattr(fut, "launched", None)  # set by the batcher when the request's batch started
+    queue_s, compute_s = (launched - t0, end - launched) if launched else (None, None)
+    if self.stats is not None:
+      self.stats.request(ok, images, end - t0, queue_s, compute_s)
+    if self.metrics is not None:
+      labels = (self.name, str(self.version))
+      self.metrics["model_requests"].labels(*labels, "success" if ok else "failure").inc()
+      if ok:
+        self.metrics["model_images"].labels(*labels).inc(images)
+        if launched:
+          self.metrics["model_queue"].labels(*labels).observe(queue_s)
+          self.metrics["model_compute"].labels(*labels).observe(compute_s)
 
   async def infer(self, images, kind, timeout=None, extras=None):
     """-> the task's served outputs {name: numpy array [B, ...]} (its postprocess, given the request's `extras`
@@ -152,22 +219,41 @@ class ServedModel:
     if len(images) == 0:
       raise RequestError(400, "the request holds no images")
     timeout = self.options.timeout_s if timeout is None else timeout
+    t0, fut = time.monotonic(), None
     try:
-      fut = self.batchers[kind].submit(images)
-    except QueueFull as e:
-      raise RequestError(503, f"server busy: {e}; retry shortly", {"retry-after": "1"})
-    try:
-      async with asyncio.timeout(timeout):  # on expiry the future is cancelled, so the batcher skips it
-        outputs = await asyncio.wrap_future(fut)
-    except TimeoutError:
-      raise RequestError(504, f"inference did not finish within {timeout} s")
-    return postprocess(self.task, outputs, extras or {})
+      try:
+        fut = self.batchers[kind].submit(images)
+      except QueueFull as e:
+        raise RequestError(503, f"server busy: {e}; retry shortly", {"retry-after": "1"})
+      try:
+        async with asyncio.timeout(timeout):  # on expiry the future is cancelled, so the batcher skips it
+          outputs = await asyncio.wrap_future(fut)
+      except TimeoutError:
+        raise RequestError(504, f"inference did not finish within {timeout} s")
+      result = postprocess(self.task, outputs, extras or {})
+    except BaseException:
+      self._record(False, len(images), t0, fut)
+      raise
+    self._record(True, len(images), t0, fut)
+    return result
 
   async def read_image(self, raw):
     """An encoded upload -> (uint8 image of the model's shape, map to the upload's pixels, its (width, height))."""
     if not raw:
       raise RequestError(400, "empty body; send an image, e.g. curl --data-binary @cat.png URL")
     return await anyio.to_thread.run_sync(protocol.decode_upload, raw, self.spec, self.options.limits)
+
+  def records(self):
+    """The run's metrics.jsonl records (workdir.read_metrics): its evaluations, e.g. a calibrated threshold."""
+    return wd.read_metrics(self.workdir)
+
+  def items(self, item):
+    """This model's gauge of what its task's routes keep under the name `item` (imgrec_task_items)."""
+    return self.metrics["task_items"].labels(f"{self.name}:{self.version}", item)
+
+  def seconds(self, work):
+    """This model's histogram of how long its task's routes take for `work` (imgrec_task_seconds)."""
+    return self.metrics["task_seconds"].labels(f"{self.name}:{self.version}", work)
 
   def classifier(self, route):
     """This model's task module, for the route that only classification answers (TF-Serving :classify)."""
@@ -178,5 +264,14 @@ class ServedModel:
     return self.task
 
   def close(self):
-    for b in self.batchers.values():
+    """Finishes what is queued, then lets go of the batchers: their replicas hold the device copies of the
+    parameters and the compiled programs, so nothing of this version stays referenced (metrics included)."""
+    label = f"{self.name}:{self.version}"
+    for kind, b in self.batchers.items():
       b.close()
+      if self.metrics is not None:
+        try:
+          self.metrics["queue"].remove(label, kind)
+        except KeyError:
+          pass
+    self.batchers, self.ready = {}, False

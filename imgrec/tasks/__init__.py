@@ -62,19 +62,21 @@ Prediction and serving
       labels as BYTES [N]); they reach postprocess(outputs, inputs) -> {output name: numpy array} on the host,
       per request (the batcher merges images of many requests; these inputs are not batched)
   upload_png(result) -> PNG bytes of an upload's result, for a client whose Accept asks for image/png
-  routes() -> [(method, suffix, handler(request, served))]: the task's own routes under
+  routes() -> [(method, suffix, handler(request, served)[, admin])]: the task's own routes under
       /v1/models/NAME[/versions/V]SUFFIX (":verify", "/gallery/{item}"); `served` is the model version (its
-      spec, infer(images, kind), read_image(body), and `state` for what the task keeps between requests)
+      spec, infer(images, kind), read_image(body), `state` for what the task keeps between requests, workdir,
+      step and records() of the run, items(name) / seconds(name) for the task's Prometheus series); admin True:
+      a route that changes what every client gets (a gallery's enroll), which needs an admin key
 Reports
   write_report(out_dir, outputs, split, info, summary): report.md, metrics.json and PNG plots
   headline(summary): the short JSON `imgrec eval --json` prints
 """
 from imgrec.errors import UserError
-from imgrec.tasks import classification, contract, detection, image_text, verification
+from imgrec.tasks import classification, contract, detection, image_text, segmentation, verification
 from imgrec.tasks.contract import Output  # noqa: F401  (re-exported: tasks.Output)
 
-TASKS = {classification.NAME: classification, detection.NAME: detection, verification.NAME: verification,
-         image_text.NAME: image_text}
+TASKS = {classification.NAME: classification, detection.NAME: detection, segmentation.NAME: segmentation,
+         verification.NAME: verification, image_text.NAME: image_text}
 
 
 def get(name):

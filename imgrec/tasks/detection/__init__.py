@@ -1,7 +1,7 @@
 """Detection: boxes and their classes. The task contract (imgrec/tasks/__init__.py), filled in.
 
 Examples are feature dicts {"image", "boxes" [M, 4] x0,y0,x1,y1 in the preprocessed image's pixels, "classes",
-"box_mask", "image_id", "to_source"} (data.py; M = data.max_boxes). The model is FCOS on a zoo ResNet
+"box_mask", "image_id", "to_source"} (data.py; M = data.max_boxes). The model is FCOS on any zoo backbone's features
 (model.py); training uses its loss (loss.py) and photometric device augmentation only, because geometry
 happens on the host, where boxes move with the pixels. Evaluation decodes inside jit (decode.py) and scores
 COCO box mAP with pycocotools (coco_eval.py) against the split's COCO ground truth, in source coordinates.
@@ -25,7 +25,6 @@ import numpy as np
 
 from imgrec import steps
 from imgrec.data import augment
-from imgrec.errors import UserError
 from imgrec.tasks.contract import Output
 from imgrec.tasks.detection import coco_eval, data, decode, holdout, loss, model as fcos, plots, transforms
 from imgrec.tasks.detection.settings import (DECODED_SOURCES, DEFAULT_SELECT, MAY_CHANGE, NAME, SELECT,  # noqa: F401
@@ -33,8 +32,6 @@ from imgrec.tasks.detection.settings import (DECODED_SOURCES, DEFAULT_SELECT, MA
 
 RECORD = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "examples")  # what metrics.jsonl keeps
 LINE = ("AP", "AP50", "AP75", "AR100")  # what the trainer's and `imgrec eval`'s lines show of it
-# Device augmentations that leave every pixel where it was (the boxes stay right); geometry is host-side.
-PHOTOMETRIC = ("brightness", "contrast", "gaussian_noise", "salt_pepper", "cutout", "erase")
 # K: config.detection.num_detections (output_sizes). TF-Serving :predict answers with all four, per row.
 OUTPUTS = (Output("detection_boxes", "FP32", ("K", 4)), Output("detection_scores", "FP32", ("K",)),
            Output("detection_classes", "FP32", ("K",)), Output("num_detections", "FP32", ()))
@@ -71,17 +68,10 @@ def make_inputs(cfg, info):
   """`fn(rng, batch) -> (float images in [0, 1], {"boxes", "classes", "box_mask"})`; photometric augmentation
   only (data.augment), since a device op that moved pixels would leave the boxes behind."""
   del info
-  ops = augment.parse(cfg.data.augment)
-  moving = [name for name, _ in ops if name not in PHOTOMETRIC]
-  if moving:
-    raise UserError(f"data.augment {moving[0]!r} moves or mixes pixels on device, where the boxes cannot follow; "
-                    f"detection takes only {', '.join(PHOTOMETRIC)} there: put geometry in data.pp_train "
-                    "(host ops that move the boxes too, e.g. random_scale_crop, flip)")
+  ops = augment.pixels_stay(cfg.data.augment, NAME, "the boxes")
 
   def inputs(rng, batch):
-    x = steps.to_float(batch["image"])
-    if ops:
-      x, _ = augment.apply(ops, rng, x, jnp.zeros((x.shape[0], 1)))
+    x = augment.apply_images(ops, rng, steps.to_float(batch["image"]))
     return x, {k: batch[k] for k in ("boxes", "classes", "box_mask")}
   return inputs
 

@@ -1,5 +1,6 @@
 """FCOS (Tian et al. 2019, with its v2 practice: centerness on the regression tower, centre sampling, GroupNorm
-heads): a zoo backbone's stage features -> a light FPN (P3..P5 from the backbone, P6/P7 by stride-2 convs) ->
+heads): a zoo backbone's multi-scale features (models.create_backbone: ResNet, ConvNeXt, ViT, EfficientNet,
+MobileNet) -> a light FPN (P3..P5 from the backbone, P6/P7 by stride-2 convs) ->
 shared conv towers -> per point, class logits, ltrb distances and a centerness logit.
 
 Outputs are flattened over the levels (level by level, row-major within a level) so that everything
@@ -46,7 +47,7 @@ def _groups(channels):
 
 
 class FCOS(nn.Module):
-  backbone: Any                      # a zoo module built with features=True (a tuple of stage outputs)
+  backbone: Any                      # a zoo module in features mode (models.create_backbone): {stride: map}
   num_classes: int
   fpn_channels: int = 256
   levels: Sequence[int] = (3, 4, 5, 6, 7)  # strides 2**level; those past the backbone come from stride-2 convs
@@ -65,14 +66,18 @@ class FCOS(nn.Module):
   def __call__(self, x, train: bool = False):
     n, height, width = x.shape[:3]
     conv = functools.partial(Conv, dtype=self.dtype, param_dtype=self.param_dtype)
-    feats = {}
-    for f in self.backbone(x, train=train):
-      feats[round(math.log2(height / f.shape[1]))] = f
+    feats = {round(math.log2(s)): f for s, f in self.backbone(x, train=train).items()}
     top = max(feats)
     lo = min(self.levels)
     if lo not in feats or top < lo:
       raise UserError(f"detection.levels {tuple(self.levels)} start at stride {2**lo}, which the backbone "
                       f"does not give (its strides: {sorted(2**k for k in feats)}); use levels from 3")
+    for level in range(lo, top + 1):
+      got, want = feats[level].shape[1:3], (level_size(height, level), level_size(width, level))
+      if got != want:  # `points` would not line up with the maps
+        raise UserError(f"the backbone's stride-{2**level} map is {got[0]}x{got[1]} for {height}x{width} images, "
+                        f"where FCOS needs ceil(size / {2**level}) = {want[0]}x{want[1]}; use image sides that "
+                        f"are multiples of {2**top} (the letterbox size in data.pp_train / pp_eval)")
     # FPN: 1x1 laterals, top-down nearest upsampling, 3x3 output convs.
     pyramid = {}
     inner = None
@@ -123,15 +128,11 @@ HEAD_KEYS = ("fpn_channels", "levels", "head_convs", "prior_prob", "num_detectio
 
 
 def create(name, num_classes, dtype=jnp.float32, head=None, **backbone_kwargs):
-  """An FCOS detector on the zoo backbone `name` (resnet18, resnet50, ... or "tiny"), its stem the
-  ImageNet one (stride 4) so that stage strides are 8/16/32 whatever the image size. `head`: FCOS fields
-  (HEAD_KEYS); `backbone_kwargs` go to the zoo constructor (config.model.kwargs)."""
+  """An FCOS detector on the zoo backbone `name` (resnet50, convnext_tiny, vit_s16, efficientnet_b0,
+  mobilenet_v3_large, ... or "tiny"; models.create_backbone). `head`: FCOS fields (HEAD_KEYS);
+  `backbone_kwargs` go to the zoo constructor (config.model.kwargs)."""
   zoo_name, preset = BACKBONES.get(name, (name, {}))
-  kwargs = {"stem": "imagenet", **preset, **backbone_kwargs}
-  if models.family(zoo_name) != "resnet":
-    raise UserError(f"detection backbones are the ResNet family (resnet18, resnet50, ...) or 'tiny'; "
-                    f"{name!r} does not give stage features")
-  backbone = models.create(zoo_name, num_classes=1, dtype=dtype, features=True, **kwargs)
+  backbone = models.create_backbone(zoo_name, dtype=dtype, **{**preset, **backbone_kwargs})
   head = dict(head or {})
   if "levels" in head:
     head["levels"] = tuple(head["levels"])

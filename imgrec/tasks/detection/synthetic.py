@@ -77,11 +77,14 @@ def _iou(box, others):
   return inter / (area(np.asarray(box)) + area(o) - inter)
 
 
-def image(seed, split, i, size, source):
-  """(uint8 [size, size, 3], float32 [n, 4] boxes x0, y0, x1, y1, int32 [n] digits) of image i."""
+def image(seed, split, i, size, source, with_labels=False):
+  """(uint8 [size, size, 3], float32 [n, 4] boxes x0, y0, x1, y1, int32 [n] digits) of image i; with
+  `with_labels` also its exact label map uint8 [size, size]: 0 on the canvas, digit + 1 on each glyph's visible
+  pixels (alpha >= ALPHA_VISIBLE; a later glyph covers an earlier one, as in the image)."""
   pics, digits = source
   rng = np.random.default_rng([seed, SPLITS.index(split), i])
   out = canvas(rng, size)
+  labels = np.zeros((size, size), np.uint8)
   boxes, classes = [], []
   for _ in range(int(rng.integers(1, 7))):
     for _ in range(20):  # placements tried before this object is left out
@@ -99,10 +102,11 @@ def image(seed, split, i, size, source):
     colour = np.where(behind > 127, rng.uniform(0, 60, 3), rng.uniform(195, 255, 3))  # contrast with the canvas
     a = np.where(alpha >= ALPHA_VISIBLE, alpha, 0.0)[..., None]  # nothing faint outside the box
     out[y:y + side, x:x + side] = out[y:y + side, x:x + side] * (1 - a) + colour * a
+    labels[y:y + side, x:x + side][a[..., 0] > 0] = int(digits[k]) + 1
     boxes.append(box)
     classes.append(int(digits[k]))
-  return (np.round(out).astype(np.uint8), np.array(boxes, np.float32).reshape(-1, 4),
-          np.array(classes, np.int32))
+  got = (np.round(out).astype(np.uint8), np.array(boxes, np.float32).reshape(-1, 4), np.array(classes, np.int32))
+  return got + (labels,) if with_labels else got
 
 
 def generate(split, n, size, seed=0, progress=False, kind="digits"):

@@ -82,10 +82,7 @@ def make_inputs(cfg, info):
                     "describes: drop it")
 
   def inputs(rng, batch):
-    x = steps.to_float(batch["image"])
-    if ops:
-      x, _ = augment.apply(ops, rng, x, jnp.zeros((x.shape[0], 1)))
-    return {"image": x, "tokens": batch["tokens"]}, {}
+    return {"image": augment.apply_images(ops, rng, steps.to_float(batch["image"])), "tokens": batch["tokens"]}, {}
   return inputs
 
 

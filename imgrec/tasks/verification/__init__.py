@@ -9,7 +9,8 @@ runs the pairs protocol (protocol.py): 10-fold accuracy, TAR at FAR 1e-3 / 1e-4,
 verification.calibrate_far, which the record keeps (metrics.jsonl) and serving answers with.
 
 Served output: "embeddings" float32 [B, D], L2-normalised (D = verification.embedding_dim); a pair's score is the
-dot product of its two embeddings.
+dot product of its two embeddings. Its own routes (serving.py): POST :verify (two images -> score, same, threshold)
+and a 1:N gallery (enroll, search, list, delete) persisted beside the run.
 """
 import json
 import os
@@ -21,7 +22,7 @@ from imgrec import models, steps
 from imgrec.data import augment
 from imgrec.errors import UserError
 from imgrec.tasks.contract import Output
-from imgrec.tasks.verification import data, margins, pairs as pairs_lib, plots, protocol
+from imgrec.tasks.verification import data, margins, pairs as pairs_lib, plots, protocol, serving
 from imgrec.tasks.verification.settings import (DECODED_SOURCES, DEFAULT_SELECT, MAY_CHANGE, NAME, SELECT,
                                                 settings, validate)
 
@@ -66,10 +67,7 @@ def make_inputs(cfg, info):
                     "identity per image: drop it")
 
   def inputs(rng, batch):
-    x = steps.to_float(batch["image"])
-    if ops:
-      x, _ = augment.apply(ops, rng, x, jnp.zeros((x.shape[0], 1)))
-    return x, {"label": batch["label"]}
+    return augment.apply_images(ops, rng, steps.to_float(batch["image"])), {"label": batch["label"]}
   return inputs
 
 
@@ -138,6 +136,11 @@ def make_predict(model, mean, std, normalized=False):
   if normalized:
     return lambda variables, x: {"embeddings": _embed(model, variables, x)}
   return lambda variables, images: {"embeddings": _embed(model, variables, steps.normalize(images, mean, std))}
+
+
+def routes():
+  """:verify and the gallery's routes (serving.py)."""
+  return serving.routes()
 
 
 def upload_result(outputs, input_hw, to_source, source_wh, class_names, k=None):

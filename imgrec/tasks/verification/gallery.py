@@ -5,7 +5,9 @@
   g.search(queries, k)              per query the k best identities [(identity, score)], an identity's score
                                     being its best row's cosine
   g.delete(identity)                removes every row of it
-Every change is saved at once (files.write_atomic: a crash leaves the old file or the new one). The file is an
+Every change is saved at once (files.write_atomic: a crash leaves the old file or the new one), and every use
+first reads the file again if it changed since this gallery last read or wrote it (another server, or another
+model served from the same run), so no change is made to a stale copy and saved over another's. The file is an
 .npz of "identities" (unicode strings) and "embeddings" (float32, L2-normalised): embeddings only, no images, and
 read with allow_pickle=False.
 
@@ -37,6 +39,15 @@ def check_identity(identity):
   return name
 
 
+def _stamp(path):
+  """What tells one version of a file from another (None: no file, or no path)."""
+  try:
+    st = os.stat(path) if path else None
+  except FileNotFoundError:
+    return None
+  return st and (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 def _normalize(x):
   x = np.asarray(x, np.float32)
   return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
@@ -47,29 +58,47 @@ class Gallery:
 
   def __init__(self, dim, path=None):
     self.dim, self.path = int(dim), path
+    self._lock = threading.Lock()
+    self._clear()
+
+  def _clear(self):
     self._rows = np.zeros((0, self.dim), np.float32)
     self._owner = np.zeros(0, np.int64)  # index into _names per row
     self._names, self._index = [], {}    # identity -> its number
     self._count = {}                     # identity -> its rows
     self._n = 0
-    self._lock = threading.Lock()
+    self._version = None                 # _stamp of the file this gallery last read or wrote
 
   @classmethod
   def open(cls, path, dim):
     """The gallery saved at `path`, or an empty one that will be saved there."""
     g = cls(dim, path)
-    if path and os.path.exists(path):
+    g._load()
+    return g
+
+  def _load(self):
+    """Reads the file (none: an empty gallery); one that is not a gallery of this dimension changes nothing."""
+    version = _stamp(self.path)
+    names, rows = np.zeros(0, str), np.zeros((0, self.dim), np.float32)
+    if version is not None:
       try:
-        with np.load(path, allow_pickle=False) as f:
+        with np.load(self.path, allow_pickle=False) as f:
           names, rows = f["identities"], f["embeddings"]
       except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"{path} is not a gallery file ({e}); move it away to start an empty gallery") from None
-      if rows.ndim != 2 or rows.shape[1] != g.dim or len(names) != len(rows):
-        raise UserError(f"{path} holds {rows.shape} embeddings for {len(names)} names, but this model's "
-                        f"embeddings have {g.dim} values: it belongs to another model; move it away")
-      for name in np.unique(names):
-        g._add(str(name), rows[names == name])
-    return g
+        raise UserError(f"{self.path} is not a gallery file ({e}); move it away to start an empty gallery") from None
+      if rows.ndim != 2 or rows.shape[1] != self.dim or len(names) != len(rows):
+        raise UserError(f"{self.path} holds {rows.shape} embeddings for {len(names)} names, but this model's "
+                        f"embeddings have {self.dim} values: it belongs to another model; move it away")
+    self._clear()
+    for name in np.unique(names):
+      self._add(str(name), rows[names == name])
+    self._version = version
+
+  def _sync(self):
+    """Under the lock, before any use: reads the file again when it changed since this gallery last read or
+    wrote it (another process enrolled or deleted), so a change is never made to a stale copy and saved over it."""
+    if self.path and _stamp(self.path) != self._version:
+      self._load()
 
   def __len__(self):
     return self._n
@@ -77,6 +106,12 @@ class Gallery:
   @property
   def identities(self):
     return sorted(self._count)
+
+  def counts(self):
+    """{identity: its rows}, by name."""
+    with self._lock:
+      self._sync()
+      return dict(sorted(self._count.items()))
 
   def _add(self, name, rows):
     if name not in self._index:
@@ -99,6 +134,7 @@ class Gallery:
     if rows.shape[1] != self.dim or not len(rows):
       raise UserError(f"an enrollment gives {rows.shape[1]}-value embeddings; this gallery holds {self.dim}")
     with self._lock:
+      self._sync()
       self._add(name, rows)
       if save:
         self.save()
@@ -108,6 +144,7 @@ class Gallery:
     """Removes every row of `identity`; returns how many. An identity not enrolled is a UserError."""
     name = check_identity(identity)
     with self._lock:
+      self._sync()
       removed = self._count.pop(name, 0)
       if not removed:
         raise UserError(f"identity {name!r} is not in the gallery (nothing was deleted)")
@@ -124,6 +161,7 @@ class Gallery:
     if q.shape[1] != self.dim:
       raise UserError(f"search embeddings have {q.shape[1]} values; this gallery holds {self.dim}")
     with self._lock:
+      self._sync()
       rows, owner = self._rows[:self._n], self._owner[:self._n]
       scores = q @ rows.T  # [Q, N]
       return [self._top(s, owner, k) for s in scores]
@@ -158,3 +196,4 @@ class Gallery:
     names = np.array([self._names[i] for i in self._owner[:self._n]], dtype=str).astype("U")
     np.savez(buf, identities=names.reshape(-1), embeddings=self._rows[:self._n])
     files.write_atomic(self.path, buf.getvalue())
+    self._version = _stamp(self.path)
