@@ -20,7 +20,8 @@ at this size and length the image tower's digit features do not carry over to co
 pairs, digit 0.14). The sigmoid loss (image_text.loss=sigmoid, lr 1e-3, 600 steps) learnt colours and
 backgrounds but not digits: held-out 0.090, seen 0.134, recall@1 0.082 / 0.110 (captions matched by exact text).
 Twice as long (--config.steps=2000, same machine, 17 min) does not help: step 1500 held-out 0.120, seen 0.294;
-step 2000 held-out 0.110, seen 0.300, recall@1 0.518 / 0.610 (training loss still falling: 0.70 at step 1000, 0.31 at 2000).
+step 2000 held-out 0.110, seen 0.300, recall@1 0.518 / 0.610 (training loss still falling: 0.70 at step 1000,
+0.31 at 2000).
 """
 from imgrec.config import defaults
 
