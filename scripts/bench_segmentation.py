@@ -19,12 +19,9 @@ import statistics
 import subprocess
 import sys
 
-import matplotlib
+from imgrec import plots
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from imgrec.tasks.segmentation import metrics, synthetic  # noqa: E402
+from imgrec.tasks.segmentation import metrics, synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,20 +66,6 @@ def torch_round(a, data, out):
   return {"mIoU": s["mIoU"], "pixel_accuracy": s["pixel_accuracy"], "train_img_per_sec": r["train_img_per_sec"]}
 
 
-def plot(rounds, path):
-  fig = plt.figure(figsize=(9, 3.6))
-  for k, (key, title) in enumerate((("mIoU", "test mIoU"), ("train_img_per_sec", "train img/s"))):
-    ax = fig.add_subplot(1, 2, k + 1)
-    for j, side in enumerate(("imgrec", "torchvision")):
-      values = [r[side][key] for r in rounds]
-      ax.bar([i + 0.4 * j for i in range(len(values))], values, width=0.4, label=side)
-    ax.set_xticks([i + 0.2 for i in range(len(rounds))], [f"round {i + 1}" for i in range(len(rounds))])
-    ax.set_title(title)
-    ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-
-
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--torch-python", default=sys.executable, help="python of an environment with torch and torchvision")
@@ -116,7 +99,8 @@ def main():
     rounds.append(r)
   with open(os.path.join(a.out, "results.json"), "w") as f:
     json.dump({"args": vars(a), "rounds": rounds}, f, indent=2)
-  plot(rounds, os.path.join(a.out, "segmentation_side_by_side.png"))
+  plots.plot_side_by_side(rounds, (("mIoU", "test mIoU"), ("train_img_per_sec", "train img/s")),
+                          os.path.join(a.out, "segmentation_side_by_side.png"))
   med = lambda side, key: statistics.median(r[side][key] for r in rounds)
   ratio = statistics.median(r["imgrec"]["train_img_per_sec"] / r["torchvision"]["train_img_per_sec"] for r in rounds)
   print(f"\n| medians of {a.rounds} rounds | imgrec FCN | torchvision FCN |\n|---|---:|---:|")
