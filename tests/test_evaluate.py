@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from imgrec import metrics
+from imgrec.tasks.classification import metrics
 from tests.helpers import assert_png
 
 

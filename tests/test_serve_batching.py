@@ -143,7 +143,7 @@ used = []
 for r in b.replicas:
   r.launch = (lambda f, name: lambda x: used.append(name) or f(x))(r.launch, r.name)
 futures = [b.submit(images[i:i + 4]) for i in range(0, 16, 4)]
-got = np.concatenate([f.result(60) for f in futures])
+got = np.concatenate([f.result(60)["logits"] for f in futures])
 np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 print("USED", json.dumps([used, [r.name for r in b.replicas]]))
 m.close()
@@ -221,7 +221,7 @@ def test_request_that_waits_too_long_gets_504_and_costs_nothing(server):
   def stuck(x):
     calls.append(len(x))
     release.wait(20)
-    return np.zeros((len(x), 10), np.float32)
+    return {k: np.zeros((len(x), 10), np.float32) for k in ("logits", "probabilities")}
   original = model.batchers["uint8"]
   model.batchers["uint8"] = Batcher(stuck, (1, 4), 0, max_queue=8)
   body = v2([1, 8, 8, 1], data=[0] * 64)

@@ -42,7 +42,7 @@ CASES = [
     (["train", "--workdir", "{w}", "--config.transfer.reinit=*head"], "transfer.reinit '*head' is not a valid", None),
     (["train", "--workdir", "{w}", "--config.transfer.lr_mults=(('(x', 2.0),)"], "lr_mults[0] '(x' is not", None),
     (["train", "--workdir", "{w}", "--config.data.image_size=-1"], "data.image_size must be an integer >= 0", None),
-    (["train", "--workdir", "{w}", "--config.data.workers=4"], "data.workers=4 set, but only folder:, tfds:, coco: and digit_boxes", None),
+    (["train", "--workdir", "{w}", "--config.data.workers=4"], "data.workers=4 set, but only folder:, tfds: sources decode images", None),
     (["train", "--workdir", "{w}", "--config.data.stats_examples=10", "--config.data.channels=3"],
      "data.channels=3, data.stats_examples=10 set", None),
     (["train", "--workdir", "{w}", "--config.data.source=folder:{x}"], "holds only val/ and no train/",
