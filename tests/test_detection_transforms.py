@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgrec.data import preprocess
-from imgrec.tasks.detection import splits, transforms
+from imgrec.data import preprocess, splits as data_splits
+from imgrec.tasks.detection import transforms
 
 OPS = ["decode|letterbox(64)", "decode|letterbox(48, fill=0)|flip(1)", "decode|random_scale_crop(64)|flip",
        "decode|random_scale_crop(40, scale=(1.5, 2.5))", "decode|resize(30, 50)|flip(1)",
@@ -86,7 +86,7 @@ def test_clip_drops_boxes_mostly_cut_away_and_pad_keeps_the_largest():
 
 
 def test_detection_op_strings_parse_and_validate():
-  train, ev = splits.default_pp(96)
+  train, ev = data_splits.dense_pp(96)
   assert preprocess.output_size(preprocess.parse(train)) == preprocess.output_size(preprocess.parse(ev)) == (96, 96)
   with pytest.raises(Exception, match="0..255"):
     preprocess.parse("decode|letterbox(64, fill=300)")

@@ -217,3 +217,24 @@ def subset(split, indices, relabel=None):
     labels = split.labels[indices]
     return ArraySplit(split.images[indices], labels if relabel is None else relabel[labels].astype(np.int32))
   return Subset(split, indices, relabel)
+
+
+def dense_pp(size):
+  """(pp_train, pp_eval) at `size` x `size` for a task whose targets move with the pixels (boxes, label maps):
+  scale jitter with target-consistent crops and flips for training, the whole image letterboxed (aspect kept,
+  padded) for evaluation and serving."""
+  return f"decode|random_scale_crop({size})|flip", f"decode|letterbox({size})"
+
+
+def fixed_size_reading(data_cfg, default_size, task):
+  """The Reading of a source for a task that needs one fixed input size: data.pp_train / pp_eval, or `dense_pp`
+  at data.image_size (or `default_size`); both must end at the same size."""
+  pp_train, pp_eval = dense_pp(data_cfg.get("image_size", 0) or default_size)
+  pp_train, pp_eval = data_cfg.get("pp_train") or pp_train, data_cfg.get("pp_eval") or pp_eval
+  out_train, out_eval = (preprocess.output_size(preprocess.parse(p)) for p in (pp_train, pp_eval))
+  if not out_train or out_train != out_eval:
+    raise UserError(f"{task} needs one fixed input size, but data.pp_train {pp_train!r} and data.pp_eval "
+                    f"{pp_eval!r} give {out_train} and {out_eval}: end both with letterbox(N), "
+                    "random_scale_crop(N), central_crop(N) or resize(N)")
+  return Reading((*out_eval, 3), pp_train, pp_eval, data_cfg.get("on_bad_image", "error"),
+                 data_cfg.get("workers", -1))

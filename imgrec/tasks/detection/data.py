@@ -14,7 +14,7 @@ An example is {"image" uint8 [H, W, 3], "boxes" float32 [M, 4] x0, y0, x1, y1 in
 pixels, "classes" int32 [M] (0..C-1), "box_mask" bool [M], "image_id" int32, "to_source" float32 [4]}, with
 M = data.max_boxes and to_source (sx, sy, tx, ty) mapping an output point (x, y) to (x*sx+tx, y*sy+ty) in
 the source image. Images are decoded and preprocessed per example (data.pp_train / data.pp_eval, default
-splits.default_pp(data.image_size or 512)), in the data workers; boxes move with the pixels
+imgrec.data.splits.dense_pp(data.image_size or 512)), in the data workers; boxes move with the pixels
 (transforms.py): clipped to the output, dropped when less than transforms.MIN_VISIBLE of one is left.
 Crowd boxes (iscrowd) are no training target but stay in the ground truth, as COCO evaluates them.
 

@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 
-from imgrec.data import preprocess, sources
-from imgrec.data.splits import EncodedSplit, Reading
+from imgrec.data import preprocess, sources, splits as data_splits
+from imgrec.data.splits import EncodedSplit
 from imgrec.errors import UserError
 from imgrec.tasks.detection import transforms
 
@@ -141,22 +141,9 @@ class Split(EncodedSplit):
     return self.ann.ground_truth(self.class_names, self.category_ids, names)
 
 
-def default_pp(size):
-  """(pp_train, pp_eval) for detection at `size` x `size`: scale jitter with box-consistent crops and
-  flips for training; aspect kept and padded (one scale, one translation) for evaluation and serving."""
-  return f"decode|random_scale_crop({size})|flip", f"decode|letterbox({size})"
-
-
 def source_reading(cfg, default_size):
-  """The Reading of a detection source: its pp strings (the config's, or the detection defaults) and shape."""
-  pp_train, pp_eval = default_pp(cfg.get("image_size", 0) or default_size)
-  pp_train, pp_eval = cfg.get("pp_train") or pp_train, cfg.get("pp_eval") or pp_eval
-  out_train, out_eval = (preprocess.output_size(preprocess.parse(p)) for p in (pp_train, pp_eval))
-  if not out_train or out_train != out_eval:
-    raise UserError(f"detection needs one fixed input size, but data.pp_train {pp_train!r} and data.pp_eval "
-                    f"{pp_eval!r} give {out_train} and {out_eval}: end both with letterbox(N), "
-                    "random_scale_crop(N) or resize(N)")
-  return Reading((*out_eval, 3), pp_train, pp_eval, cfg.get("on_bad_image", "error"), cfg.get("workers", -1))
+  """The Reading of a detection source: its pp strings (the config's, or data.splits.dense_pp) and shape."""
+  return data_splits.fixed_size_reading(cfg, default_size, "detection")
 
 
 def max_boxes_of(cfg):

@@ -31,8 +31,8 @@ import logging
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from imgrec.data import preprocess, sources
-from imgrec.data.splits import EncodedSplit, Reading
+from imgrec.data import preprocess, sources, splits as data_splits
+from imgrec.data.splits import EncodedSplit
 from imgrec.errors import UserError
 from imgrec.tasks.segmentation import layouts, synthetic
 
@@ -41,23 +41,9 @@ log = logging.getLogger("imgrec")
 PHOTO_SIZE = 512  # the square input of photo sources when data.image_size is 0
 
 
-def defaults(size):
-  """(pp_train, pp_eval) at `size` x `size`: scale jitter with label-consistent crops and flips for training
-  (pixels padded in are ignored), the whole image letterboxed for evaluation and serving."""
-  return f"decode|random_scale_crop({size})|flip", f"decode|letterbox({size})"
-
-
 def reading_of(cfg, default_size):
-  """The Reading of a segmentation source: its pp strings (the config's, or `defaults`) and image shape."""
-  d = cfg.data
-  pp_train, pp_eval = defaults(d.get("image_size", 0) or default_size)
-  pp_train, pp_eval = d.get("pp_train") or pp_train, d.get("pp_eval") or pp_eval
-  out_train, out_eval = (preprocess.output_size(preprocess.parse(p)) for p in (pp_train, pp_eval))
-  if not out_train or out_train != out_eval:
-    raise UserError(f"segmentation needs one fixed input size, but data.pp_train {pp_train!r} and data.pp_eval "
-                    f"{pp_eval!r} give {out_train} and {out_eval}: end both with letterbox(N), "
-                    "random_scale_crop(N), central_crop(N) or resize(N)")
-  return Reading((*out_eval, 3), pp_train, pp_eval, d.get("on_bad_image", "error"), d.get("workers", -1))
+  """The Reading of a segmentation source: its pp strings (the config's, or data.splits.dense_pp) and image shape."""
+  return data_splits.fixed_size_reading(cfg.data, default_size, "segmentation")
 
 
 def read_mask(data, what):
