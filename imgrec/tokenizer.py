@@ -20,6 +20,7 @@ import json
 import os
 import re
 import string
+import tempfile
 from typing import NamedTuple
 
 import numpy as np
@@ -137,3 +138,24 @@ def load(folder):
     except ValueError as e:
       raise UserError(f"{path} is not valid JSON ({e}); import the model again") from None
   return Tokenizer(conventions, folder)
+
+
+def files_of(folder):
+  """{name: bytes} of a tokenizer folder: text.json and the tokenizer file(s) it names (what an export carries)."""
+  tok = load(folder)
+  names = [CONVENTIONS_FILE, tok.conv["file"]] + (["merges.txt"] if tok.conv["file"] == "vocab.json" else [])
+  out = {}
+  for name in names:
+    with open(os.path.join(folder, name), "rb") as f:
+      out[name] = f.read()
+  return out
+
+
+def from_files(files):
+  """The Tokenizer of `files_of`'s {name: bytes} (written into a temporary folder and read from there: the
+  libraries read files; once loaded, the tokenizer holds everything in memory)."""
+  with tempfile.TemporaryDirectory() as folder:
+    for name, blob in files.items():
+      with open(os.path.join(folder, os.path.basename(name)), "wb") as f:
+        f.write(blob)
+    return load(folder)

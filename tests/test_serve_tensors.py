@@ -39,13 +39,13 @@ def probs_png(probs):
   return buf.getvalue()
 
 
-def postprocess(outputs, extras):
+def postprocess(outputs, extras, context=None):
   out = {name: np.asarray(value) for name, value in outputs.items()}
   labels = [b.decode() for b in extras.get("labels", np.array([b"no labels"], object)).reshape(-1)]
   top = out["probabilities"].argmax(-1)
   out["top_label"] = protocol.bytes_array([labels[j % len(labels)].encode() for j in top], [len(top)])
   out["probs_png"] = protocol.bytes_array([probs_png(p) for p in out["probabilities"]], [len(top)])
-  return out
+  return out, {}, None
 
 
 def upload_result(outputs, input_hw, to_source, source_wh, class_names, k=None):

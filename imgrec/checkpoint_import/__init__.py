@@ -35,6 +35,7 @@ TORCHVISION_ARCHS = {"resnet18": "resnet18", "resnet34": "resnet34", "resnet50":
                      "vit_b_16": "vit_b16"}
 PARAMS_FILE, INFO_FILE, REPORT_FILE = "params.npz", "import.json", "import_report.json"
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
 def is_checkpoint(path):
@@ -106,6 +107,11 @@ def preprocessing(source, family_name, layout):
     pp = f"decode|resize_small({int(size / crop)})|central_crop({size})" if crop else f"decode|resize({size})"
     return {"mean": list(hf["image_mean"]), "std": list(hf["image_std"]), "image_size": int(size), "pp_eval": pp,
             "from": "preprocessor_config.json"}
+  if layout == "hf_siglip":  # a SiglipModel folder without its preprocessor_config.json: SigLIP's [-1, 1]
+    return {"mean": [0.5] * 3, "std": [0.5] * 3, "image_size": None, "pp_eval": None, "from": "SigLIP convention"}
+  if layout == "hf_clip":  # a CLIPModel folder without its preprocessor_config.json: OpenAI CLIP's statistics
+    return {"mean": list(CLIP_MEAN), "std": list(CLIP_STD), "image_size": None, "pp_eval": None,
+            "from": "OpenAI CLIP convention"}
   if layout == "big_vision":  # big_vision / ViT repository: pixels scaled to [-1, 1] (value_range(-1, 1))
     return {"mean": [0.5] * 3, "std": [0.5] * 3, "image_size": None, "pp_eval": None,
             "from": "big_vision convention (value_range(-1, 1))"}
@@ -239,11 +245,13 @@ def run_files(folder):
   if not isinstance(imp, dict) or "model" not in imp:
     raise UserError(f"{os.path.join(folder, INFO_FILE)} is not an `imgrec import` record; "
                     "import the checkpoint again into a new --out folder")
+  two = imp.get("layout", "").endswith(" two_tower")
   n = imp.get("num_classes") or 0
   if not n:
     raise UserError(f"{folder} holds a checkpoint without a classification head ({imp.get('layout')}): it has no "
                     "classes to predict; fine-tune it first (--config.transfer.init_from={folder})")
-  names = imp.get("class_names") or [f"class_{i}" for i in range(n)]
+  # a two-tower model has no classes of its own: its labels are written at request time (the image_text task)
+  names = [] if two else imp.get("class_names") or [f"class_{i}" for i in range(n)]
   pre = imp.get("preprocessing") or {}
   size = int(imp.get("image_size") or pre.get("image_size") or 224)
   cfg = config.defaults()
@@ -253,6 +261,8 @@ def run_files(folder):
   cfg.data.source, cfg.data.image_size, cfg.data.pp_eval = "", size, pre.get("pp_eval") or ""
   mean, std = (pre["mean"], pre["std"]) if pre else IMAGENET
   cfg.data.mean, cfg.data.std = tuple(mean), tuple(std)
+  if two:
+    two_tower.run_config(cfg, imp, folder)
   info = {"source": imp.get("source", ""), "class_names": list(names), "image_shape": [size, size, 3],
           "mean": [float(m) for m in mean], "std": [float(s) for s in std], "num_train": cfg.batch_size,
           "pp_eval": pre.get("pp_eval") or "", "imported": True}

@@ -271,3 +271,14 @@ def copy_tokenizer(folder, layout_, kwargs, out):
     shutil.copyfile(os.path.join(folder, n), os.path.join(out, n))
   tokenizer.write(out, conv)
   return conv
+
+
+def run_config(cfg, imp, folder):
+  """Makes `cfg` (config.defaults() with the import's model and input) the config of an image_text run of the
+  import folder: its tokenizer (text.json there), embedding size, text length and loss by its convention."""
+  cfg.task = "image_text"
+  v = cfg.image_text
+  v.tokenizer = os.path.abspath(folder)
+  v.embed_dim = int(imp["num_classes"])
+  v.text_len = int(imp["model"]["kwargs"]["text"]["max_len"])
+  v.loss = "softmax" if imp["model"]["name"].startswith("clip") else "sigmoid"

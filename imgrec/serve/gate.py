@@ -40,6 +40,8 @@ def make_metrics():
                                       ["model", "version"], registry=reg, buckets=_SECONDS),
       # what a task's own routes keep and time, named by the task (a face gallery's size, its search latency)
       "task_items": prom.Gauge("imgrec_task_items", "items a task's routes keep", ["model", "item"], registry=reg),
+      "task_events": prom.Counter("imgrec_task_events", "events of a task's serving (its text-embedding cache's hits "
+                                  "and misses)", ["model", "event"], registry=reg),
       "task_seconds": prom.Histogram("imgrec_task_seconds", "time of a task route's own work", ["model", "work"],
                                      registry=reg, buckets=(.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05,
                                                             .1, .25, .5, 1)),

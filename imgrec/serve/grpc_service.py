@@ -14,6 +14,7 @@ DEADLINE_EXCEEDED (504), INTERNAL (500). API keys travel as metadata `authorizat
 `x-api-key: KEY`; ServerLive and ServerReady are open, like the HTTP probes.
 """
 import contextlib
+import json
 import logging
 import os
 import time
@@ -63,6 +64,19 @@ def parameter_value(p):
   return getattr(p, which) if which else None
 
 
+def set_parameter(p, value):
+  """An InferParameter set to `value`: bool, int, float or str as themselves; anything else (a list of labels) as
+  its JSON text, the one form the message has for it."""
+  if isinstance(value, bool):
+    p.bool_param = value
+  elif isinstance(value, int):
+    p.int64_param = value
+  elif isinstance(value, float):
+    p.double_param = value
+  else:
+    p.string_param = value if isinstance(value, str) else json.dumps(value)
+
+
 def tensor_from_contents(name, datatype, shape, contents, count):
   """Typed InferTensorContents -> numpy array of `shape`, with the same checks as JSON data."""
   if datatype not in CONTENTS:
@@ -94,7 +108,8 @@ def parse_infer(request, spec, limits):
       tensors[name] = protocol.tensor_from_binary(name, datatype, shape, raw[i], count)
     else:
       tensors[name] = tensor_from_contents(name, datatype, shape, t.contents, count)
-  images, kind, extras = protocol.request_inputs(tensors, spec, limits)
+  params = {k: parameter_value(v) for k, v in request.parameters.items()}
+  images, kind, extras = protocol.request_inputs(tensors, spec, limits, params)
   outputs = None
   if request.outputs:
     outputs = [{"name": o.name, "parameters": {k: parameter_value(v) for k, v in o.parameters.items()}}
@@ -107,7 +122,9 @@ def infer_response(model, request, tensors):
   """-> ModelInferResponse with every output ({name: array}) in raw_output_contents, as Triton sends them (BYTES
   elements length-prefixed)."""
   resp = MESSAGES["ModelInfer"][1](model_name=model.name, model_version=str(model.version), id=request.id or "")
-  for o in request.outputs:
+  for key, value in getattr(tensors, "parameters", {}).items():  # what the task says of its answer
+    set_parameter(resp.parameters[key], value)
+  for o in protocol.answered(request.outputs, tensors):
     entry, blob = protocol.output_entry({**o, "binary": True}, tensors[o["name"]], model.spec.classify)
     resp.outputs.add(name=entry["name"], datatype=entry["datatype"], shape=entry["shape"])
     resp.raw_output_contents.append(blob)
@@ -170,7 +187,8 @@ class Service:
       remaining = context.time_remaining()  # the client's deadline, when it set one
       timeout = self.options.timeout_s if remaining is None else min(remaining, self.options.timeout_s)
       tensors = await m.infer(req.images, req.kind, timeout, req.extras)
-      return await protocol.off_loop(len(req.images) > protocol.BIG_REPLY_IMAGES, infer_response, m, req, tensors)
+      return await protocol.off_loop(protocol.count(req.images) > protocol.BIG_REPLY_IMAGES, infer_response, m, req,
+                                     tensors)
 
   # ---------------------------------------------------------------- repository extension (management.py)
 

@@ -78,6 +78,8 @@ class ModelSpec:
   outputs: tuple = ()  # served.served_outputs: (name, datatype, per-example shape; a "K" left: len(class_names))
   classify: object = None  # (values, k) -> per row k "score:index:label" strings; None: no classification extension
   inputs: tuple = ()   # InputSpec of each input beside the images
+  parameters: tuple = ()  # request parameters the task reads (strings), e.g. an open-vocabulary "template"
+  images_optional: bool = False  # a request may hold only the inputs beside the images (text to embed)
 
 
 # Work above these sizes runs in a worker thread, below them on the event loop: a thread hop costs about
@@ -365,7 +367,8 @@ class InferRequest:
   kind: str             # "uint8" | "float32"
   outputs: list         # [{"name", "binary", "classification"}]
   id: str | None
-  extras: dict = dataclasses.field(default_factory=dict)  # {input name: array} of the inputs beside the images
+  extras: dict = dataclasses.field(default_factory=dict)  # {input name: array} of the inputs beside the images,
+                                                          # and the task's request parameters {name: str}
 
 
 def check_input(name, datatype, shape, spec, limits):
@@ -386,16 +389,41 @@ def check_input(name, datatype, shape, spec, limits):
   return count
 
 
-def request_inputs(tensors, spec, limits):
-  """{input name: array} of one request -> (images, kind, extras): the images checked as a batch, every
-  required input beside them present."""
-  if INPUT_NAME not in tensors:
+def request_inputs(tensors, spec, limits, parameters=None):
+  """{input name: array} of one request and its parameters -> (images or None, kind, extras): the images checked
+  as a batch (None only for a model whose images are optional, e.g. text to embed), every required input beside
+  them present, the task's parameters (strings) among the extras."""
+  if INPUT_NAME not in tensors and not (spec.images_optional and tensors):
     raise RequestError(400, f"the request has no input '{INPUT_NAME}'")
   missing = [i.name for i in spec.inputs if i.required and i.name not in tensors]
   if missing:
     raise RequestError(400, f"this model also needs the input(s) {missing}")
-  images, kind = image_batch(INPUT_NAME, tensors[INPUT_NAME], spec, limits)
-  return images, kind, {n: v for n, v in tensors.items() if n != INPUT_NAME}
+  images, kind = (image_batch(INPUT_NAME, tensors[INPUT_NAME], spec, limits) if INPUT_NAME in tensors
+                  else (None, "uint8"))
+  return images, kind, {**{n: v for n, v in tensors.items() if n != INPUT_NAME},
+                        **task_parameters(parameters, spec)}
+
+
+def task_parameters(parameters, spec):
+  """The request parameters the task reads ({name: str}); the protocol's own (binary_data_output, ...) and
+  unknown ones are left alone, as Triton does."""
+  if not isinstance(parameters, dict):
+    if parameters is not None:
+      raise RequestError(400, "'parameters' must be an object")
+    return {}
+  found = {}
+  for name in spec.parameters:
+    if name in parameters:
+      value = parameters[name]
+      if not isinstance(value, str):
+        raise RequestError(400, f"parameter {name!r} must be a string, got {type(value).__name__}")
+      found[name] = value
+  return found
+
+
+def count(images):
+  """Images in a request (0 for one holding only the inputs beside them)."""
+  return 0 if images is None else len(images)
 
 
 def parse_v2_infer(raw, header_length, spec, limits):
@@ -422,8 +450,8 @@ def parse_v2_infer(raw, header_length, spec, limits):
   if offset != len(tail):
     raise RequestError(400, f"{len(tail) - offset} binary bytes follow the JSON header beyond the inputs' "
                             "binary_data_size")
-  images, kind, extras = request_inputs(tensors, spec, limits)
   rparams = body.get("parameters") or {}
+  images, kind, extras = request_inputs(tensors, spec, limits, rparams)
   binary_default = bool(isinstance(rparams, dict) and rparams.get("binary_data_output", False))
   outputs = requested_outputs(body.get("outputs"), binary_default, spec)
   rid = body.get("id")
@@ -455,8 +483,9 @@ def requested_outputs(outputs, binary_default, spec):
   (datatype: the task's, from the model's spec)."""
   datatypes = {n: d for n, d, _ in spec.outputs}
   names = list(datatypes)
-  if outputs is None:
-    return [{"name": n, "datatype": datatypes[n], "binary": binary_default, "classification": 0} for n in names]
+  if outputs is None:  # all the request gave rise to (a task may answer some only for some inputs)
+    return [{"name": n, "datatype": datatypes[n], "binary": binary_default, "classification": 0, "asked": False}
+            for n in names]
   if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
     raise RequestError(400, "'outputs' must be a list of objects")
   result = []
@@ -470,8 +499,18 @@ def requested_outputs(outputs, binary_default, spec):
     if k and spec.classify is None:
       raise RequestError(400, f"output '{name}': this model is not a classifier; drop the classification parameter")
     result.append({"name": name, "datatype": datatypes[name], "binary": bool(params.get("binary_data", binary_default)),
-                   "classification": min(k, len(spec.class_names))})
+                   "classification": min(k, len(spec.class_names)), "asked": True})
   return result
+
+
+def answered(outputs, tensors):
+  """The requested outputs the model's answer holds; one asked for by name but not answered (an open-vocabulary
+  model's logits of a request without labels) is an error naming what it needs."""
+  missing = [o["name"] for o in outputs if o["asked"] and o["name"] not in tensors]
+  if missing:
+    raise RequestError(400, f"output {missing[0]!r} is not answered for this request's inputs (it has "
+                            f"{sorted(tensors)}); send the inputs it needs")
+  return [o for o in outputs if o["name"] in tensors]
 
 
 def tensor_bytes(values, datatype):
@@ -507,7 +546,7 @@ def v2_response(model_name, version, request, tensors, classify):
   """-> (body bytes, extra headers) for the model's outputs {name: array}; `classify(values, k)`: the task's
   classification-extension strings. Binary outputs follow the JSON header, in output order."""
   outs, blobs = [], []
-  for o in request.outputs:
+  for o in answered(request.outputs, tensors):
     entry, blob = output_entry(o, tensors[o["name"]], classify)
     outs.append(entry)
     if blob is not None:
@@ -515,6 +554,8 @@ def v2_response(model_name, version, request, tensors, classify):
   resp = {"model_name": model_name, "model_version": str(version), "outputs": outs}
   if request.id is not None:
     resp["id"] = request.id
+  if getattr(tensors, "parameters", None):  # what the task says of its answer (labels cut to the text length)
+    resp["parameters"] = tensors.parameters
   head = orjson.dumps(resp)
   if not blobs:
     return head, {"content-type": "application/json"}
@@ -539,13 +580,15 @@ def parse_tfs(body, spec, limits):
     if any(_is_b64(r) for r in rows) and not all(_is_b64(r) for r in rows):
       raise RequestError(400, "'instances' mixes {\"b64\": ...} images with numeric arrays")
     images, kind = _tfs_images(rows, spec, limits)
-    return images, kind, False, request_inputs({INPUT_NAME: images}, spec, limits)[2]
+    return images, kind, False, request_inputs({INPUT_NAME: images}, spec, limits, body.get("parameters"))[2]
   named = _unwrap_named(body["inputs"], spec, columnar=True)
-  value = named.pop(INPUT_NAME)
-  value = [value] if _is_b64(value) else value
-  images, kind = _tfs_images(value, spec, limits)
-  extras = {n: _tfs_extra(n, v, spec, limits) for n, v in named.items()}
-  return images, kind, True, request_inputs({INPUT_NAME: images, **extras}, spec, limits)[2]
+  tensors = {n: _tfs_extra(n, v, spec, limits) for n, v in named.items() if n != INPUT_NAME}
+  images, kind = None, "uint8"
+  if INPUT_NAME in named:
+    value = named[INPUT_NAME]
+    images, kind = _tfs_images([value] if _is_b64(value) else value, spec, limits)
+    tensors[INPUT_NAME] = images
+  return images, kind, True, request_inputs(tensors, spec, limits, body.get("parameters"))[2]
 
 
 def _tfs_images(value, spec, limits):
@@ -584,7 +627,7 @@ def _unwrap_named(v, spec, columnar=False):
   if not isinstance(v, dict) or _is_b64(v):
     return {INPUT_NAME: v}
   names = [INPUT_NAME, *(i.name for i in spec.inputs)] if columnar else [INPUT_NAME]
-  if INPUT_NAME not in v or not set(v) <= set(names):
+  if (INPUT_NAME not in v and not (columnar and spec.images_optional)) or not set(v) <= set(names):
     beside = " (inputs beside the images go in the columnar form, {\"inputs\": {...}})" if spec.inputs else ""
     raise RequestError(400, f"unknown input(s) {sorted(set(v) - set(names)) or sorted(v)}; this model takes "
                             f"{names}, one named '{INPUT_NAME}'{beside}")
@@ -621,7 +664,9 @@ def tfs_json(name, values):
 def tfs_response(tensors, names, columnar):
   """TF-Serving's reply of the outputs `names` (served.tfs_outputs) of a batch: one name answers its values per
   row ({"predictions": [...]}) or as one column ({"outputs": [...]}); several answer a {name: value} object per
-  row, or {"outputs": {name: values}}, as TF-Serving does for a signature with several outputs."""
+  row, or {"outputs": {name: values}}, as TF-Serving does for a signature with several outputs. Of `names`, those
+  the answer holds (an open-vocabulary model answers logits only for a request with labels)."""
+  names = [n for n in names if n in tensors] or sorted(tensors)
   if len(names) == 1:
     values = tfs_json(names[0], tensors[names[0]])
     return {"outputs": values} if columnar else {"predictions": values}
@@ -633,8 +678,9 @@ def tfs_response(tensors, names, columnar):
 
 def upload_extras(fields, spec, limits):
   """An upload's query/form fields {name: [strings]} -> {input: 1-D array} for the inputs beside the images
-  (BYTES: each value's UTF-8; numbers parsed); other fields are not inputs and are left alone."""
-  extras = {}
+  (BYTES: each value's UTF-8; numbers parsed) and the task's parameters (the field's last value); other fields
+  are not inputs and are left alone."""
+  extras = task_parameters({n: fields[n][-1] for n in spec.parameters if n in fields}, spec)
   for i in spec.inputs:
     if i.name not in fields:
       continue
@@ -653,6 +699,27 @@ def upload_extras(fields, spec, limits):
     raise RequestError(400, f"this model also needs the input(s) {missing}: add them as fields, e.g. "
                             f"?{missing[0]}=VALUE&{missing[0]}=VALUE")
   return extras
+
+
+def hf_request(body, limits):
+  """(image bytes, parameters) of Hugging Face's pipeline JSON, {"inputs": base64 image, "parameters": {...}}, or
+  None for another body (TF-Serving's "inputs" is a list or an object, never a string)."""
+  if not (isinstance(body, dict) and isinstance(body.get("inputs"), str)):
+    return None
+  unknown = sorted(set(body) - {"inputs", "parameters"})
+  if unknown:
+    raise RequestError(400, f"unknown key(s) {unknown} beside 'inputs' (a base64 image) and 'parameters'")
+  parameters = body.get("parameters") or {}
+  if not isinstance(parameters, dict):
+    raise RequestError(400, "'parameters' must be an object, e.g. {\"candidate_labels\": [\"cat\", \"dog\"]}")
+  for key, value in parameters.items():
+    items = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in items):
+      raise RequestError(400, f"parameter {key!r} must be a string, an integer or a list of strings")
+  raw = _b64("inputs", body["inputs"])
+  if len(raw) > limits.max_body_bytes:
+    raise RequestError(413, f"image of {len(raw)} bytes is over the limit of {limits.max_body_bytes}")
+  return raw, parameters
 
 
 def negotiate(accept, offers):

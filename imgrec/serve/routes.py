@@ -125,7 +125,7 @@ async def v2_infer(request):
   req = await parse(len(raw), protocol.parse_v2_infer, raw, request.headers.get("inference-header-content-length"),
                     m.spec, limits)
   tensors = await m.infer(req.images, req.kind, extras=req.extras)
-  body, headers = await protocol.off_loop(len(req.images) > protocol.BIG_REPLY_IMAGES, protocol.v2_response,
+  body, headers = await protocol.off_loop(protocol.count(req.images) > protocol.BIG_REPLY_IMAGES, protocol.v2_response,
                                           m.name, m.version, req, tensors, m.spec.classify)
   return Response(body, headers=headers)
 
@@ -160,9 +160,13 @@ async def v1_predict(request):
   if protocol.is_upload(content_type(request), raw):
     return await upload(request, m, raw)
   body = await parse(len(raw), protocol.load_json, raw, limits)
+  hf = protocol.hf_request(body, limits)
+  if hf is not None:
+    return await hf_upload(m, *hf)
   images, kind, columnar, extras = await parse(len(raw), protocol.parse_tfs, body, m.spec, limits)
   tensors = await m.infer(images, kind, extras=extras)
-  return JSONResponse(protocol.tfs_response(tensors, served_lib.tfs_outputs(m.task), columnar))
+  reply = protocol.tfs_response(tensors, served_lib.tfs_outputs(m.task), columnar)
+  return JSONResponse({**reply, "parameters": tensors.parameters} if tensors.parameters else reply)
 
 
 async def v1_classify(request):
@@ -214,14 +218,41 @@ async def upload(request, m, raw):
   asks for image/png. The task's inputs beside the images come as query or form fields (?labels=cat&labels=dog)."""
   k, media = query_k(request), reply_type(request, m)
   raw, fields = await upload_parts(request, raw, m.options.limits)
-  extras = protocol.upload_extras(fields, m.spec, m.options.limits)
-  image, to_source, size = await m.read_image(raw)
-  outputs = await m.infer(image[None], "uint8", extras=extras)
-  result = m.task.upload_result({n: v[0] for n, v in outputs.items()}, image.shape[:2], to_source, size,
-                                m.spec.class_names, k)
+  result = await upload_answer(m, raw, fields, k)
   if media == "image/png":
     return Response(served_lib.upload_png(m.task)(result), media_type=media, headers={"vary": "Accept"})
   return JSONResponse({"model": m.name, "version": str(m.version), **result}, headers={"vary": "Accept"})
+
+
+async def upload_answer(m, raw, fields, k):
+  """The task's JSON of one encoded image, with the inputs and parameters of `fields` ({name: [strings]})."""
+  extras = protocol.upload_extras(fields, m.spec, m.options.limits)
+  image, to_source, size = await m.read_image(raw)
+  outputs = await m.infer(image[None], "uint8", extras=extras)
+  result = m.task.upload_result({n: v[0] for n, v in outputs.items() if n != "text_embeds"}, image.shape[:2],
+                                to_source, size, outputs.class_names or m.spec.class_names, k)
+  return {**result, "parameters": outputs.parameters} if outputs.parameters else result
+
+
+async def hf_upload(m, raw, parameters):
+  """Hugging Face's pipeline JSON ({"inputs": base64 image, "parameters": {...}}) -> its answer ([{"label",
+  "score"}], best first), for a task that gives one (hf_result); its parameters mean what the task's
+  HF_PARAMETERS says (zero-shot's candidate_labels: the labels; top_k: k)."""
+  answer = served_lib.hf_result(m.task)
+  if answer is None:
+    raise RequestError(400, f"model {m.name!r} is a {m.task.NAME} model; it answers no Hugging Face pipeline JSON: "
+                            "send the image as the body, or TF-Serving's {\"instances\": [...]}")
+  names = served_lib.hf_parameters(m.task)
+  unknown = sorted(set(parameters) - set(names))
+  if unknown:
+    raise RequestError(400, f"unknown parameter(s) {unknown}; model {m.name!r} takes {sorted(names)}")
+  fields = {names[key]: [str(v) for v in (value if isinstance(value, list) else [value])]
+            for key, value in parameters.items()}
+  k = fields.pop("k", [None])[-1]
+  if k is not None and not (k.isdigit() and int(k) > 0):
+    raise RequestError(400, f"parameter top_k must be a positive integer, got {k!r}")
+  result = await upload_answer(m, raw, fields, None if k is None else int(k))
+  return JSONResponse(answer(result))
 
 
 # ---------------------------------------------------------------- the page and metrics

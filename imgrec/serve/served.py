@@ -67,12 +67,59 @@ def served_inputs(task):
   return tuple(protocol.InputSpec(*i) for i in getattr(task, "INPUTS", ()))
 
 
-def postprocess(task, outputs, extras):
-  """The task's served outputs of a batch as numpy arrays: its predict's, or for a task with INPUTS its
-  `postprocess(outputs, extras)` (per-request work on the host, e.g. scoring images against request labels)."""
-  if served_inputs(task):
-    return task.postprocess(outputs, extras)
-  return {name: np.asarray(value) for name, value in outputs.items()}
+class Reply(dict):
+  """A request's served outputs {name: numpy array}; what the task says of them in the reply's `parameters` (e.g.
+  the labels it cut to the text tower's length); `class_names`: the classes its scores are over when the request
+  chose them (open-vocabulary labels), else None (the model's own)."""
+
+  def __init__(self, outputs, parameters=None, class_names=None):
+    super().__init__(outputs)
+    self.parameters, self.class_names = dict(parameters or {}), class_names
+
+
+def postprocess(task, outputs, extras, context):
+  """The task's served outputs of a batch as a Reply: its predict's, or for a task with INPUTS its
+  `postprocess(outputs, inputs, context) -> (outputs, reply parameters, class names or None)` (per-request work on the host, e.g.
+  scoring images against request labels with the text tower that `context` holds)."""
+  if not served_inputs(task):
+    return Reply({name: np.asarray(value) for name, value in outputs.items()})
+  try:
+    return Reply(*task.postprocess(outputs, extras, context))
+  except UserError as e:  # the task's word on a bad input (an empty label list): the client's error
+    raise RequestError(400, str(e)) from None
+
+
+def bind_encoder(encoder, variables, max_batch=1024):
+  """A task's contract.Encoder with `variables` bound -> `fn(x [M, ...]) -> numpy [M, ...]` for any M: rows padded
+  to a power of two (at least 8), so a few compiled sizes serve every request, and cut into chunks of max_batch."""
+  jitted = jax.jit(encoder.fn)
+
+  def run(x):
+    x, out = np.asarray(x, encoder.dtype), []
+    for i in range(0, len(x), max_batch):
+      chunk = x[i:i + max_batch]
+      size = max(8, 1 << (len(chunk) - 1).bit_length())
+      padded = np.concatenate([chunk, np.zeros((size - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+      out.append(np.asarray(jitted(variables, padded))[:len(chunk)])
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+  return run
+
+
+def serve_context(task, loaded, events):
+  """What the task's postprocess works with (its optional `serve_context(encoders, assets, events)`), or None.
+  `events(name)` counts an event of this model (imgrec_task_events)."""
+  make = getattr(task, "serve_context", None)
+  return make(loaded.encoders, loaded.assets, events) if make else None
+
+
+def hf_result(task):
+  """The task's optional `hf_result(result)` (an upload's answer as Hugging Face's pipeline gives it), or None."""
+  return getattr(task, "hf_result", None)
+
+
+def hf_parameters(task):
+  """{Hugging Face pipeline parameter: the task's input or parameter name, or "k"} (its HF_PARAMETERS)."""
+  return dict(getattr(task, "HF_PARAMETERS", {}))
 
 
 def upload_png(task):
@@ -98,6 +145,8 @@ class Loaded:
   task: object    # the run's task module: its post-processing makes the served outputs
   outputs: tuple  # served_outputs: (name, datatype, per-example shape)
   baked: int = 0  # bytes of weights baked into the program (an export artifact), not in `variables`
+  encoders: dict = dataclasses.field(default_factory=dict)  # {name: fn(x) -> numpy} (bind_encoder), e.g. "text"
+  assets: dict = dataclasses.field(default_factory=dict)    # the task's serve_assets: {"meta": {...}, "files": {}}
 
 
 def load_workdir(workdir):
@@ -107,8 +156,10 @@ def load_workdir(workdir):
     return load_export(workdir)
   run = wd.restore(workdir, params_only=True)
   task = tasks.get(run.cfg.task)
+  encoders = {name: bind_encoder(e, run.variables) for name, e in tasks.encoders(task, run.model, run.info).items()}
   return Loaded(run.variables, run.info, int(run.state.step), make_predict(task, run.model, run.info["mean"],
-                run.info["std"]), task, served_outputs(task, run.model, run.info))
+                run.info["std"]), task, served_outputs(task, run.model, run.info), 0, encoders,
+                tasks.assets(task, run))
 
 
 def load_export(path):
@@ -122,10 +173,11 @@ def load_export(path):
     raise UserError(f"{path} is an export of format {meta.get('format')!r}; this server reads {export.FORMAT!r} "
                     "(every output named, as the task describes them): export the run again with `imgrec export`")
   outputs = tuple((o["name"], o["datatype"], tuple(o["shape"][1:])) for o in meta["outputs"])
-  with zipfile.ZipFile(path) as z:  # the weights are constants in the serialised module: its size stands for them
-    baked = z.getinfo(export.MODULE_NAME).file_size
+  with zipfile.ZipFile(path) as z:  # the weights are constants in the serialised modules: their size stands for them
+    baked = sum(z.getinfo(n).file_size for n in z.namelist() if n.endswith(".jaxexport"))
+  encoders = {name: bind_encoder(e, {}) for name, e in predictor.encoders.items()}
   return Loaded({}, info, int(meta.get("step", 0)), {"uint8": lambda variables, images: exported.call(images)},
-                task, outputs, baked)
+                task, outputs, baked, encoders, predictor.assets)
 
 
 def compile_replica(fn, variables, device, sizes, image_shape, dtype):
@@ -148,7 +200,8 @@ def model_spec(task, info, outputs):
   names = tuple(info["class_names"])
   classify = getattr(task, "classification_strings", None)
   return protocol.ModelSpec(tuple(info["image_shape"]), names, info.get("pp_eval", ""), outputs,
-                            classify and (lambda values, k: classify(values, k, names)), served_inputs(task))
+                            classify and (lambda values, k: classify(values, k, names)), served_inputs(task),
+                            tuple(getattr(task, "PARAMETERS", ())), bool(getattr(task, "IMAGES_OPTIONAL", False)))
 
 
 class ServedModel:
@@ -158,6 +211,7 @@ class ServedModel:
     self.name, self.version, self.workdir = name, version, workdir
     self.spec, self.batchers, self.ready, self.task, self.options = None, {}, False, None, Options()
     self.state = {}  # what the task's own routes keep for this model between requests
+    self.context = None  # what the task's postprocess works with (its serve_context): a text tower and its cache
     self.step, self.stats, self.metrics, self.nbytes, self.platform = None, None, None, 0, "cpu"
 
   def load(self, options, metrics, stats=None):
@@ -167,6 +221,7 @@ class ServedModel:
     self.version, self.step = self.version or loaded.step, loaded.step
     self.spec = model_spec(self.task, loaded.info, loaded.outputs)
     self.stats, self.metrics = stats, metrics
+    self.context = serve_context(self.task, loaded, self.events)
     if not options.float_inputs:
       fns.pop("float32", None)
     devices = jax.local_devices()[:options.replicas or None]
@@ -212,29 +267,34 @@ class ServedModel:
           self.metrics["model_compute"].labels(*labels).observe(compute_s)
 
   async def infer(self, images, kind, timeout=None, extras=None):
-    """-> the task's served outputs {name: numpy array [B, ...]} (its postprocess, given the request's `extras`
-    {input name: array} when the task takes INPUTS). `timeout`: seconds, default the server's."""
+    """-> the task's served outputs, a Reply {name: numpy array [B, ...]} (its postprocess, given the request's
+    `extras` {input name: array, parameter: str} when the task takes INPUTS). `images` None: a request of only
+    the inputs beside them (a model whose images are optional). `timeout`: seconds, default the server's."""
     if kind not in self.batchers:
       raise RequestError(400, "FP32 inputs are disabled on this server; send UINT8 pixels or encoded images")
-    if len(images) == 0:
+    if images is not None and len(images) == 0:
       raise RequestError(400, "the request holds no images")
     timeout = self.options.timeout_s if timeout is None else timeout
-    t0, fut = time.monotonic(), None
+    t0, fut, n = time.monotonic(), None, protocol.count(images)
     try:
-      try:
-        fut = self.batchers[kind].submit(images)
-      except QueueFull as e:
-        raise RequestError(503, f"server busy: {e}; retry shortly", {"retry-after": "1"})
-      try:
-        async with asyncio.timeout(timeout):  # on expiry the future is cancelled, so the batcher skips it
-          outputs = await asyncio.wrap_future(fut)
-      except TimeoutError:
-        raise RequestError(504, f"inference did not finish within {timeout} s")
-      result = postprocess(self.task, outputs, extras or {})
+      outputs = {}
+      if images is not None:
+        try:
+          fut = self.batchers[kind].submit(images)
+        except QueueFull as e:
+          raise RequestError(503, f"server busy: {e}; retry shortly", {"retry-after": "1"})
+        try:
+          async with asyncio.timeout(timeout):  # on expiry the future is cancelled, so the batcher skips it
+            outputs = await asyncio.wrap_future(fut)
+        except TimeoutError:
+          raise RequestError(504, f"inference did not finish within {timeout} s")
+      # a task's own host work (text encoding on a cache miss) runs off the event loop
+      result = await protocol.off_loop(self.context is not None, postprocess, self.task, outputs, extras or {},
+                                       self.context)
     except BaseException:
-      self._record(False, len(images), t0, fut)
+      self._record(False, n, t0, fut)
       raise
-    self._record(True, len(images), t0, fut)
+    self._record(True, n, t0, fut)
     return result
 
   async def read_image(self, raw):
@@ -250,6 +310,10 @@ class ServedModel:
   def items(self, item):
     """This model's gauge of what its task's routes keep under the name `item` (imgrec_task_items)."""
     return self.metrics["task_items"].labels(f"{self.name}:{self.version}", item)
+
+  def events(self, event):
+    """This model's counter of its task's serving events named `event` (imgrec_task_events)."""
+    return self.metrics["task_events"].labels(f"{self.name}:{self.version}", event)
 
   def seconds(self, work):
     """This model's histogram of how long its task's routes take for `work` (imgrec_task_seconds)."""

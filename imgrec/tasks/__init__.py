@@ -59,9 +59,21 @@ Prediction and serving
   classification_strings(values, k, class_names) (optional): OIP's classification extension
   Optional, for the server (imgrec/serve/served.py reads them):
   INPUTS: ((name, datatype, per-request shape[, required]), ...) taken beside the images (open-vocabulary
-      labels as BYTES [N]); they reach postprocess(outputs, inputs) -> {output name: numpy array} on the host,
-      per request (the batcher merges images of many requests; these inputs are not batched)
+      labels as BYTES [N]); PARAMETERS: the request parameters it reads (strings: a prompt "template");
+      IMAGES_OPTIONAL: a request may hold only the inputs beside the images (text to embed). They reach
+      postprocess(outputs, inputs, context) -> ({output name: numpy array}, reply parameters, the class names its
+      scores are over or None) on the host, per request (the batcher merges images of many requests; these
+      inputs are not batched), raising UserError for a bad input (the client's 400), with its `context`:
+  make_encoders(model, info) -> {name: contract.Encoder(fn(variables, x), x's per-example shape, dtype)}: pure
+      functions beside predict that the server compiles and an export serialises (a two-tower model's text tower)
+  serve_assets(run) -> {"meta": JSON-able dict, "files": {name: bytes}}: what serving needs beyond the weights (a
+      tokenizer's files, the scores' scale); an export carries it
+  serve_context(encoders, assets, events) -> context: built once per loaded model from the encoders (bound:
+      fn(x) -> numpy) and assets; events(name) counts an event in /metrics (a cache's hits)
   upload_png(result) -> PNG bytes of an upload's result, for a client whose Accept asks for image/png
+  hf_result(result) -> an upload's result as Hugging Face's pipeline answers it ([{"label", "score"}]): the
+      server then takes its JSON ({"inputs": base64 image, "parameters": {...}}) on the upload route;
+      HF_PARAMETERS {its parameter: the task's input or parameter, or "k"} maps what that JSON's parameters mean
   routes() -> [(method, suffix, handler(request, served)[, admin])]: the task's own routes under
       /v1/models/NAME[/versions/V]SUFFIX (":verify", "/gallery/{item}"); `served` is the model version (its
       spec, infer(images, kind), read_image(body), `state` for what the task keeps between requests, workdir,
@@ -110,6 +122,18 @@ def outputs(task, model, info):
 def tfs_outputs(task):
   """The output names TF-Serving :predict answers with (one: its values per row; several: an object per row)."""
   return tuple(o.name for o in task.OUTPUTS if o.tfs)
+
+
+def encoders(task, model, info):
+  """The task's contract.Encoders beside its predict ({} for a task without make_encoders)."""
+  make = getattr(task, "make_encoders", None)
+  return make(model, info) if make else {}
+
+
+def assets(task, run):
+  """The task's serve_assets of a restored run: {"meta": {...}, "files": {name: bytes}} (empty without one)."""
+  make = getattr(task, "serve_assets", None)
+  return make(run) if make else {"meta": {}, "files": {}}
 
 
 def line(task, record):

@@ -13,9 +13,17 @@ class Output(NamedTuple):
   tfs: bool = True   # TF-Serving :predict answers with it
 
 
+class Encoder(NamedTuple):
+  """A pure function of a model beside its predict, which the server compiles and an export serialises (batch
+  size symbolic): e.g. a two-tower model's text tower, token ids -> text embeddings."""
+  fn: object         # fn(variables, x) -> array [B, ...]
+  shape: tuple       # x's per-example shape
+  dtype: str         # x's numpy dtype name, e.g. "int32"
+
+
 def resolve(outputs, sizes):
   """[(name, datatype, shape)] with every named size of `outputs` filled in from `sizes` ({"K": 10, ...})."""
-  return [(o.name, o.datatype, tuple(sizes[d] if isinstance(d, str) else d for d in o.shape)) for o in outputs]
+  return [(o.name, o.datatype, tuple(sizes.get(d, d) if isinstance(d, str) else d for d in o.shape)) for o in outputs]
 
 
 def line(record, keys):

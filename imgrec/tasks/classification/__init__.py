@@ -171,6 +171,15 @@ def upload_result(outputs, input_hw, to_source, source_wh, class_names, k=None):
                           for j in top_k(probs, k)]}
 
 
+HF_PARAMETERS = {"top_k": "k"}  # Hugging Face's image-classification JSON: its parameters here
+
+
+def hf_result(result):
+  """An upload's answer as Hugging Face's image-classification (and zero-shot) pipelines give it: [{"label",
+  "score"}], best first."""
+  return [{"label": p["label"], "score": p["probability"]} for p in result["predictions"]]
+
+
 # ---------------------------------------------------------------------------- report
 
 def write_report(out, outputs, split, info, summary, n_mistakes=24):

@@ -12,8 +12,9 @@ then (metrics.py) zero-shot accuracy on the held-out pairs ("zeroshot_accuracy")
 image-to-text / text-to-image recall@1/5/10 among the seen test examples (a caption's matches: every image its
 words describe as well, data.py's "group").
 
-Served output: "image_embeds" float32 [B, E] (not normalised; E the shared embedding size). The image tower is
-what serving and export run.
+Served (serving.py): images and/or labels chosen at request time -> image_embeds, zero-shot logits and
+probabilities over the labels, or text_embeds; the text tower is an encoder the server compiles and an export
+carries beside the image tower's predict, with the tokenizer's files.
 """
 import json
 import os
@@ -27,17 +28,19 @@ from imgrec.data import augment
 from imgrec.errors import UserError
 from imgrec.models import two_tower
 from imgrec.plots import plot_confusion
-from imgrec.tasks.contract import Output
 from imgrec.tasks.image_text import data, losses, metrics, plots, zeroshot
+from imgrec.tasks.image_text.serving import (HF_PARAMETERS, IMAGES_OPTIONAL, INPUTS, OUTPUTS, PARAMETERS, hf_result, make_encoders,
+                                             postprocess, serve_assets, serve_context, upload_result)
 from imgrec.tasks.image_text.settings import (DECODED_SOURCES, DEFAULT_SELECT, MAY_CHANGE, NAME, SELECT,
                                               settings, validate)
 
-__all__ = ("DECODED_SOURCES", "DEFAULT_SELECT", "MAY_CHANGE", "NAME", "SELECT", "settings", "validate")
+__all__ = ("DECODED_SOURCES", "DEFAULT_SELECT", "MAY_CHANGE", "NAME", "SELECT", "settings", "validate", "INPUTS",
+           "OUTPUTS", "PARAMETERS", "IMAGES_OPTIONAL", "make_encoders", "serve_assets", "serve_context", "postprocess",
+           "upload_result", "hf_result", "HF_PARAMETERS")
 
 RETRIEVAL = tuple(f"{d}_r{k}" for d in ("i2t", "t2i") for k in metrics.KS)
 RECORD = ("zeroshot_accuracy", "zeroshot_top5", "zeroshot_seen_accuracy", *RETRIEVAL, "examples")
 LINE = ("zeroshot_accuracy", "zeroshot_seen_accuracy", "i2t_r1", "t2i_r1")
-OUTPUTS = (Output("image_embeds", "FP32", ("E",), tfs=True),)  # E: the shared embedding size
 N_EXAMPLES = 24  # example images with their top labels in the report
 
 
@@ -57,7 +60,11 @@ def create_model(cfg, info):
     raise UserError(f"the image_text task needs a two-tower model (siglip_b16, clip_b32), not {name!r}")
   dim = cfg.image_text.embed_dim or models.embed_dim(name)
   model = models.create(name, dim, dtype=jnp.dtype(cfg.model.dtype), **cfg.model.kwargs.to_dict())
-  text, tok = dict(model.text or {}), data.tokenizer(cfg)
+  text = dict(model.text or {})
+  try:
+    tok = data.tokenizer(cfg)
+  except UserError:  # an import folder without its tokenizer: its image tower still serves (labels are refused)
+    return model
   if text.get("max_len") != tok.max_len:
     raise UserError(f"the text tower of {name} takes {text.get('max_len')} tokens but the tokenizer pads to "
                     f"{tok.max_len}: set model.kwargs.text.max_len (or image_text.text_len) so they agree")
@@ -197,13 +204,6 @@ def make_predict(model, mean, std, normalized=False):
     return lambda variables, x: {"image_embeds": model.apply(variables, x, method="embed_image")}
   return lambda variables, images: {"image_embeds": model.apply(variables, steps.normalize(images, mean, std),
                                                                 method="embed_image")}
-
-
-def upload_result(outputs, input_hw, to_source, source_wh, class_names, k=None):
-  """An uploaded image's JSON: its image embedding."""
-  del input_hw, to_source, source_wh, class_names, k
-  e = np.asarray(outputs["image_embeds"], np.float32)
-  return {"image_embeds": e.tolist(), "dim": int(e.shape[-1])}
 
 
 # ---------------------------------------------------------------------------- report
