@@ -18,7 +18,7 @@ import tritonclient.http as th
 from imgrec import checkpoint_import, export
 from imgrec.serve import app as app_lib
 from tests import text_helpers
-from tests.test_serve import png, running_server
+from tests.test_serve import browser, needs_browser, png, running_server
 from tests.test_two_tower_import import siglip_reference
 
 ref = pytest.importorskip("tests.torch_reference")
@@ -185,3 +185,22 @@ def test_metadata_names_the_labels_input(server):
   assert {"name": "labels", "datatype": "BYTES", "shape": [-1]} in meta["inputs"]
   assert {o["name"]: o["shape"] for o in meta["outputs"]} == {"image_embeds": [-1, 32], "logits": [-1, -1],
                                                               "probabilities": [-1, -1], "text_embeds": [-1, 32]}
+
+
+@needs_browser
+def test_web_page_scores_typed_labels(server, tmp_path):
+  """The page's labels box: the upload goes with them, and their scores come back as bars, best first."""
+  from selenium.webdriver.common.by import By
+  from selenium.webdriver.support.ui import Select, WebDriverWait
+  url, _ = server
+  path = tmp_path / "x.png"
+  path.write_bytes(png(images(1, seed=7)[0]))
+  want = requests.post(url + "/v1/models/zs:predict", data=path.read_bytes(), params={"labels": LABELS}).json()
+  with browser(tmp_path) as driver:
+    driver.get(url + "/")
+    Select(driver.find_element(By.ID, "model")).select_by_value("zs")
+    driver.find_element(By.ID, "labels").send_keys(", ".join(LABELS))
+    driver.find_element(By.ID, "file").send_keys(str(path))
+    WebDriverWait(driver, 20).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results li")) == len(LABELS))
+    shown = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#results .label")]
+  assert shown == [p["label"] for p in want["predictions"]] and sorted(shown) == sorted(LABELS)

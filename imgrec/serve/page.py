@@ -29,6 +29,8 @@ _PAGE = """<!doctype html>
 <form id="form">
  <label for="model">Model</label><select id="model">__OPTIONS__</select>
  __KEY__
+ <label for="labels">Labels, comma-separated (open-vocabulary models: what to tell apart)</label>
+ <input id="labels" type="text" placeholder="a cat, a dog, a car">
  <label for="file">Image (PNG or JPEG)</label><input id="file" type="file" accept="image/png,image/jpeg">
 </form>
 <img id="preview" alt="uploaded image"><canvas id="canvas"></canvas>
@@ -139,7 +141,9 @@ async function upload(file) {
   if (key) headers["Authorization"] = "Bearer " + key;
   const model = encodeURIComponent($("model").value);
   try {
-    const r = await fetch(`/v1/models/${model}:predict`, {method: "POST", body: file, headers});
+    const labels = $("labels").value.split(",").map((s) => s.trim()).filter((s) => s);
+    const query = labels.length ? "?" + labels.map((s) => "labels=" + encodeURIComponent(s)).join("&") : "";
+    const r = await fetch(`/v1/models/${model}:predict${query}`, {method: "POST", body: file, headers});
     const out = await r.json();
     if (!r.ok) throw new Error(out.error || r.statusText);
     if (out.mask_png) {
@@ -150,6 +154,10 @@ async function upload(file) {
       $("status").textContent = `${out.model} version ${out.version}: ${out.detections.length} detections`;
       for (const d of out.detections) row(d.label, d.score.toFixed(2), null);
       draw(url, out);
+    } else if (!out.predictions) {
+      $("preview").src = url; $("preview").style.display = "block";
+      $("status").textContent = `${out.model} version ${out.version}: an image embedding of ${out.dim} numbers` +
+        " (give labels to score the image against them)";
     } else {
       $("preview").src = url; $("preview").style.display = "block";
       $("status").textContent = `${out.model} version ${out.version}: top ${out.predictions.length}`;

@@ -85,6 +85,7 @@ class Context:
     self.rows = collections.OrderedDict()   # (template, label) -> (unit embedding [E], truncated)
     self.sets = collections.OrderedDict()   # (template, labels) -> (unit matrix [N, E], truncated labels)
     self.lock = threading.Lock()            # requests' host work runs in worker threads
+    self.encoding = threading.Lock()        # held while the text tower embeds labels the cache lacks
 
   def template(self, asked, default):
     t = default if asked is None else asked
@@ -104,12 +105,17 @@ class Context:
         self.events("text_cache_hit").inc(len(labels))
         return self.sets[key]
       missing = sorted({c for c in labels if (template, c) not in self.rows})
-    if missing:  # outside the lock: the text tower may take a while, other requests go on
-      enc = self.tok.encode([template.format(c) for c in missing])
-      z = self.encode(enc.ids)
-      with self.lock:
-        for c, row, cut in zip(missing, z, enc.truncated):
-          self.rows[(template, c)] = (row, bool(cut))
+    if missing:  # outside the cache's lock: the text tower may take a while, cached requests go on
+      with self.encoding:  # one text-tower pass at a time: a request that waited finds its labels done
+        with self.lock:
+          todo = [c for c in missing if (template, c) not in self.rows]
+        if todo:
+          enc = self.tok.encode([template.format(c) for c in todo])
+          z = self.encode(enc.ids)
+          with self.lock:
+            for c, row, cut in zip(todo, z, enc.truncated):
+              self.rows[(template, c)] = (row, bool(cut))
+      missing = todo
     with self.lock:
       self.events("text_cache_hit").inc(len(labels) - len(missing))
       self.events("text_cache_miss").inc(len(missing))
