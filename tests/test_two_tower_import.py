@@ -179,6 +179,10 @@ def test_big_vision_siglip_npz_matches(tmp_path, capsys):
   # the image tower alone still imports as a ViT classifier backbone
   _, img_info, _ = checkpoint_import.convert(path + ":img")
   assert img_info["model"]["kwargs"]["pool"] == "map"
+  # ... which cannot do zero-shot (nor be served): one line naming the whole file's import
+  checkpoint_import.import_checkpoint(path + ":img", str(tmp_path / "img"))
+  with pytest.raises(UserError, match=r"only the 'img' tower .*need both towers: import the whole file"):
+    checkpoint_import.run_files(str(tmp_path / "img"))
   assert formats.read(path).shapes["t"] == (1,)
   # `imgrec import` without a tokenizer beside the file: imported, and it says zero-shot needs one
   assert cli.main(["import", path, "--out", str(tmp_path / "w")]) in (0, None)

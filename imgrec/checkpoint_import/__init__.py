@@ -247,6 +247,12 @@ def run_files(folder):
                     "import the checkpoint again into a new --out folder")
   two = imp.get("layout", "").endswith(" two_tower")
   n = imp.get("num_classes") or 0
+  tower = formats.split_tower(imp.get("spec", ""))[1]
+  if not n and tower:
+    raise UserError(f"{folder} holds only the {tower!r} tower of a two-tower file ({imp.get('spec')}): zero-shot "
+                    "and labels at request time need both towers: import the whole file (imgrec import "
+                    f"{formats.split_tower(imp['spec'])[0]} --out DIR), or fine-tune this tower "
+                    f"(--config.transfer.init_from={folder})")
   if not n:
     raise UserError(f"{folder} holds a checkpoint without a classification head ({imp.get('layout')}): it has no "
                     "classes to predict; fine-tune it first (--config.transfer.init_from={folder})")
