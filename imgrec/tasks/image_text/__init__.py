@@ -165,8 +165,8 @@ def make_eval_fn(model, info, cfg):
 
 
 def evaluate(outputs, split, info, cfg):
-  """(record, summary) of a split: zero-shot on its unseen and seen examples (all of them unseen-free: every
-  labelled example), retrieval among its seen ones when it has captions. The examples' top-label probabilities
+  """(record, summary) of a split: zero-shot on its unseen and seen examples (a split without held-out pairs:
+  on every labelled example), retrieval among its seen ones when it has captions. The examples' top-label probabilities
   are by the trained loss: sigmoid (each label alone) or softmax."""
   labels = np.asarray(outputs["label"])
   whole = len(labels) == len(split)  # False when unreadable images were skipped (data.on_bad_image=skip)
