@@ -31,7 +31,9 @@ def evaluate_workdir(workdir, split=None, batch_size=None, tta=False, report=Tru
   mesh = parallel.make_mesh()
   batch_size = batch_size or cfg.batch_size
   parallel.check_batch(batch_size)
-  data = wd.dataset(run).split(split)
+  ds = wd.dataset(run)
+  data = ds.split(split)
+  info = {**info, "class_names": list(ds.class_names)}  # the run's, or another set's under a task's OPEN_CLASSES
   outputs = steps.stream(task.make_eval_fn(run.model, info, cfg), run.variables, data, batch_size, mesh,
                          cfg.data.prefetch, desc=f"eval {split}")
   _, summary = task.evaluate(outputs, data, info, cfg)

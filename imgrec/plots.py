@@ -114,15 +114,16 @@ def plot_augment_grid(originals, draws, row_labels, title, path):
   fig.savefig(path, dpi=100)
 
 
-def plot_side_by_side(rounds, panels, path, sides=("imgrec", "torchvision")):
+def plot_side_by_side(rounds, panels, path, sides=("imgrec", "torchvision"), labels=None):
   """A benchmark's paired rounds as bars, one panel per figure: `rounds` [{side: {key: value}}], `panels`
-  ((key, title), ...)."""
+  ((key, title), ...); `labels` names the rounds on the x axis (default "round 1", ...)."""
   fig, axes = subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
   for ax, (key, title) in zip(axes[0], panels):
     for j, side in enumerate(sides):
       values = [r[side][key] for r in rounds]
       ax.bar([i + 0.4 * j for i in range(len(values))], values, width=0.4, label=side)
-    ax.set_xticks([i + 0.2 for i in range(len(rounds))], [f"round {i + 1}" for i in range(len(rounds))])
+    ax.set_xticks([i + 0.2 for i in range(len(rounds))], labels or [f"round {i + 1}" for i in range(len(rounds))],
+                  fontsize=8)
     ax.set_title(title)
     ax.legend()
   fig.tight_layout()

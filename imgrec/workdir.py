@@ -234,8 +234,8 @@ def restore_import(folder, mesh=None, overrides=()):
 
 def dataset(run):
   """The data set of a restored run (its task's `open_data` of its config's data, the splits as the source gives
-  them: no val split carved out), checked against its dataset.json: the model needs the classes and the image
-  shape it was trained on."""
+  them: no val split carved out), checked against its dataset.json: the model needs the classes (unless its task
+  has OPEN_CLASSES) and the image shape it was trained on."""
   if run.info.get("imported") and not run.cfg.data.source:
     raise UserError("an `imgrec import` folder names no data: point it at yours with "
                     "--config.data.source=folder:DIR (or tfds:NAME) whose classes are the checkpoint's, "
@@ -244,8 +244,11 @@ def dataset(run):
   cfg.data.val_fraction = 0.0
   if run.info.get("pp_eval"):  # the run's own eval preprocessing on any source (not that source's defaults)
     cfg.data.pp_eval = cfg.data.pp_train = run.info["pp_eval"]
-  ds = tasks.get(cfg.task).open_data(cfg)
+  task = tasks.get(cfg.task)
+  ds = task.open_data(cfg)
   saved = {"class_names": run.info["class_names"], "image_shape": run.info["image_shape"]}
+  if getattr(task, "OPEN_CLASSES", False):  # a model of any labels (zero-shot from their names): the shape only
+    del saved["class_names"]
   found = {"class_names": list(ds.class_names), "image_shape": list(ds.image_shape)}
   diff = [f"{k} {saved[k]} -> {found[k]}" for k in saved if saved[k] != found[k]]
   if diff:

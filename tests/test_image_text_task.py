@@ -127,19 +127,17 @@ def test_captions_file_source(tmp_path):
     (dict(loss="hinge"), "image_text.loss 'hinge' is not one of sigmoid, softmax"),
     (dict(templates=("a {} {}",)), "exactly one '{}'"),
     (dict(lock_image=True), "optim.weight_decay would still shrink it"),
-    (dict(val=0.1), "no val split yet"),
 ])
 def test_bad_settings_are_one_clear_error(change, message):
-  cfg = _cfg(**{k: v for k, v in change.items() if k != "val"})
-  cfg.data.val_fraction = change.get("val", 0.0)
+  cfg = _cfg(**change)
   if "lock_image" in change:
     cfg.optim.weight_decay = 1e-4
   with pytest.raises(UserError, match=message.replace("{", r"\{").replace("}", r"\}")):
     task.validate(cfg)
   cfg = _cfg()
-  cfg.data.source = "digits"
-  with pytest.raises(UserError, match="not an image-text source"):
-    task.validate(cfg)
+  cfg.data.source = "no_such_source"
+  with pytest.raises(UserError, match="unknown data source 'no_such_source'"):
+    task.open_data(cfg)
   cfg = _cfg()
   cfg.model.name = "resnet18"
   with pytest.raises(UserError, match="needs a two-tower model"):

@@ -26,6 +26,9 @@ Data
   split.example(i, train, rng) -> {feature: array of that shape}, targets padded to static shapes, or None for an
   unreadable image under data.on_bad_image=skip. The pipeline stacks a batch's features and adds "mask" (bool,
   False on padding) to eval batches; it names no feature but "image".
+  OPEN_CLASSES (optional, default False): True when the model does not depend on the class names (zero-shot from
+  their text), so a trained run may be evaluated on another data set's classes (workdir.dataset then checks
+  the image shape only, and evaluation takes the classes of the data it reads).
 Model
   create_model(cfg, info) -> a Linen module; apply(variables, float NHWC, train) -> outputs (any pytree).
   Backbones come from the zoo (imgrec.models); `features=True` gives a backbone's multi-scale maps.

@@ -96,10 +96,12 @@ def vocabulary():
   return SPECIALS + tuple(sorted(words))
 
 
-def write_tokenizer(folder, max_len=16):
-  """A word-level tokenizer.json of the caption words (and the zero-shot template's) plus text.json into
-  `folder`; returns imgrec's Tokenizer of it."""
-  vocab = {w: i for i, w in enumerate(vocabulary())}
+def write_tokenizer(folder, max_len=16, extra=()):
+  """A word-level tokenizer.json of the caption words (and the zero-shot template's), then the words `extra` (e.g.
+  another data set's class names: the caption words keep their ids), plus text.json into `folder`; returns
+  imgrec's Tokenizer of it."""
+  words = vocabulary()
+  vocab = {w: i for i, w in enumerate(words + tuple(w for w in dict.fromkeys(extra) if w not in words))}
   tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
   tok.normalizer = normalizers.Lowercase()
   tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])

@@ -2,11 +2,13 @@
 from imgrec.errors import UserError
 
 NAME = "image_text"
-# Model selection: zero-shot accuracy on the held-out attribute combinations, or retrieval recall@1.
+# Model selection: zero-shot accuracy (on the held-out attribute combinations when the data has them), or retrieval
+# recall@1.
 SELECT = {"zeroshot_accuracy": "max", "zeroshot_seen_accuracy": "max", "i2t_r1": "max", "t2i_r1": "max"}
 DEFAULT_SELECT = "zeroshot_accuracy"
-DECODED_SOURCES = ()  # both sources are held in memory as arrays (see data.py): data.pp_* do not apply
-SOURCES = ("glyph_captions", "captions:")
+# Classification sources whose images are decoded on the host (data.pp_* apply); the caption sources, digits and
+# IDX sets are held in memory as arrays (see data.py).
+DECODED_SOURCES = ("folder:", "tfds:")
 LOSSES = ("sigmoid", "softmax")
 # Keys that only change how a run is evaluated, not what it learns.
 MAY_CHANGE = ("image_text.templates",)
@@ -23,6 +25,8 @@ def settings():
           "text_len": 16,          # tokens per text of the caption set's tokenizer (with tokenizer "")
           "embed_dim": 0,          # the shared embedding size (0: the model's published one, e.g. 768 for siglip_b16)
       },
+      # data.source: glyph_captions, captions:FILE.jsonl@IMAGES, or any classification source (zero-shot from its
+      # class names; trained on captions of them): see data.py
       "data": {
           "caption_train": 4000,   # glyph_captions: training examples (seen colour/background pairs)
           "caption_test": 500,     # glyph_captions: test examples of seen pairs (retrieval, seen zero-shot)
@@ -37,9 +41,6 @@ def validate(cfg):
   v, d = cfg[NAME], cfg.data
   if v.loss not in LOSSES:
     raise UserError(f"image_text.loss {v.loss!r} is not one of {', '.join(LOSSES)}")
-  if not (d.source == SOURCES[0] or d.source.startswith(SOURCES[1])):
-    raise UserError(f"data.source {d.source!r} is not an image-text source; use glyph_captions (the embedded "
-                    "caption set) or captions:FILE.jsonl@IMAGES (one {\"image\": path, \"caption\": text} per line)")
   bad = [t for t in v.templates if t.count("{}") != 1]
   if bad:
     raise UserError(f"image_text.templates need exactly one '{{}}' where the class name goes; {bad[0]!r} has "
@@ -51,9 +52,6 @@ def validate(cfg):
   if min(d.caption_train, d.caption_test, d.caption_unseen) < 1:
     raise UserError("data.caption_train, caption_test and caption_unseen must each be at least 1, got "
                     f"{d.caption_train}, {d.caption_test}, {d.caption_unseen}")
-  if d.val_fraction > 0:
-    raise UserError("the image_text task has no val split yet: set data.val_fraction=0 (runs then evaluate on "
-                    "data.eval_split and keep their last checkpoint; no best one is selected)")
   if v.lock_image and cfg.optim.weight_decay > 0 and not cfg.optim.freeze:
     raise UserError("image_text.lock_image gives the image tower no gradient, but optim.weight_decay would still "
                     "shrink it: set optim.weight_decay=0, or lock it with optim.freeze='^img' instead (the same, "
