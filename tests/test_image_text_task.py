@@ -117,6 +117,10 @@ def test_captions_file_source(tmp_path):
   labels = np.concatenate([train.arrays["label"], test.arrays["label"]])
   assert sorted(labels.tolist()) == [-1, -1, 0, 0, 1, 1]
   assert train.spec["tokens"] == ((8,), np.int32) and train.spec["image"] == ((16, 16, 3), np.uint8)
+  (tmp_path / "captions.jsonl").write_text("\n".join(lines) + "\n")  # a folder with its captions file
+  cfg.data.source = f"captions:{tmp_path}"
+  same = task.open_data(cfg).split("test")
+  np.testing.assert_array_equal(same.arrays["image"], test.arrays["image"])
   (tmp_path / "bad.jsonl").write_text('{"image": "0.png"}\n')
   cfg.data.source = f"captions:{tmp_path / 'bad.jsonl'}"
   with pytest.raises(UserError, match=r"bad.jsonl:1 is not a JSON object with \"image\" and \"caption\""):

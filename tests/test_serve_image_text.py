@@ -204,3 +204,14 @@ def test_web_page_scores_typed_labels(server, tmp_path):
     WebDriverWait(driver, 20).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results li")) == len(LABELS))
     shown = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#results .label")]
   assert shown == [p["label"] for p in want["predictions"]] and sorted(shown) == sorted(LABELS)
+
+
+def test_import_folder_evaluates_zero_shot_directly(folders, tmp_path):
+  """The same import folder, no training: zero-shot on digits' test split through `imgrec eval`."""
+  from imgrec import cli
+  imp = folders[2]
+  assert cli.main(["eval", "--workdir", imp, "--config.data.source=digits", "--json"]) == 0
+  summary = json.load(open(os.path.join(imp, "report", "metrics.json")))
+  assert summary["examples"] == 359 and 0 <= summary["zeroshot_accuracy"] <= 1
+  assert summary["class_names"] == [str(i) for i in range(10)]
+  assert os.path.isfile(os.path.join(imp, "report", "confusion.png"))

@@ -7,6 +7,7 @@ captions file, or any classification data set (zero-shot from its class names).
                                   optional "label" (a class name, for zero-shot); data.test_fraction of the lines
                                   (a fixed draw) are the test split. Images are decoded and resized to
                                   data.image_size once, when the data set opens.
+  captions:DIR                    the same, from DIR/captions.jsonl with image paths under DIR
   digits, fashion_mnist, idx:DIR, folder:DIR, tfds:NAME, ...
                                   any source of the classification task, read by its open_data (so its splits,
                                   data.pp_* on folder: and tfds:, data.val_fraction); images made RGB, and resized
@@ -37,6 +38,7 @@ from imgrec.tasks.image_text import captions, zeroshot
 from imgrec.tasks.image_text.settings import DECODED_SOURCES
 
 GENERATED = "glyph_captions"
+CAPTIONS_FILE = "captions.jsonl"  # captions:DIR reads DIR/captions.jsonl, its image paths relative to DIR
 DEFAULT_SIZE = 32  # the side of the generated canvases, and of any source's images, when nothing else sets one
 
 
@@ -174,8 +176,11 @@ def _image(path, size):
 def _captions_file(source, d, tok):
   spec = source[len("captions:"):]
   path, _, root = spec.partition("@")
+  if os.path.isdir(path):  # a folder of images with its captions file
+    path = os.path.join(path, CAPTIONS_FILE)
   if not os.path.isfile(path):
-    raise UserError(f"captions file {path!r} (data.source) not found; give captions:FILE.jsonl@IMAGES")
+    raise UserError(f"captions file {path!r} (data.source) not found; give captions:FILE.jsonl@IMAGES, or "
+                    f"captions:DIR with DIR/{CAPTIONS_FILE}")
   if not d.image_size:
     raise UserError("a captions: source needs data.image_size (its images are resized to that square once)")
   root = root or os.path.dirname(os.path.abspath(path))
