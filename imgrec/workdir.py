@@ -157,15 +157,18 @@ DATA_KEYS = ("data.dir", "data.source", "data.on_bad_image")
 
 
 def apply_data_overrides(cfg, overrides):
-  """Applies "data.dir=NEW" / "data.source=NEW" / "data.on_bad_image=skip" (from `--config.data.dir=NEW`) to a
-  trained run's config; any
-  other key is refused: the run's config.json says what was trained, and only where its data lives may change."""
+  """Applies "data.dir=NEW" / "data.source=NEW" / "data.on_bad_image=skip" (from `--config.data.dir=NEW`) and the
+  task's keys that only change how it is evaluated (its MAY_CHANGE: zero-shot prompt templates) to a trained run's
+  config; any other key is refused: the run's config.json says what was trained, and only where its data lives
+  and how it is evaluated may change."""
+  allowed = DATA_KEYS + tuple(tasks.get(cfg.task).MAY_CHANGE)
   for item in overrides:
     key = item.partition("=")[0]
-    if key not in DATA_KEYS:
+    if key not in allowed:
       raise UserError(f"--config.{key} is refused: a command on a trained run uses its config.json as it is, and "
-                      f"only {', '.join('--config.' + k for k in DATA_KEYS)} may change, to point it at data "
-                      "that moved or other data of its classes; to change anything else, train a new run")
+                      f"only {', '.join('--config.' + k for k in allowed)} may change, to point it at data "
+                      "that moved or other data of its classes, or to evaluate it another way; to change anything "
+                      "else, train a new run")
   return config_lib.override(cfg, overrides)
 
 

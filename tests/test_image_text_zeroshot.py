@@ -154,6 +154,17 @@ def test_eval_on_digits_of_a_caption_set_run(tmp_path, monkeypatch, caplog):
   md = open(os.path.join(report, "report.md")).read()
   assert "every labelled example" in md and "| image to text recall@1 | n/a |" in md
   assert cli.main(["eval", "--workdir", w, "--config.data.source=digits"]) == 0
+  # the digits written as the caption words: the prompts differ, no warning; a wrong count is one line
+  words = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="imgrec"):
+    named = evaluate.evaluate_workdir(w, overrides=("data.source=digits", f"image_text.prompt_names={words!r}"))
+  assert not any("same tokens" in r.getMessage() for r in caplog.records)
+  assert named["examples"] == 359 and named["top_labels"] != result["top_labels"]  # ties broken
+  with pytest.raises(UserError, match="prompt_names gives 2 names for the 10 classes"):
+    evaluate.evaluate_workdir(w, overrides=("data.source=digits", "image_text.prompt_names=('a', 'b')"))
+  with pytest.raises(UserError, match=r"--config.image_text.loss is refused"):
+    evaluate.evaluate_workdir(w, overrides=("image_text.loss=sigmoid",))
   # the run's image shape still has to fit: a source that cannot be made 16x16 RGB is refused
   run = wd.restore(w, params_only=True, overrides=("data.source=digits",))
   run.info["image_shape"] = [32, 32, 3]

@@ -153,7 +153,7 @@ def class_weights(model, variables, tokens, num_classes):
 def make_eval_fn(model, info, cfg):
   """`fn(variables, batch) -> {"image_embeds", "text_embeds", "label", "logits"}` per example; logits: zero-shot
   over info's class names (none when the data has no classes)."""
-  names = info["class_names"]
+  names = data.prompt_names(cfg, info["class_names"]) if info["class_names"] else []
   tokens = jnp.asarray(class_tokens(cfg, names)) if names else None
   same = _same_prompts(tokens.reshape(-1, len(names), tokens.shape[-1]), names) if names else None
   if same:

@@ -198,6 +198,16 @@ def _captions_file(source, d, tok):
                          (d.image_size, d.image_size, 3))
 
 
+def prompt_names(cfg, class_names):
+  """The names written into the prompts: image_text.prompt_names (one per class, in the data's order), else the
+  data's class names."""
+  names = list(cfg.image_text.prompt_names or class_names)
+  if len(names) != len(class_names):
+    raise UserError(f"image_text.prompt_names gives {len(names)} names for the {len(class_names)} classes of "
+                    f"{cfg.data.source} ({', '.join(map(str, class_names[:5]))}...): give one per class, in that order")
+  return names
+
+
 def class_captions(class_names, templates, tok):
   """Token ids [K, L]: each class name written into the first template (a classification source's captions), with
   a clear error for a class without a name."""
@@ -222,7 +232,8 @@ def _classification(cfg, tok):
     if str(e).startswith("unknown data source"):  # name the image-text sources too
       raise UserError(f"{e}; or the image-text sources {GENERATED} and captions:FILE.jsonl@IMAGES") from None
     raise
-  class_tokens = class_captions(ds.class_names, list(cfg.image_text.templates or [tok.template]), tok)
+  class_tokens = class_captions(prompt_names(cfg, ds.class_names), list(cfg.image_text.templates or [tok.template]),
+                                tok)
   splits = {}
   for name, split in ds.splits.items():
     if d.source.startswith(DECODED_SOURCES):

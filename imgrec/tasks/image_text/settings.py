@@ -11,7 +11,7 @@ DEFAULT_SELECT = "zeroshot_accuracy"
 DECODED_SOURCES = ("folder:", "tfds:")
 LOSSES = ("sigmoid", "softmax")
 # Keys that only change how a run is evaluated, not what it learns.
-MAY_CHANGE = ("image_text.templates",)
+MAY_CHANGE = ("image_text.templates", "image_text.prompt_names")
 
 
 def settings():
@@ -21,6 +21,8 @@ def settings():
           "loss": "sigmoid",       # sigmoid (SigLIP: every pair its own match-or-not) | softmax (CLIP's contrastive)
           "lock_image": False,     # LiT: the image tower (img, img_proj) gets no updates; only the text side learns
           "templates": (),         # zero-shot prompts, each with one "{}" for the class name (): the tokenizer's own
+          "prompt_names": (),      # the names written into the prompts, one per class of the data, in its order
+                                   # (CLIP's curated ImageNet names; "zero".."nine" for digits): (): its class names
           "tokenizer": "",         # a folder with text.json + its tokenizer file ("": the caption set's words)
           "text_len": 16,          # tokens per text of the caption set's tokenizer (with tokenizer "")
           "embed_dim": 0,          # the shared embedding size (0: the model's published one, e.g. 768 for siglip_b16)
@@ -45,6 +47,9 @@ def validate(cfg):
   if bad:
     raise UserError(f"image_text.templates need exactly one '{{}}' where the class name goes; {bad[0]!r} has "
                     f"{bad[0].count('{}')}")
+  blank = [n for n in v.prompt_names if not str(n).strip()]
+  if blank:
+    raise UserError("image_text.prompt_names has a blank name; give one name per class of the data, in its order")
   if v.text_len < 2:
     raise UserError(f"image_text.text_len must be at least 2 (a word and the end-of-text token), got {v.text_len}")
   if v.embed_dim < 0:
