@@ -131,6 +131,8 @@ def test_default_template_text_only_and_tf_serving(server, folders):
   (out,) = r["outputs"]
   assert out["name"] == "text_embeds" and out["shape"] == [4, 32]
   np.testing.assert_allclose(np.reshape(out["data"], (4, 32)), want_text, rtol=1e-4, atol=1e-5)
+  tfs = requests.post(url + "/v1/models/zs:predict", json={"inputs": {"labels": LABELS}}).json()
+  np.testing.assert_allclose(tfs["outputs"], want_text, rtol=1e-4, atol=1e-5)
 
 
 def test_upload_and_hugging_face_zero_shot_json(server, folders):

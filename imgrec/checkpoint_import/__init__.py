@@ -128,7 +128,7 @@ def convert(spec, model=None, emit=None):
   if model:
     models.family(model)  # an unknown name fails before the file is read
   source = spec if isinstance(spec, formats.Source) else formats.read(spec)
-  spec = source.path
+  spec = source.path if isinstance(spec, formats.Source) else spec  # "FILE.npz:img" keeps the tower it names
   family, layout, source = identify(source, model)
   fam_name = next(k for k, v in FAMILIES.items() if v is family)
   name, kwargs, num_classes, size = family.arch(source, layout, model)
@@ -255,7 +255,7 @@ def run_files(folder):
                     f"(--config.transfer.init_from={folder})")
   if not n:
     raise UserError(f"{folder} holds a checkpoint without a classification head ({imp.get('layout')}): it has no "
-                    "classes to predict; fine-tune it first (--config.transfer.init_from={folder})")
+                    f"classes to predict; fine-tune it first (--config.transfer.init_from={folder})")
   # a two-tower model has no classes of its own: its labels are written at request time (the image_text task)
   names = [] if two else imp.get("class_names") or [f"class_{i}" for i in range(n)]
   pre = imp.get("preprocessing") or {}
