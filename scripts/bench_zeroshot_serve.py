@@ -11,8 +11,9 @@ both. Each request is one uint8 image over OIP v2 HTTP (JSON header + the image 
   classifier   the image alone -> probabilities [1, K] from the classification head
   zero-shot    the image + the same --labels labels (BYTES) -> probabilities [1, N] over them (sigmoid),
                their text embeddings from the server's cache after the first request (warm-up)
+  image tower alone   the two tower's image alone -> image_embeds: what zero-shot costs beyond the labels
 Closed loop: --concurrency clients each send the next request when the last one answered, for --seconds per
-point; each round measures both, the order reversed every other round; figures are medians over rounds. The
+point; each round measures every point, the order reversed every other round; figures are medians over rounds. The
 cache's hit and miss counts are read from /metrics after the run. Prints Markdown; writes OUT/zeroshot_serve.json
 and OUT/zeroshot_serve.png.
 """
@@ -72,13 +73,13 @@ def free_port():
     return s.getsockname()[1]
 
 
-def body(image, labels=None):
+def body(image, labels=None, output="probabilities"):
   """(OIP v2 request bytes, header length): the image as a binary tensor, labels as JSON strings."""
   inputs = [{"name": "images", "datatype": "UINT8", "shape": [1, *image.shape],
              "parameters": {"binary_data_size": image.size}}]
   if labels is not None:
     inputs.append({"name": "labels", "datatype": "BYTES", "shape": [len(labels)], "data": labels})
-  head = json.dumps({"inputs": inputs, "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]})
+  head = json.dumps({"inputs": inputs, "outputs": [{"name": output, "parameters": {"binary_data": True}}]})
   return head.encode() + image.tobytes(), len(head.encode())
 
 
@@ -140,7 +141,8 @@ def main():
     image = np.random.default_rng(0).integers(0, 256, (args.image_size, args.image_size, 3), dtype=np.uint8)
     labels = [f"a photo of object number {i}" for i in range(args.labels)]
     points = {"classifier": (base + "/v2/models/cls/infer", body(image)),
-              "zero-shot": (base + "/v2/models/zs/infer", body(image, labels))}
+              "zero-shot": (base + "/v2/models/zs/infer", body(image, labels)),
+              "image tower alone": (base + "/v2/models/zs/infer", body(image, output="image_embeds"))}
     for url, payload in points.values():  # warm-up: compiles the text tower's sizes, fills the cache
       load(url, payload, 2, args.concurrency)
     rates = {k: [] for k in points}
@@ -155,7 +157,8 @@ def main():
   cache = {e: float(m.group(1)) for e in ("text_cache_hit", "text_cache_miss")
            for m in [re.search(rf'imgrec_task_events_total{{event="{e}",model="zs:1"}} ([0-9.e+]+)', metrics)] if m}
   med = {k: float(np.median(v)) for k, v in rates.items()}
-  ratio = med["zero-shot"] / med["classifier"]
+  # per round: the two measured side by side (machine load moves both); the median of those ratios
+  ratio = float(np.median(np.asarray(rates["zero-shot"]) / np.asarray(rates["classifier"])))
   result = {"args": vars(args), "rates": rates, "median": med, "ratio": ratio, "cache": cache}
   with open(os.path.join(args.out, "zeroshot_serve.json"), "w") as f:
     json.dump(result, f, indent=2)
@@ -166,7 +169,7 @@ def main():
         f" concurrency {args.concurrency}) | requests/s (median of {args.rounds}) |\n|---|---|")
   for k, v in med.items():
     print(f"| {k} | {v:.1f} |")
-  print(f"\nzero-shot / classifier: {ratio:.3f}x (goal >= 0.9x: {'met' if ratio >= 0.9 else 'NOT met'}); "
+  print(f"\nzero-shot / classifier, median of the rounds' ratios: {ratio:.3f}x (goal >= 0.9x: {'met' if ratio >= 0.9 else 'NOT met'}); "
         f"text cache: {cache}")
 
 

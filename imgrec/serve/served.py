@@ -288,9 +288,9 @@ class ServedModel:
             outputs = await asyncio.wrap_future(fut)
         except TimeoutError:
           raise RequestError(504, f"inference did not finish within {timeout} s")
-      # a task's own host work (text encoding on a cache miss) runs off the event loop
-      result = await protocol.off_loop(self.context is not None, postprocess, self.task, outputs, extras or {},
-                                       self.context)
+      # a task's own host work runs off the event loop when it may be long (text encoding on a cache miss)
+      heavy = self.context is not None and getattr(self.context, "heavy", lambda inputs: True)(extras or {})
+      result = await protocol.off_loop(heavy, postprocess, self.task, outputs, extras or {}, self.context)
     except BaseException:
       self._record(False, n, t0, fut)
       raise

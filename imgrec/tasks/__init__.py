@@ -72,7 +72,9 @@ Prediction and serving
   serve_assets(run) -> {"meta": JSON-able dict, "files": {name: bytes}}: what serving needs beyond the weights (a
       tokenizer's files, the scores' scale); an export carries it
   serve_context(encoders, assets, events) -> context: built once per loaded model from the encoders (bound:
-      fn(x) -> numpy) and assets; events(name) counts an event in /metrics (a cache's hits)
+      fn(x) -> numpy) and assets; events(name) counts an event in /metrics (a cache's hits); its optional
+      heavy(inputs) says whether postprocess may take long for a request (it then runs in a worker thread;
+      without it, always)
   upload_png(result) -> PNG bytes of an upload's result, for a client whose Accept asks for image/png
   hf_result(result) -> an upload's result as Hugging Face's pipeline answers it ([{"label", "score"}]): the
       server then takes its JSON ({"inputs": base64 image, "parameters": {...}}) on the upload route;

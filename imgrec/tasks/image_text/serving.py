@@ -87,6 +87,14 @@ class Context:
     self.lock = threading.Lock()            # requests' host work runs in worker threads
     self.encoding = threading.Lock()        # held while the text tower embeds labels the cache lacks
 
+  def heavy(self, inputs):
+    """Whether a request's host work may be long (labels the cache lacks: the text tower runs), so the server
+    runs it off the event loop; a cached label list is a lookup and one small matrix product."""
+    if inputs.get("labels") is None or self.tok is None:
+      return False
+    raw, asked = raw_labels(inputs), inputs.get("template")
+    return all((t, raw) not in self.sets for t in ([asked] if asked is not None else [self.tok.template, "{}"]))
+
   def template(self, asked, default):
     t = default if asked is None else asked
     if t.count("{}") != 1:
@@ -94,11 +102,12 @@ class Context:
                       "labels as given)")
     return t
 
-  def label_matrix(self, labels, template):
-    """(unit text embeddings [N, E] of the labels written into `template`, the labels that were cut)."""
+  def label_matrix(self, labels, raw, template):
+    """(unit text embeddings [N, E] of the labels written into `template`, the labels that were cut); `raw`: the
+    labels as the request's bytes (the label lists' cache key: no decoding on a hit)."""
     if self.tok is None:
       raise UserError(f"this model has no tokenizer, so it cannot read labels: {self.no_tokenizer}")
-    key = (template, tuple(labels))
+    key = (template, raw)
     with self.lock:
       if key in self.sets:
         self.sets.move_to_end(key)
@@ -135,6 +144,11 @@ def serve_context(encoders, assets, events):
   return Context(encoders["text"], assets, events)
 
 
+def raw_labels(inputs):
+  """The request's labels as a tuple of their bytes."""
+  return tuple(np.asarray(inputs["labels"], object).reshape(-1))
+
+
 def labels_of(inputs):
   """The request's labels as str, or None when it gives none."""
   raw = inputs.get("labels")
@@ -149,6 +163,14 @@ def labels_of(inputs):
   return labels
 
 
+def probabilities(logits, convention):
+  """two_tower.probabilities in numpy, on the host (a request's few rows: no device round trip)."""
+  if convention == "siglip":
+    return 1 / (1 + np.exp(-logits))
+  e = np.exp(logits - logits.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
 def postprocess(outputs, inputs, ctx):
   """-> ({output: numpy array}, reply parameters, the labels the scores are over or None) of one request (module
   docstring)."""
@@ -160,7 +182,7 @@ def postprocess(outputs, inputs, ctx):
     return out, params, None
   default = ctx.tok.template if out and ctx.tok is not None else "{}"
   template = ctx.template(inputs.get("template"), default)
-  weights, cut = ctx.label_matrix(labels, template)
+  weights, cut = ctx.label_matrix(labels, raw_labels(inputs), template)
   params["template"] = template
   if cut:
     params["truncated_labels"] = cut
@@ -170,7 +192,7 @@ def postprocess(outputs, inputs, ctx):
   unit = img / np.maximum(np.linalg.norm(img, axis=-1, keepdims=True), 1e-12)
   logits = (ctx.scale * unit @ weights.T + ctx.bias).astype(np.float32)
   out["logits"] = logits
-  out["probabilities"] = np.asarray(two_tower.probabilities(logits, ctx.convention), np.float32)
+  out["probabilities"] = probabilities(logits, ctx.convention).astype(np.float32)
   return out, params, labels
 
 
