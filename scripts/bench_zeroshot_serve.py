@@ -169,7 +169,8 @@ def main():
         f" concurrency {args.concurrency}) | requests/s (median of {args.rounds}) |\n|---|---|")
   for k, v in med.items():
     print(f"| {k} | {v:.1f} |")
-  print(f"\nzero-shot / classifier, median of the rounds' ratios: {ratio:.3f}x (goal >= 0.9x: {'met' if ratio >= 0.9 else 'NOT met'}); "
+  verdict = "met" if ratio >= 0.9 else "NOT met"
+  print(f"\nzero-shot / classifier, median of the rounds' ratios: {ratio:.3f}x (goal >= 0.9x: {verdict}); "
         f"text cache: {cache}")
 
 

@@ -229,7 +229,7 @@ async def upload_answer(m, raw, fields, k):
   extras = protocol.upload_extras(fields, m.spec, m.options.limits)
   image, to_source, size = await m.read_image(raw)
   outputs = await m.infer(image[None], "uint8", extras=extras)
-  result = m.task.upload_result({n: v[0] for n, v in outputs.items() if n != "text_embeds"}, image.shape[:2],
+  result = m.task.upload_result({n: v[0] for n, v in outputs.items()}, image.shape[:2],
                                 to_source, size, outputs.class_names or m.spec.class_names, k)
   return {**result, "parameters": outputs.parameters} if outputs.parameters else result
 

@@ -79,8 +79,8 @@ class Reply(dict):
 
 def postprocess(task, outputs, extras, context):
   """The task's served outputs of a batch as a Reply: its predict's, or for a task with INPUTS its
-  `postprocess(outputs, inputs, context) -> (outputs, reply parameters, class names or None)` (per-request work on the host, e.g.
-  scoring images against request labels with the text tower that `context` holds)."""
+  `postprocess(outputs, inputs, context) -> (outputs, reply parameters, class names or None)` (per-request work
+  on the host, e.g. scoring images against request labels with the text tower that `context` holds)."""
   if not served_inputs(task):
     return Reply({name: np.asarray(value) for name, value in outputs.items()})
   try:

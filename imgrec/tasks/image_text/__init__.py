@@ -33,8 +33,8 @@ from imgrec.errors import UserError
 from imgrec.models import two_tower
 from imgrec.plots import plot_confusion
 from imgrec.tasks.image_text import data, losses, metrics, plots, zeroshot
-from imgrec.tasks.image_text.serving import (HF_PARAMETERS, IMAGES_OPTIONAL, INPUTS, OUTPUTS, PARAMETERS, hf_result, make_encoders,
-                                             postprocess, serve_assets, serve_context, upload_result)
+from imgrec.tasks.image_text.serving import (HF_PARAMETERS, IMAGES_OPTIONAL, INPUTS, OUTPUTS, PARAMETERS, hf_result,
+                                             make_encoders, postprocess, serve_assets, serve_context, upload_result)
 from imgrec.tasks.image_text.settings import (DECODED_SOURCES, DEFAULT_SELECT, MAY_CHANGE, NAME, SELECT,
                                               settings, validate)
 
