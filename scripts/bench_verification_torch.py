@@ -5,7 +5,7 @@ batch, AdamW, lr, weight decay, warmup + cosine, grad clip, rotation augmentatio
 same order of draws, and judged by the same pairs protocol (imgrec's protocol.py, numpy) on the same held-out
 pairs.
 
-  python scripts/bench_verification_torch.py [train] [--steps N --threads 2 --out DIR]
+  python scripts/bench_verification_torch.py [train] [--steps N --threads 2 --class-init-std 0.01 --out DIR]
       the PyTorch run's held-out 10-fold accuracy, TAR@FAR=1e-3, EER and train images/s (OUT/torch_train.json)
   python scripts/bench_verification_torch.py speed [--rounds 8 --round-steps 20]
       train images/s of imgrec's step and this one side by side in one process, alternating timed rounds
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 import tqdm
 from pytorch_metric_learning import losses as pml
+from pytorch_metric_learning.utils import common_functions as c_f
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -71,7 +72,7 @@ class TorchTrainer:
   """The PyTorch twin of bench_verification.Trainer: `run(k)` takes k steps on the next batches (the same draws)
   and returns the last loss; `evaluate(test)` the pairs protocol's record."""
 
-  def __init__(self, cfg, ds):
+  def __init__(self, cfg, ds, class_init_std=0.0):
     self.cfg, self.train = cfg, ds.split("train")
     images = self.train.take(np.arange(len(self.train)))
     self.x = torch.from_numpy(images["image"]).permute(0, 3, 1, 2).float() / 255
@@ -80,8 +81,12 @@ class TorchTrainer:
     k, v = cfg.model.kwargs, cfg.verification
     torch.manual_seed(cfg.seed)
     self.net = Net(k.widths, k.convs_per_stage, k.hidden, v.embedding_dim, size=ds.image_shape[0])
+    # pml draws its identity weights from N(0, 1); imgrec from N(0, 0.01). Under Adam a weight moves about lr per
+    # coordinate and step whatever its size, so the init's scale sets how fast the identities' directions turn.
+    init = {"weight_init_func": c_f.TorchInitWrapper(torch.nn.init.normal_, std=class_init_std)
+            } if class_init_std else {}
     self.loss = pml.ArcFaceLoss(len(ds.class_names), v.embedding_dim, margin=math.degrees(v.margin),
-                                scale=v.scale)
+                                scale=v.scale, **init)
     self.params = [q for q in self.net.parameters() if q.requires_grad] + list(self.loss.parameters())
     self.opt = torch.optim.AdamW(self.params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     warm, total = cfg.optim.warmup_steps, cfg.steps
@@ -114,10 +119,10 @@ class TorchTrainer:
     return {k: r[k] for k in ("accuracy", "accuracy_std", "tar_far1e3", "tar_far1e4", "eer")}
 
 
-def train(cfg, ds, log_every=100):
+def train(cfg, ds, class_init_std=0.0, log_every=100):
   """The PyTorch ArcFace over cfg.steps steps: its record, train images/s (median of the log windows after the
   first), final loss."""
-  t = TorchTrainer(cfg, ds)
+  t = TorchTrainer(cfg, ds, class_init_std)
   speeds, loss = [], None
   with tqdm.tqdm(total=cfg.steps, desc="torch arcface", unit="step") as bar:
     for done in range(0, cfg.steps, log_every):
@@ -130,12 +135,12 @@ def train(cfg, ds, log_every=100):
           "final_loss": loss, "steps": cfg.steps}
 
 
-def speed(cfg, ds, rounds, round_steps):
+def speed(cfg, ds, rounds, round_steps, class_init_std=0.0):
   """Train images/s of imgrec's ArcFace step and the PyTorch one, side by side in this process: a warm-up round
   of each (imgrec's compiles), then `rounds` timed rounds of `round_steps` steps, the order swapped every round
   (ABBA) so drift in the shared machine's load falls on both alike. Medians, and the median of the per-round
   imgrec / PyTorch ratios."""
-  ours, theirs = bv.Trainer(cfg, ds), TorchTrainer(cfg, ds)
+  ours, theirs = bv.Trainer(cfg, ds), TorchTrainer(cfg, ds, class_init_std)
   ours.run(2), theirs.run(2)
   timed = {"imgrec": [], "torch": []}
   for r in tqdm.trange(rounds, desc="speed rounds", unit="round"):
@@ -159,6 +164,8 @@ def main():
   p.add_argument("--steps", type=int, default=0)
   p.add_argument("--scale", type=float, default=0, help="ArcFace's s (0: the config's)")
   p.add_argument("--threads", type=int, default=0)
+  p.add_argument("--class-init-std", type=float, default=0,
+                 help="std of the identity weights' normal init (0: pml's default, 1; imgrec's is 0.01)")
   p.add_argument("--rounds", type=int, default=8)
   p.add_argument("--round-steps", type=int, default=20)
   p.add_argument("--out", default="bench_verification")
@@ -170,11 +177,13 @@ def main():
   cfg.verification.scale = a.scale or cfg.verification.scale
   ds = task.open_data(cfg)
   if a.what == "train":
-    out = {**train(cfg, ds), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    out = {**train(cfg, ds, a.class_init_std), "class_init_std": a.class_init_std or 1.0,
+           "threads": torch.get_num_threads(), "torch": torch.__version__}
   else:
-    out = speed(cfg, ds, a.rounds, a.round_steps)
+    out = speed(cfg, ds, a.rounds, a.round_steps, a.class_init_std)
   os.makedirs(a.out, exist_ok=True)
-  with open(os.path.join(a.out, f"torch_{a.what}.json"), "w") as f:
+  tag = f"_init{a.class_init_std:g}" if a.class_init_std else ""
+  with open(os.path.join(a.out, f"torch_{a.what}{tag}.json"), "w") as f:
     json.dump(out, f, indent=2)
   print(json.dumps({k: v for k, v in out.items() if k != "per_round"}))
 
