@@ -102,7 +102,7 @@ def bench_train(a):
     t = time.perf_counter()
     record, speed, final_loss = train_once(c, ds)
     rows[loss] = {**record, "train_img_per_sec": speed, "final_loss": final_loss,
-                  "wall_s": time.perf_counter() - t, "steps": c.steps}
+                  "wall_s": time.perf_counter() - t, "steps": c.steps, "scale": c.verification.scale}
   print("| loss | 10-fold accuracy | TAR@FAR=1e-3 | EER | train img/s | wall |")
   print("|---|---|---|---|---|---|")
   for loss, r in rows.items():
