@@ -3,7 +3,7 @@
   python scripts/bench_verification.py gallery [--rows 100000 --dim 128 --queries 500 --k 5]
       1:N search latency (p50, p99, one query at a time) over a gallery of random embeddings, enroll throughput
       (rows/s, in batches of --batch, no saving) and the atomic save of the whole gallery
-  python scripts/bench_verification.py train [--losses arcface,softmax --steps N --config configs/face_glyphs.py]
+  python scripts/bench_verification.py train [--losses arcface,softmax --steps N --scale S --config CONFIG]
       the face_glyphs recipe through the shared train step (steps.make_train_step with the task's inputs and loss),
       once per loss on the same backbone, data order and budget; the task's evaluation on the held-out pairs:
       10-fold accuracy, TAR@FAR=1e-3, EER, train images/s (after the first, compiling, log window)
@@ -33,39 +33,67 @@ def load_config(path):
   return config.load(path)
 
 
+def batches(n, batch_size, seed):
+  """An endless stream of sorted index batches: shuffled epochs of `n`, cut without dropping the remainder (the
+  draws the PyTorch side repeats)."""
+  rng, order = np.random.default_rng(seed), np.zeros(0, int)
+  while True:
+    if len(order) < batch_size:
+      order = np.concatenate([order, rng.permutation(n)])
+    idx, order = order[:batch_size], order[batch_size:]
+    yield np.sort(idx)
+
+
+class Trainer:
+  """The recipe's model, optimiser and jitted shared train step on the training identities of `ds`;
+  `run(k)` takes k steps on the next batches and returns the last step's loss (blocked until done)."""
+
+  def __init__(self, cfg, ds):
+    self.cfg, self.train = cfg, ds.split("train")
+    x = self.train.take(np.arange(len(self.train)))["image"].astype(np.float32) / 255
+    self.info = {"class_names": list(ds.class_names), "mean": x.mean((0, 1, 2)).tolist(),
+                 "std": x.std((0, 1, 2)).tolist()}
+    self.model = task.create_model(cfg, self.info)
+    tx, _ = optim.make(cfg, cfg.steps, len(self.train) // cfg.batch_size)
+    self.state = state.init_state(self.model, tx, cfg.seed, ds.image_shape)
+    self.step = jax.jit(steps.make_train_step(self.model, tx, self.info["mean"], self.info["std"],
+                                              task.make_inputs(cfg, self.info),
+                                              task.make_loss(cfg, self.info, None)[0], cfg), donate_argnums=0)
+    self.draws = batches(len(self.train), cfg.batch_size, cfg.seed)
+
+  def run(self, k):
+    for _ in range(k):
+      self.state, m = self.step(self.state, self.train.take(next(self.draws)))
+    return float(jax.block_until_ready(m["loss"]))
+
+  def evaluate(self, test):
+    """The task's record of the held-out pairs of `test`."""
+    out = steps.stream(task.make_eval_fn(self.model, self.info, self.cfg), state.variables(self.state), test, 256,
+                       parallel.make_mesh())
+    return task.evaluate(out, test, self.info, self.cfg)[0]
+
+
 def train_once(cfg, ds, log_every=100):
-  """(record of the held-out pairs, train images/s): cfg.steps steps of the shared train step."""
-  train = ds.split("train")
-  x = train.take(np.arange(len(train)))["image"].astype(np.float32) / 255
-  info = {"class_names": list(ds.class_names), "mean": x.mean((0, 1, 2)).tolist(), "std": x.std((0, 1, 2)).tolist()}
-  model = task.create_model(cfg, info)
-  spe = len(train) // cfg.batch_size
-  tx, _ = optim.make(cfg, cfg.steps, spe)
-  st = state.init_state(model, tx, cfg.seed, ds.image_shape)
-  step = jax.jit(steps.make_train_step(model, tx, info["mean"], info["std"], task.make_inputs(cfg, info),
-                                       task.make_loss(cfg, info, None)[0], cfg), donate_argnums=0)
-  rng = np.random.default_rng(cfg.seed)
-  order, speeds, t = np.zeros(0, int), [], time.perf_counter()
-  for i in tqdm.trange(cfg.steps, desc=f"train {cfg.verification.loss}", unit="step"):
-    if len(order) < cfg.batch_size:
-      order = np.concatenate([order, rng.permutation(len(train))])
-    idx, order = order[:cfg.batch_size], order[cfg.batch_size:]
-    st, m = step(st, train.take(np.sort(idx)))
-    if (i + 1) % log_every == 0:
-      jax.block_until_ready(m["loss"])
-      now = time.perf_counter()
-      speeds.append(log_every * cfg.batch_size / (now - t))
-      t = now
-  test = ds.split("test")
-  out = steps.stream(task.make_eval_fn(model, info, cfg), state.variables(st), test, 256, parallel.make_mesh())
-  record, _ = task.evaluate(out, test, info, cfg)
-  return record, float(np.median(speeds[1:] or speeds)), float(m["loss"])
+  """(record of the held-out pairs, train images/s, final loss): cfg.steps steps of the shared train step; the
+  speed is the median of the log windows after the first (compiling) one."""
+  t = Trainer(cfg, ds)
+  speeds, loss = [], None
+  with tqdm.tqdm(total=cfg.steps, desc=f"train {cfg.verification.loss}", unit="step") as bar:
+    for done in range(0, cfg.steps, log_every):
+      k = min(log_every, cfg.steps - done)
+      start = time.perf_counter()
+      loss = t.run(k)
+      speeds.append(k * cfg.batch_size / (time.perf_counter() - start))
+      bar.update(k)
+  return t.evaluate(ds.split("test")), float(np.median(speeds[1:] or speeds)), loss
 
 
 def bench_train(a):
   cfg = load_config(a.config)
   if a.steps:
     cfg.steps = a.steps
+  if a.scale:
+    cfg.verification.scale = a.scale
   ds = task.open_data(cfg)
   rows = {}
   for loss in a.losses.split(","):
@@ -74,7 +102,7 @@ def bench_train(a):
     t = time.perf_counter()
     record, speed, final_loss = train_once(c, ds)
     rows[loss] = {**record, "train_img_per_sec": speed, "final_loss": final_loss,
-                  "wall_s": time.perf_counter() - t, "steps": c.steps}
+                  "wall_s": time.perf_counter() - t, "steps": c.steps, "scale": c.verification.scale}
   print("| loss | 10-fold accuracy | TAR@FAR=1e-3 | EER | train img/s | wall |")
   print("|---|---|---|---|---|---|")
   for loss, r in rows.items():
@@ -134,6 +162,7 @@ def main():
   t.add_argument("--config", default=os.path.join(ROOT, "configs", "face_glyphs.py"))
   t.add_argument("--losses", default="arcface,softmax")
   t.add_argument("--steps", type=int, default=0)
+  t.add_argument("--scale", type=float, default=0, help="the margin losses' s (0: the config's)")
   p.add_argument("--out", default="bench_verification")
   a = p.parse_args()
   os.makedirs(a.out, exist_ok=True)
