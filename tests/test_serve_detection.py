@@ -19,7 +19,7 @@ import tritonclient.http as th
 
 from imgrec import cli, config, export, parallel, state as train_state, steps, workdir as wd
 from imgrec.data import preprocess
-from imgrec.serve import app as app_lib, page, protocol
+from imgrec.serve import app as app_lib, page, rest
 from imgrec.tasks import detection
 from tests.test_serve import H, KEY, browser, needs_browser, png, running_server, upload_on_page
 
@@ -231,8 +231,8 @@ def test_export_includes_decoding(det, tmp_path):
 def test_protocol_pieces():
   """TF-Serving's reply shape for one output and several; what counts as an upload on :predict."""
   t = {"a": np.zeros((2, 3), np.float32), "b": np.ones(2, np.float32)}
-  assert protocol.tfs_response(t, ("a",), False) == {"predictions": [[0, 0, 0], [0, 0, 0]]}
-  assert protocol.tfs_response(t, ("a", "b"), True) == {"outputs": {"a": [[0, 0, 0]] * 2, "b": [1, 1]}}
-  assert protocol.tfs_response(t, ("a", "b"), False)["predictions"][1] == {"a": [0, 0, 0], "b": 1}
-  assert protocol.is_upload("application/x-www-form-urlencoded", b"\x89PNG\r\n\x1a\nrest")
-  assert protocol.is_upload("multipart/form-data", b"--x") and not protocol.is_upload("", b'{"instances": []}')
+  assert rest.tfs_response(t, ("a",), False) == {"predictions": [[0, 0, 0], [0, 0, 0]]}
+  assert rest.tfs_response(t, ("a", "b"), True) == {"outputs": {"a": [[0, 0, 0]] * 2, "b": [1, 1]}}
+  assert rest.tfs_response(t, ("a", "b"), False)["predictions"][1] == {"a": [0, 0, 0], "b": 1}
+  assert rest.is_upload("application/x-www-form-urlencoded", b"\x89PNG\r\n\x1a\nrest")
+  assert rest.is_upload("multipart/form-data", b"--x") and not rest.is_upload("", b'{"instances": []}')

@@ -9,7 +9,6 @@ the trained digits workdir with it.
 """
 import base64
 import io
-import json
 import types
 
 import numpy as np
@@ -21,7 +20,7 @@ from PIL import Image
 from starlette.exceptions import HTTPException
 
 from imgrec import tasks
-from imgrec.serve import app as app_lib, grpc_service, protocol, routes
+from imgrec.serve import app as app_lib, grpc_service, protocol, rest, routes
 from imgrec.tasks import classification
 from imgrec.tasks.contract import Output
 from tests.test_serve import browser, needs_browser, png, running_server, upload_on_page
@@ -180,7 +179,7 @@ def test_tf_serving_bytes_outputs_and_extra_inputs(server, reference):
   assert r.status_code == 400 and "columnar" in r.json()["error"]
   rows = requests.post(url + "/v1/models/digits:predict", headers=H, json={"instances": images.tolist()}).json()
   assert rows["predictions"][0]["top_label"] == "no labels" and "b64" in rows["predictions"][0]["probs_png"]
-  assert protocol.tfs_json("mask_bytes", protocol.bytes_array([b"ab"], [1])) == [{"b64": "YWI="}]
+  assert rest.tfs_json("mask_bytes", protocol.bytes_array([b"ab"], [1])) == [{"b64": "YWI="}]
 
 
 # ---------------------------------------------------------------- uploads: JSON or PNG by Accept
@@ -211,11 +210,11 @@ def test_upload_answers_png_or_json_by_accept(server, reference):
 
 def test_negotiate():
   offers = ["application/json", "image/png"]
-  assert protocol.negotiate(None, offers) == "application/json"
-  assert protocol.negotiate("image/*;q=0.9, application/*;q=0.8", offers) == "image/png"
-  assert protocol.negotiate("*/*;q=0.1, application/json;q=0", offers) == "image/png"
-  assert protocol.negotiate("image/png", ["application/json"]) is None
-  assert protocol.negotiate("image/png;q=abc", offers) is None
+  assert rest.negotiate(None, offers) == "application/json"
+  assert rest.negotiate("image/*;q=0.9, application/*;q=0.8", offers) == "image/png"
+  assert rest.negotiate("*/*;q=0.1, application/json;q=0", offers) == "image/png"
+  assert rest.negotiate("image/png", ["application/json"]) is None
+  assert rest.negotiate("image/png;q=abc", offers) is None
 
 
 # ---------------------------------------------------------------- routes a task adds

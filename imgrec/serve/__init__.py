@@ -1,6 +1,8 @@
 """Model server: Open Inference Protocol v2 over HTTP and gRPC, TF-Serving REST, plain image upload, a web page.
 
-  protocol.py      request parsing and validation, reply building (pure functions over bytes and dicts)
+  protocol.py      OIP v2 request parsing and validation, reply building, the tensor and image helpers (pure
+                   functions over bytes and dicts)
+  rest.py          the REST bodies beside it: TF-Serving's, uploads, Hugging Face's pipeline JSON
   batcher.py       bounded dynamic batcher over compiled padded batch sizes, one replica per device
   auth.py          API keys
   served.py        one served model version (ServedModel: restore, compile, infer) and the adapters that read a

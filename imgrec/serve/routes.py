@@ -21,7 +21,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.routing import Route
 
 from imgrec import tasks
-from imgrec.serve import management, page, protocol, repository, served as served_lib
+from imgrec.serve import management, page, protocol, repository, rest, served as served_lib
 from imgrec.serve.protocol import RequestError
 
 
@@ -157,15 +157,15 @@ async def v1_status(request):
 async def v1_predict(request):
   m, limits = model_of(request), request.app.state.server.options.limits
   raw = await request.body()
-  if protocol.is_upload(content_type(request), raw):
+  if rest.is_upload(content_type(request), raw):
     return await upload(request, m, raw)
   body = await parse(len(raw), protocol.load_json, raw, limits)
-  hf = protocol.hf_request(body, limits)
+  hf = rest.hf_request(body, limits)
   if hf is not None:
     return await hf_upload(m, *hf)
-  images, kind, columnar, extras = await parse(len(raw), protocol.parse_tfs, body, m.spec, limits)
+  images, kind, columnar, extras = await parse(len(raw), rest.parse_tfs, body, m.spec, limits)
   tensors = await m.infer(images, kind, extras=extras)
-  reply = protocol.tfs_response(tensors, served_lib.tfs_outputs(m.task), columnar)
+  reply = rest.tfs_response(tensors, served_lib.tfs_outputs(m.task), columnar)
   return JSONResponse({**reply, "parameters": tensors.parameters} if tensors.parameters else reply)
 
 
@@ -178,7 +178,7 @@ async def v1_classify(request):
   # TF-Serving style: results per instance as [label, score] pairs
   k = max(1, min(query_k(request) or task.UPLOAD_K, len(m.spec.class_names)))
   body = await parse(len(raw), protocol.load_json, raw, limits)
-  images, kind, _, extras = await parse(len(raw), protocol.parse_tfs, body, m.spec, limits)
+  images, kind, _, extras = await parse(len(raw), rest.parse_tfs, body, m.spec, limits)
   probs = (await m.infer(images, kind, extras=extras))["probabilities"]
   return JSONResponse({"results": [[[m.spec.class_names[j], float(p[j])] for j in t]
                                    for p, t in zip(probs, task.top_k(probs, k))]})
@@ -205,7 +205,7 @@ async def upload_parts(request, raw, limits):
 def reply_type(request, m):
   """The upload reply's media type the client's Accept asks for: JSON, or a PNG when the task draws one."""
   offers = ["application/json"] + (["image/png"] if served_lib.upload_png(m.task) else [])
-  chosen = protocol.negotiate(request.headers.get("accept"), offers)
+  chosen = rest.negotiate(request.headers.get("accept"), offers)
   if chosen is None:
     raise RequestError(406, f"Accept: {request.headers.get('accept')!r} takes none of what model {m.name!r} "
                             f"answers an upload with: {', '.join(offers)}")
@@ -226,7 +226,7 @@ async def upload(request, m, raw):
 
 async def upload_answer(m, raw, fields, k):
   """The task's JSON of one encoded image, with the inputs and parameters of `fields` ({name: [strings]})."""
-  extras = protocol.upload_extras(fields, m.spec, m.options.limits)
+  extras = rest.upload_extras(fields, m.spec, m.options.limits)
   image, to_source, size = await m.read_image(raw)
   outputs = await m.infer(image[None], "uint8", extras=extras)
   result = m.task.upload_result({n: v[0] for n, v in outputs.items()}, image.shape[:2],
