@@ -94,6 +94,8 @@ def bench_train(a):
     cfg.steps = a.steps
   if a.scale:
     cfg.verification.scale = a.scale
+  if a.seed is not None:  # the model's init and the batch draws; the identities and held-out pairs stay
+    cfg.seed = a.seed
   ds = task.open_data(cfg)
   rows = {}
   for loss in a.losses.split(","):
@@ -163,6 +165,7 @@ def main():
   t.add_argument("--losses", default="arcface,softmax")
   t.add_argument("--steps", type=int, default=0)
   t.add_argument("--scale", type=float, default=0, help="the margin losses' s (0: the config's)")
+  t.add_argument("--seed", type=int, default=None, help="config.seed: init and batch draws (default: the config's)")
   p.add_argument("--out", default="bench_verification")
   a = p.parse_args()
   os.makedirs(a.out, exist_ok=True)

@@ -164,6 +164,7 @@ def main():
   p.add_argument("--steps", type=int, default=0)
   p.add_argument("--scale", type=float, default=0, help="ArcFace's s (0: the config's)")
   p.add_argument("--threads", type=int, default=0)
+  p.add_argument("--seed", type=int, default=None, help="config.seed: init and batch draws (default: the config's)")
   p.add_argument("--class-init-std", type=float, default=0,
                  help="std of the identity weights' normal init (0: pml's default, 1; imgrec's is 0.01)")
   p.add_argument("--rounds", type=int, default=8)
@@ -175,6 +176,7 @@ def main():
   cfg = bv.load_config(a.config)
   cfg.steps = a.steps or cfg.steps
   cfg.verification.scale = a.scale or cfg.verification.scale
+  cfg.seed = cfg.seed if a.seed is None else a.seed  # the model's init and the batch draws; the pairs stay
   ds = task.open_data(cfg)
   if a.what == "train":
     out = {**train(cfg, ds, a.class_init_std), "class_init_std": a.class_init_std or 1.0,

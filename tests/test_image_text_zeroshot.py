@@ -186,3 +186,18 @@ def test_train_and_eval_on_a_folder_of_classes(tmp_path, monkeypatch):
   assert info["pp_eval"] == "decode|resize(16)"
   assert cli.main(["eval", "--workdir", w]) == 0
   assert os.path.getsize(os.path.join(w, "report", "examples.png")) > 0
+
+
+def test_a_tfds_source_as_image_text_data():
+  """tfds:NAME (tfds.testing.mock_data: no download) reads through classification's source: images decoded and
+  resized to the run's size, made RGB, each with its class name's caption."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  cfg = _cfg()
+  cfg.data.source = "tfds:mnist"
+  with tfds.testing.mock_data(num_examples=12):
+    ds = task.open_data(cfg)
+    test = ds.split("test")
+    ex = test.example(0, False, np.random.default_rng(0))
+  assert ds.class_names == DIGIT_NAMES and len(test) == 12
+  assert ex["image"].shape == (16, 16, 3) and ex["image"].dtype == np.uint8 and ex["tokens"].shape == (8,)
+  assert int(ex["label"]) == int(test.labels[0])
