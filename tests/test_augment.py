@@ -107,3 +107,9 @@ def test_flip_and_crop_values():
 def test_bad_specs_are_clear_errors(spec, message):
   with pytest.raises(UserError, match=message):
     augment.parse(spec)
+
+
+def test_unmixed_refuses_ops_that_mix_two_images():
+  assert [name for name, _ in augment.unmixed("flip|rotate(10)", "why")] == ["flip", "rotate"]
+  with pytest.raises(UserError, match=r"data.augment 'mixup' mixes images of two examples; one caption each: drop it"):
+    augment.unmixed("flip|mixup(0.2)", "one caption each")

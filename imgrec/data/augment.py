@@ -282,6 +282,16 @@ def pixels_stay(spec, task, targets, allowed=PHOTOMETRIC):
   return ops
 
 
+def unmixed(spec, why):
+  """The parsed ops of `spec` (data.augment), refused in one line if one mixes two images (mixup, cutmix): `why`
+  says what the task needs of an image (one caption, one identity)."""
+  ops = parse(spec)
+  mixing = [name for name, _ in ops if name in BATCH_OPS]
+  if mixing:
+    raise UserError(f"data.augment {mixing[0]!r} mixes images of two examples; {why}: drop it")
+  return ops
+
+
 def apply_images(ops, key, images):
   """`apply` for a task without soft labels to mix: the images alone."""
   return apply(ops, key, images, jnp.zeros((images.shape[0], 1)))[0] if ops else images

@@ -88,11 +88,7 @@ def make_inputs(cfg, info):
   """`fn(rng, batch) -> ({"image": augmented float images in [0, 1], "tokens"}, {})`; ops that mix images are
   refused (a mixed image has no one caption)."""
   del info
-  ops = augment.parse(cfg.data.augment)
-  mixing = [name for name, _ in ops if name in augment.BATCH_OPS]
-  if mixing:
-    raise UserError(f"data.augment {mixing[0]!r} mixes two images; an image-text pair needs the image its caption "
-                    "describes: drop it")
+  ops = augment.unmixed(cfg.data.augment, "an image-text pair needs the image its caption describes")
 
   def inputs(rng, batch):
     return {"image": augment.apply_images(ops, rng, steps.to_float(batch["image"])), "tokens": batch["tokens"]}, {}

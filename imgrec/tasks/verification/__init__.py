@@ -20,7 +20,6 @@ import numpy as np
 
 from imgrec import models, steps
 from imgrec.data import augment
-from imgrec.errors import UserError
 from imgrec.tasks.contract import Output
 from imgrec.tasks.verification import data, margins, pairs as pairs_lib, plots, protocol, serving
 from imgrec.tasks.verification.settings import (DECODED_SOURCES, DEFAULT_SELECT, MAY_CHANGE, NAME, SELECT,
@@ -60,11 +59,7 @@ def make_inputs(cfg, info):
   """`fn(rng, batch) -> (augmented float images in [0, 1], {"label"})`; ops that mix images (mixup, cutmix) are
   refused: a mixed image has no one identity for the margin."""
   del info
-  ops = augment.parse(cfg.data.augment)
-  mixing = [name for name, _ in ops if name in augment.BATCH_OPS]
-  if mixing:
-    raise UserError(f"data.augment {mixing[0]!r} mixes images of two identities; the margin losses need one "
-                    "identity per image: drop it")
+  ops = augment.unmixed(cfg.data.augment, "the margin losses need one identity per image")
 
   def inputs(rng, batch):
     return augment.apply_images(ops, rng, steps.to_float(batch["image"])), {"label": batch["label"]}
