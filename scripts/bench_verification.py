@@ -73,12 +73,12 @@ class Trainer:
     return task.evaluate(out, test, self.info, self.cfg)[0]
 
 
-def train_once(cfg, ds, log_every=100):
-  """(record of the held-out pairs, train images/s, final loss): cfg.steps steps of the shared train step; the
-  speed is the median of the log windows after the first (compiling) one."""
-  t = Trainer(cfg, ds)
+def timed_run(t, cfg, ds, desc, log_every=100):
+  """(record of the held-out pairs, train images/s, final loss) of a trainer `t` (this Trainer, or the PyTorch
+  one: `run(k)` steps, `evaluate(split)`) over cfg.steps steps; the speed is the median of the log windows after
+  the first (compiling) one."""
   speeds, loss = [], None
-  with tqdm.tqdm(total=cfg.steps, desc=f"train {cfg.verification.loss}", unit="step") as bar:
+  with tqdm.tqdm(total=cfg.steps, desc=desc, unit="step") as bar:
     for done in range(0, cfg.steps, log_every):
       k = min(log_every, cfg.steps - done)
       start = time.perf_counter()
@@ -86,6 +86,11 @@ def train_once(cfg, ds, log_every=100):
       speeds.append(k * cfg.batch_size / (time.perf_counter() - start))
       bar.update(k)
   return t.evaluate(ds.split("test")), float(np.median(speeds[1:] or speeds)), loss
+
+
+def train_once(cfg, ds):
+  """timed_run of cfg.steps steps of the shared train step."""
+  return timed_run(Trainer(cfg, ds), cfg, ds, f"train {cfg.verification.loss}")
 
 
 def bench_train(a):

@@ -119,20 +119,11 @@ class TorchTrainer:
     return {k: r[k] for k in ("accuracy", "accuracy_std", "tar_far1e3", "tar_far1e4", "eer")}
 
 
-def train(cfg, ds, class_init_std=0.0, log_every=100):
+def train(cfg, ds, class_init_std=0.0):
   """The PyTorch ArcFace over cfg.steps steps: its record, train images/s (median of the log windows after the
   first), final loss."""
-  t = TorchTrainer(cfg, ds, class_init_std)
-  speeds, loss = [], None
-  with tqdm.tqdm(total=cfg.steps, desc="torch arcface", unit="step") as bar:
-    for done in range(0, cfg.steps, log_every):
-      k = min(log_every, cfg.steps - done)
-      start = time.perf_counter()
-      loss = t.run(k)
-      speeds.append(k * cfg.batch_size / (time.perf_counter() - start))
-      bar.update(k)
-  return {**t.evaluate(ds.split("test")), "train_img_per_sec": float(np.median(speeds[1:] or speeds)),
-          "final_loss": loss, "steps": cfg.steps}
+  record, speed, loss = bv.timed_run(TorchTrainer(cfg, ds, class_init_std), cfg, ds, "torch arcface")
+  return {**record, "train_img_per_sec": speed, "final_loss": loss, "steps": cfg.steps}
 
 
 def speed(cfg, ds, rounds, round_steps, class_init_std=0.0):
