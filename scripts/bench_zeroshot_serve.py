@@ -21,8 +21,6 @@ import argparse
 import json
 import os
 import re
-import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -34,6 +32,8 @@ import requests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "scripts"))  # bench_serve's port and readiness helpers
+from bench_serve import free_port, wait_http  # noqa: E402
 from imgrec import config, parallel, plots, workdir as wd  # noqa: E402
 
 
@@ -65,12 +65,6 @@ def write_runs(root, args):
     wd.write(path, cfg, info, state.replace(step=jnp.ones((), jnp.int32)))
     runs.append(path)
   return runs
-
-
-def free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def body(image, labels=None, output="probabilities"):
@@ -129,15 +123,7 @@ def main():
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
   base = f"http://127.0.0.1:{port}"
   try:
-    for _ in range(600):
-      try:
-        if requests.get(base + "/v2/health/ready", timeout=1).status_code == 200:
-          break
-      except requests.ConnectionError:
-        pass
-      time.sleep(0.5)
-    else:
-      raise SystemExit("the server did not get ready")
+    wait_http(base + "/v2/health/ready", server, timeout=300)
     image = np.random.default_rng(0).integers(0, 256, (args.image_size, args.image_size, 3), dtype=np.uint8)
     labels = [f"a photo of object number {i}" for i in range(args.labels)]
     points = {"classifier": (base + "/v2/models/cls/infer", body(image)),
