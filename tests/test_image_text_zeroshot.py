@@ -7,34 +7,18 @@ import logging
 import math
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
-from imgrec import cli, config, evaluate, workdir as wd
+from imgrec import cli, evaluate, workdir as wd
 from imgrec.errors import UserError
 from imgrec.tasks import image_text as task
 from imgrec.tasks.image_text import captions
+from tests.test_image_text_task import TINY, _cfg  # the tiny two tower on the caption set
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGIT_NAMES = tuple(str(i) for i in range(10))  # the digits source's class names
-TINY = {"image": dict(patch=4, width=16, depth=1, heads=2, mlp_dim=32, pool="map"),
-        "text": dict(vocab_size=32, max_len=8, width=16, depth=1, heads=2, mlp_dim=32)}
-
-
-def _cfg(**v):
-  """A tiny two-tower image_text config on the caption set (64 training images at 16x16)."""
-  cfg = config.defaults()
-  cfg.task = "image_text"
-  cfg.data.source = "glyph_captions"
-  cfg.data.update(dict(image_size=16, caption_train=64, caption_test=24, caption_unseen=24))
-  cfg.image_text.update({"embed_dim": 16, "text_len": 8, **v})
-  cfg.model.name = "siglip_b16"
-  cfg.model.kwargs = ml_collections.ConfigDict(TINY)
-  cfg.batch_size = 16
-  cfg.optim.weight_decay = 0.0
-  return cfg
 
 
 def _args(w, *more, vocab=32):
