@@ -191,8 +191,8 @@ def evaluate(outputs, split, info, cfg):
   summary = {**record, "class_names": list(info["class_names"]), "held_out_pairs": bool(unseen.any()),
              "confusion": (held["confusion"] if held else np.zeros((k, k), np.int64)).tolist(),
              "examples_shown": show.tolist(), "top_labels": top.tolist(),
-             "top_probabilities": (np.take_along_axis(np.asarray(two_tower.probabilities(
-                 logits[show], "siglip" if cfg.image_text.loss == "sigmoid" else "clip")), top, 1).tolist()
+             "top_probabilities": (np.take_along_axis(zeroshot.scores(
+                 logits[show], "siglip" if cfg.image_text.loss == "sigmoid" else "clip"), top, 1).tolist()
                                    if k else [])}
   return {key: record[key] for key in RECORD}, summary
 
@@ -203,7 +203,7 @@ def retrieval(outputs, unseen, groups):
   seen = np.flatnonzero(~unseen)
   if groups is None or not len(seen):
     return {f"{d}_r{k}": float("nan") for d in ("i2t", "t2i") for k in metrics.KS}
-  sim = metrics._unit(outputs["image_embeds"][seen]) @ metrics._unit(outputs["text_embeds"][seen]).T
+  sim = metrics.unit(outputs["image_embeds"][seen]) @ metrics.unit(outputs["text_embeds"][seen]).T
   group = np.asarray(groups)[seen]
   matches = group[:, None] == group[None, :]  # an image's matches: the captions saying what its own says
   i2t, t2i = metrics.recall_at(sim, matches), metrics.recall_at(sim.T, matches.T)

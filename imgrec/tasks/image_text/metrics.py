@@ -4,7 +4,8 @@ import numpy as np
 KS = (1, 5, 10)
 
 
-def _unit(z):
+def unit(z):
+  """Rows scaled to unit length, in float64 on the host (two_tower.normalize's twin for numpy arrays)."""
   z = np.asarray(z, np.float64)
   return z / np.maximum(np.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
 
@@ -21,7 +22,7 @@ def recall_at(similarity, matches, ks=KS):
 def retrieval(image_embeds, text_embeds, image_of_text, ks=KS):
   """Recall@K of image -> text (an image's captions are its matches) and text -> image (its one image).
   `image_of_text` [T] int: the image each caption describes."""
-  sim = _unit(image_embeds) @ _unit(text_embeds).T
+  sim = unit(image_embeds) @ unit(text_embeds).T
   matches = np.arange(len(image_embeds))[:, None] == np.asarray(image_of_text)[None, :]
   i2t, t2i = recall_at(sim, matches, ks), recall_at(sim.T, matches.T, ks)
   return {**{f"i2t_r{k}": v for k, v in i2t.items()}, **{f"t2i_r{k}": v for k, v in t2i.items()}}

@@ -29,7 +29,7 @@ from imgrec.errors import UserError
 from imgrec.models import two_tower
 from imgrec.tasks import classification
 from imgrec.tasks.contract import Encoder, Output
-from imgrec.tasks.image_text import captions
+from imgrec.tasks.image_text import captions, zeroshot
 
 INPUTS = (("labels", "BYTES", ("N",), False),)
 PARAMETERS = ("template",)
@@ -155,20 +155,12 @@ def labels_of(inputs):
   if raw is None:
     return None
   try:
-    labels = [b.decode("utf-8") for b in np.asarray(raw, object).reshape(-1)]
+    labels = [b.decode("utf-8") for b in raw_labels(inputs)]
   except UnicodeDecodeError:
     raise UserError("input 'labels': every label must be UTF-8 text") from None
   if not labels:
     raise UserError("input 'labels' is empty: give at least one label to score the images against")
   return labels
-
-
-def probabilities(logits, convention):
-  """two_tower.probabilities in numpy, on the host (a request's few rows: no device round trip)."""
-  if convention == "siglip":
-    return 1 / (1 + np.exp(-logits))
-  e = np.exp(logits - logits.max(-1, keepdims=True))
-  return e / e.sum(-1, keepdims=True)
 
 
 def postprocess(outputs, inputs, ctx):
@@ -188,11 +180,9 @@ def postprocess(outputs, inputs, ctx):
     params["truncated_labels"] = cut
   if not out:
     return {"text_embeds": weights.astype(np.float32)}, params, labels
-  img = out["image_embeds"]
-  unit = img / np.maximum(np.linalg.norm(img, axis=-1, keepdims=True), 1e-12)
-  logits = (ctx.scale * unit @ weights.T + ctx.bias).astype(np.float32)
-  out["logits"] = logits
-  out["probabilities"] = probabilities(logits, ctx.convention).astype(np.float32)
+  clf = zeroshot.Classifier(weights, ctx.scale, ctx.bias, ctx.convention, tuple(cut))
+  out["logits"] = zeroshot.logits(clf, out["image_embeds"])
+  out["probabilities"] = zeroshot.scores(out["logits"], ctx.convention)
   return out, params, labels
 
 

@@ -10,6 +10,7 @@ import tqdm
 
 from imgrec.errors import UserError
 from imgrec.models import two_tower
+from imgrec.tasks.image_text import metrics
 
 
 class Classifier(NamedTuple):
@@ -56,9 +57,20 @@ def classifier(model, variables, tok, class_names, templates=None):
 
 
 def logits(clf, image_embeds):
-  """[N, K] zero-shot logits of (unnormalised) image embeddings."""
-  return clf.scale * np.asarray(two_tower.normalize(image_embeds)) @ clf.weights.T + clf.bias
+  """[N, K] zero-shot logits of (unnormalised) image embeddings, float32, on the host (a served request's few
+  rows: no device round trip)."""
+  return (clf.scale * metrics.unit(image_embeds) @ clf.weights.T + clf.bias).astype(np.float32)
+
+
+def scores(logits_, convention):
+  """two_tower.probabilities on the host: sigmoid (SigLIP, each label on its own) or softmax over the labels
+  (CLIP)."""
+  logits_ = np.asarray(logits_, np.float64)
+  if convention == "siglip":
+    return (1 / (1 + np.exp(-logits_))).astype(np.float32)
+  e = np.exp(logits_ - logits_.max(-1, keepdims=True))
+  return (e / e.sum(-1, keepdims=True)).astype(np.float32)
 
 
 def probabilities(clf, image_embeds):
-  return np.asarray(two_tower.probabilities(logits(clf, image_embeds), clf.convention))
+  return scores(logits(clf, image_embeds), clf.convention)
